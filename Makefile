@@ -1,0 +1,36 @@
+# All set-up lives here: `make test` and `make demo` work on a fresh clone and are fast the second time.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-slow lint demo bench clean
+
+install: $(STAMP)
+
+# The CPU wheel of torch lies on this machine's disk; GPU machines get their CUDA build from requirements.txt.
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP)
+	$(PY) -m spark.demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/sampler.py
+	$(PY) benchmarks/verifier.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""SPARK: a reasoning policy that is also its own generative reward model, in plain PyTorch."""

@@ -1,0 +1,142 @@
+"""Hugging Face checkpoint directories in and out.
+
+A directory as published on the hub: `config.json`, `model.safetensors` or sharded
+`model-0000x-of-0000y.safetensors` with `model.safetensors.index.json`, plus tokenizer files.
+The model is built on the meta device and the tensors are assigned, so a 7B model never exists
+twice in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from spark.models.qwen2 import ModelConfig, Qwen2
+
+TEXT_ARCHITECTURES = {"Qwen2ForCausalLM"}
+# Files a checkpoint directory carries besides the weights, copied through on save.
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+              "added_tokens.json", "generation_config.json", "chat_template.jinja", "chat_template.json",
+              "preprocessor_config.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded, naming the file and the tensor."""
+
+
+def read_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{config_file}: not found (is {path} a Hugging Face checkpoint directory?)")
+    return json.loads(config_file.read_text())
+
+
+def weight_files(path: Path) -> dict[str, Path]:
+    """tensor name -> the safetensors file that holds it."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {name: path / file for name, file in weight_map.items()}
+        for file in sorted(set(files.values())):
+            if not file.exists():
+                raise CheckpointError(f"{index}: shard {file.name} is listed but missing from {path}")
+        return files
+    single = path / "model.safetensors"
+    if not single.exists():
+        raise CheckpointError(f"{path}: no model.safetensors and no model.safetensors.index.json")
+    with safe_open(single, "pt") as f:
+        return {name: single for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+
+
+def build_model(config: dict, path: Path) -> nn.Module:
+    architecture = (config.get("architectures") or ["?"])[0]
+    if architecture in TEXT_ARCHITECTURES:
+        return Qwen2(ModelConfig.from_hf(config))
+    raise CheckpointError(f"{path / 'config.json'}: unknown architecture '{architecture}' "
+                          f"(supported: {', '.join(sorted(TEXT_ARCHITECTURES))})")
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               rename: Callable[[str], str] = lambda name: name) -> nn.Module:
+    """Load a checkpoint directory into our model, on `device` in `dtype`. `rename` maps checkpoint
+    tensor names onto the module's (for layouts that differ from the hub's)."""
+    path = Path(path)
+    config = read_config(path)
+    with torch.device("meta"):
+        model = build_model(config, path)
+    expected = dict(model.state_dict())
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    if tied:
+        expected.pop("lm_head.weight")
+    state: dict[str, torch.Tensor] = {}
+    for name, file in weight_files(path).items():
+        key = rename(name)
+        if key == "lm_head.weight" and tied:
+            continue
+        if key not in expected:
+            raise CheckpointError(f"{file}: unexpected tensor '{name}' for {type(model).__name__}")
+        with safe_open(file, "pt", device=str(device)) as f:
+            tensor = f.get_tensor(name)
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(f"{file}: tensor '{name}' has shape {tuple(tensor.shape)}, "
+                                  f"the config says {tuple(expected[key].shape)}")
+        state[key] = tensor.to(dtype)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{path}: tensors missing from the checkpoint: {', '.join(missing[:5])}"
+                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    model.load_state_dict(state, assign=True, strict=False)
+    model.tie_weights()
+    model.hf_config, model.source_dir = config, path  # what save_model writes back
+    # Non-persistent buffers (rotary frequencies) were created on meta: rebuild them for real.
+    for module in model.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers(device)
+    return model.eval()
+
+
+def save_model(model: nn.Module, path: str | Path, *, state: dict[str, torch.Tensor] | None = None,
+               max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `model` as a Hugging Face checkpoint directory that `transformers` and `load_model` load.
+
+    The config.json and the tokenizer / side files come from the directory the model was loaded
+    from. `state` overrides the model's own state dict (e.g. full tensors gathered from FSDP shards).
+    Shards above `max_shard_bytes` get an index JSON.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config, source = model.hf_config, model.source_dir
+    state = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
+    if config.get("tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], path / "model.safetensors", metadata={"format": "pt"})
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        for name, shard in zip(names, shards):
+            save_file(shard, path / name, metadata={"format": "pt"})
+        weight_map = {tensor: name for name, shard in zip(names, shards) for tensor in shard}
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        (path / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    if source.resolve() != path.resolve():
+        for name in SIDE_FILES:
+            if (source / name).exists():
+                shutil.copy(source / name, path / name)

@@ -1,0 +1,229 @@
+"""The Qwen2 / Qwen2.5 decoder in plain PyTorch.
+
+Module and parameter names mirror the Hugging Face checkpoint (`model.layers.0.self_attn.q_proj`),
+so a checkpoint's state dict loads without renaming.
+
+Positions are an explicit input: `positions` is [B, T] (1-D RoPE) or [3, B, T] (multimodal RoPE:
+temporal / height / width ids, with `mrope_section` saying which rotary frequencies use which axis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spark.models.attention import KVCache, cached_attention, causal_attention, packed_attention
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    mrope_section: tuple[int, ...] | None = None  # Qwen2.5-VL: rotary dims per (t, h, w) axis
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> ModelConfig:
+        """From a `config.json` dict (transformers 4 or 5 layout; VL configs keep the text part in `text_config`)."""
+        hf = {**hf, **hf.get("text_config", {})}
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        kwargs = {f.name: hf[f.name] for f in fields(cls) if f.name in hf and hf[f.name] is not None}
+        kwargs["rope_theta"] = float(rope.get("rope_theta", hf.get("rope_theta", cls.rope_theta)))
+        if "mrope_section" in rope:
+            kwargs["mrope_section"] = tuple(rope["mrope_section"])
+        kwargs.setdefault("num_key_value_heads", hf["num_attention_heads"])
+        return cls(**kwargs)
+
+
+@dataclass
+class Packing:
+    """A flat stream of sequences: `cu_seqlens` [S + 1] int32 offsets, `max_seqlen` the longest."""
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], device: torch.device | str = "cpu") -> Packing:
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(lengths).cumsum(0)
+        return cls(cu.to(device), max(lengths))
+
+    def positions(self) -> torch.Tensor:
+        """[1, N]: each token's index within its own sequence."""
+        cu = self.cu_seqlens.long()
+        lengths = cu[1:] - cu[:-1]
+        starts = torch.repeat_interleave(cu[:-1], lengths)
+        return (torch.arange(int(cu[-1]), device=cu.device) - starts)[None]
+
+
+@dataclass
+class Decoding:
+    """Where this forward reads and writes the KV cache: row b already holds `cache_lens[b]` positions."""
+
+    cache: KVCache
+    cache_lens: torch.Tensor  # [B] long
+    kv_len: int  # keys to read this step (host int): max(cache_lens) + T, or cache.max_len
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 as the reference does; the scale multiplies in the input dtype.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float, mrope_section: tuple[int, ...] | None = None):
+        super().__init__()
+        self.head_dim, self.theta, self.mrope_section = head_dim, theta, mrope_section
+        self.register_buffer("inv_freq", self.frequencies(), persistent=False)
+
+    def frequencies(self, device: torch.device | str | None = None) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+        return 1.0 / self.theta**exponents
+
+    def reset_buffers(self, device: torch.device | str) -> None:
+        """Recompute the frequencies after building on the meta device."""
+        self.inv_freq = self.frequencies(device)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] or [3, B, T] -> cos, sin [B, T, head_dim]."""
+        freqs = positions[..., None].float() * self.inv_freq  # [..., B, T, D/2]
+        if positions.dim() == 3:
+            # M-RoPE: frequency band i takes its angle from axis i % 3 (t, h, w), band widths from the config.
+            bands = freqs.split(list(self.mrope_section), dim=-1)
+            freqs = torch.cat([band[i % 3] for i, band in enumerate(bands)], dim=-1)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, D], cos/sin: [B, T, D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos[:, :, None] + rotated * sin[:, :, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.n_heads, self.n_kv, self.head_dim = (
+            layer, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                packing: Packing | None, decoding: Decoding | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = apply_rotary(self.q_proj(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rotary(self.k_proj(x).view(B, T, self.n_kv, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        if packing is not None:
+            out = packed_attention(q[0], k[0], v[0], packing.cu_seqlens, packing.max_seqlen)[None]
+        elif decoding is not None:
+            out = cached_attention(q, k, v, decoding.cache, self.layer, decoding.cache_lens, decoding.kv_len)
+        else:
+            out = causal_attention(q, k, v)
+        return self.o_proj(out.reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, packing: Packing | None = None, decoding: Decoding | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, packing, decoding)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """Embeddings, blocks and the final norm: `model.*` in the checkpoint."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
+
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, packing: Packing | None = None,
+                decoding: Decoding | None = None) -> torch.Tensor:
+        cos, sin = self.rotary(positions, embeds.dtype)
+        x = embeds
+        for block in self.layers:
+            x = block(x, cos, sin, packing, decoding)
+        return self.norm(x)
+
+
+class Qwen2(nn.Module):
+    """Qwen2ForCausalLM. `model(input_ids)` -> logits [B, T, vocab]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
+                packing: Packing | None = None, decoding: Decoding | None = None,
+                inputs_embeds: torch.Tensor | None = None, last_only: bool = False,
+                return_hidden: bool = False) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, vocab] ([B, 1, vocab] with `last_only`; the final
+        hidden states [B, T, hidden] with `return_hidden`, for chunked log-probs).
+
+        `positions` defaults to 0..T-1 per row, or per packed sequence when `packing` is given
+        (then B == 1 and the row is the packed stream). `last_only` assumes no right padding; the
+        sampler gathers its own last positions from `return_hidden`.
+        """
+        if positions is None:
+            positions = packing.positions() if packing is not None else (
+                torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1))
+        embeds = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        hidden = self.model(embeds, positions, packing, decoding)
+        if return_hidden:
+            return hidden
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self.lm_head(hidden)
