@@ -1,0 +1,299 @@
+"""Recycling: turn one step's policy rollouts into judge and reflection prompts (SPARK, sec. 3.2).
+
+From each prompt group (question, gold answer, n rollouts with 0/1 rewards):
+- all rollouts correct -> one pointwise sample of a correct rollout, label `Yes`
+- all rollouts wrong   -> one pointwise sample of a wrong rollout, label `No`
+- mixed                -> a pairwise sample (one correct, one wrong rollout; label the correct one's letter)
+                          with probability `mixed_pairwise_prob`, else a pointwise sample of a correct
+                          (probability `mixed_pointwise_correct_prob`) or a wrong rollout
+- any wrong rollout    -> one reflection sample: a wrong rollout to fix, label the gold answer
+A judge kind switched off gives nothing, and mixed groups then give the other judge kind.
+Then, over the batch: pointwise Yes/No are balanced by dropping the majority (a step whose pointwise
+samples share one label keeps none of them), each kind is capped at `max_per_kind`, judge and reflection
+samples are kept at `judge_to_reflection` : 1 by subsampling the larger kind, and pairwise A/B positions
+are dealt out evenly.
+
+A sample shows a rollout's final answer (answer-based) or its whole response (CoT-based): judges as
+`content` says, reflections CoT-based with probability `reflection_cot_prob`. Rollouts without an
+extractable final answer are never shown answer-based; a sample with no rollout it can show is not made
+(counted in `skipped_no_answer`). Recycled prompts are scored by the same rule verifier as policy prompts
+(`VERIFIER_KIND`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from spark.data import Sample
+from spark.prompts import NUM_VARIANTS, pairwise_prompt, pointwise_prompt, reflection_prompt
+from spark.verifier import extract_answer
+
+# The `kinds` argument of spark.verifier.score_batch for each task.
+VERIFIER_KIND: dict[str, str] = {
+    "policy": "math",
+    "reflection": "math",
+    "pointwise": "pointwise",
+    "pairwise": "pairwise",
+}
+
+# The paper's ablation rows, see `recycle_config_for`.
+MODES = ("policy-only", "reward-only", "policy+reward", "spark")
+
+
+@dataclass
+class RolloutGroup:
+    """One policy prompt and its rollouts. `sample.prompt` is the full user message (question + MATH_SUFFIX),
+    so the raw question, which the judge and reflection templates quote, is `sample.meta["question"]`."""
+
+    sample: Sample
+    responses: list[str]
+    rewards: list[float]  # 0/1 verifier scores, one per response
+
+
+@dataclass
+class RecycleConfig:
+    """What one step's rollouts are recycled into. Defaults: the method's reference rules, plus balancing."""
+
+    pointwise: bool = True  # judge one rollout: is it correct? (Yes/No)
+    pairwise: bool = True  # judge a correct and a wrong rollout: which is correct? (A/B)
+    reflection: bool = True  # fix a wrong rollout (label: the gold answer)
+    content: str = "both"  # judges see "answer" (final answers), "cot" (responses) or "both" (half each)
+    mixed_pairwise_prob: float = 0.7  # a mixed group gives a pairwise sample with this chance, else pointwise
+    mixed_pointwise_correct_prob: float = 0.5  # chance a mixed group's pointwise shows a correct rollout
+    reflection_cot_prob: float = 0.5  # chance a reflection shows the whole response, else the final answer
+    judge_to_reflection: float = 1.0  # judge : reflection samples kept; the larger kind is subsampled
+    balance_labels: bool = True  # as many Yes as No (majority dropped), as many A as B (positions dealt)
+    max_per_kind: int | None = None  # keep at most this many judge and this many reflection samples per step
+
+    def __post_init__(self):
+        if self.content not in ("answer", "cot", "both"):
+            raise ValueError(f"RecycleConfig.content must be 'answer', 'cot' or 'both', got {self.content!r}")
+        for name in ("mixed_pairwise_prob", "mixed_pointwise_correct_prob", "reflection_cot_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"RecycleConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_per_kind is not None and self.max_per_kind < 0:
+            raise ValueError(f"RecycleConfig.max_per_kind must be >= 0, got {self.max_per_kind}")
+        if self.judge_to_reflection <= 0:
+            raise ValueError(f"RecycleConfig.judge_to_reflection must be > 0, got {self.judge_to_reflection}")
+
+
+def recycle_config_for(mode: str, **overrides) -> RecycleConfig:
+    """The recycling of one of the paper's ablation rows; `overrides` set other fields (e.g. content="cot").
+
+    policy-only:   no recycling (plain GRPO)
+    reward-only:   judge tasks only; the trainer also skips the policy loss, the rollouts only feed the judges
+    policy+reward: policy loss and judge tasks
+    spark:         policy loss, judge and reflection tasks (the full method)
+    """
+    if mode not in MODES:
+        raise ValueError(f"recycle mode must be one of {MODES}, got {mode!r}")
+    judges = mode != "policy-only"
+    config = RecycleConfig(pointwise=judges, pairwise=judges, reflection=mode == "spark")
+    return dataclasses.replace(config, **overrides)
+
+
+@dataclass
+class _Pick:
+    """A recycled sample before rendering: which rollouts of which group it shows, and how."""
+
+    group: int
+    task: str
+    rollouts: tuple[int, ...]  # in display order; pairwise: (correct, wrong) until the letters are dealt
+    cot: bool  # shows whole responses, else final answers
+    label: str = ""  # pointwise: Yes/No; pairwise: the correct rollout's letter; reflection: unused
+
+
+def recycle(
+    groups: list[RolloutGroup], config: RecycleConfig, rng: random.Random
+) -> tuple[list[Sample], dict[str, float]]:
+    """Recycled samples (shuffled) and stats for one step's rollout groups; the rules are in the module doc.
+
+    Each sample carries the group's image, a template variant drawn from spark.prompts, and in `meta` the
+    group's meta plus its provenance: `group` (index in `groups`), `rollouts` (indices, in display
+    order), `variant` and `content` ("answer" or "cot"). Stats: group outcomes, samples per kind,
+    samples skipped or dropped, and `pointwise_yes_frac` / `pairwise_a_frac` when those kinds are present.
+    """
+    answers = []  # per group, per rollout: the final answer or None
+    wanted: list[_Pick | None] = []
+    outcomes = {"groups_all_correct": 0, "groups_all_wrong": 0, "groups_mixed": 0}
+    for index, group in enumerate(groups):
+        _check_group(group, index)
+        answers.append([extract_answer(response) for response in group.responses])
+        has_answer = [answer is not None for answer in answers[index]]
+        correct = [i for i, reward in enumerate(group.rewards) if reward == 1]
+        wrong = [i for i, reward in enumerate(group.rewards) if reward == 0]
+        mixed = bool(correct and wrong)
+        outcomes["groups_mixed" if mixed else "groups_all_correct" if correct else "groups_all_wrong"] += 1
+
+        judge_cot = config.content == "cot" or (config.content == "both" and rng.random() < 0.5)
+        if mixed and config.pairwise and (not config.pointwise or rng.random() < config.mixed_pairwise_prob):
+            wanted.append(_choose(index, "pairwise", [correct, wrong], judge_cot, has_answer, rng))
+        elif config.pointwise:
+            shows_correct = not wrong or (mixed and rng.random() < config.mixed_pointwise_correct_prob)
+            pool, label = (correct, "Yes") if shows_correct else (wrong, "No")
+            wanted.append(_choose(index, "pointwise", [pool], judge_cot, has_answer, rng, label))
+        if config.reflection and wrong:
+            reflection_cot = rng.random() < config.reflection_cot_prob
+            wanted.append(_choose(index, "reflection", [wrong], reflection_cot, has_answer, rng))
+    picks = [p for p in wanted if p is not None]
+    judges = [p for p in picks if p.task != "reflection"]
+    reflections = [p for p in picks if p.task == "reflection"]
+
+    units = _judge_units(judges, config.balance_labels, rng)
+    judge_quota, reflection_quota = _quotas(sum(len(unit) for unit in units), len(reflections), config)
+    kept_judges = [p for unit in _subsample_units(units, judge_quota, rng) for p in unit]
+    kept_reflections = rng.sample(reflections, reflection_quota)
+    _deal_letters([p for p in kept_judges if p.task == "pairwise"], config.balance_labels, rng)
+
+    samples = [_render(p, groups[p.group], answers[p.group], rng) for p in kept_judges + kept_reflections]
+    rng.shuffle(samples)
+    stats = {
+        **outcomes,
+        "skipped_no_answer": wanted.count(None),
+        "dropped_for_balance": len(judges) - sum(len(unit) for unit in units),
+        "dropped_for_quota": sum(len(unit) for unit in units) + len(reflections) - len(samples),
+        **_label_stats(kept_judges, kept_reflections),
+    }
+    return samples, stats
+
+
+def _check_group(group: RolloutGroup, index: int) -> None:
+    where = f"recycle: group {index}"
+    if group.sample.task != "policy":
+        raise ValueError(f"{where}: only policy prompts are recycled, got task {group.sample.task!r}")
+    if "question" not in group.sample.meta:
+        raise ValueError(f"{where}: sample.meta has no 'question' (the raw question the templates quote)")
+    if not group.responses:
+        raise ValueError(f"{where}: no responses")
+    if len(group.responses) != len(group.rewards):
+        raise ValueError(f"{where}: {len(group.responses)} responses but {len(group.rewards)} rewards")
+    if any(reward not in (0, 1) for reward in group.rewards):
+        raise ValueError(f"{where}: rewards must be 0 or 1, got {group.rewards}")
+
+
+def _choose(
+    group: int,
+    task: str,
+    pools: list[list[int]],
+    cot: bool,
+    has_answer: list[bool],
+    rng: random.Random,
+    label: str = "",
+) -> _Pick | None:
+    """One rollout drawn from each pool; None when a pool has no rollout that can be shown (answer-based
+    samples only show rollouts with a final answer)."""
+    if not cot:
+        pools = [[i for i in pool if has_answer[i]] for pool in pools]
+    if not all(pools):
+        return None
+    return _Pick(group, task, tuple(rng.choice(pool) for pool in pools), cot, label)
+
+
+def _judge_units(judges: list[_Pick], balance: bool, rng: random.Random) -> list[list[_Pick]]:
+    """Judges grouped into the units that are kept or dropped together: with `balance`, each Yes is paired
+    with a No and the surplus of the majority label is dropped at random; otherwise single samples."""
+    if not balance:
+        return [[p] for p in judges]
+    yes = [p for p in judges if p.label == "Yes"]
+    no = [p for p in judges if p.label == "No"]
+    rng.shuffle(yes)
+    rng.shuffle(no)
+    return [[p] for p in judges if p.task == "pairwise"] + [list(pair) for pair in zip(yes, no)]
+
+
+def _quotas(num_judges: int, num_reflections: int, config: RecycleConfig) -> tuple[int, int]:
+    """How many judge and reflection samples to keep: each at most `max_per_kind`, then the larger kind cut
+    to judges : reflections = judge_to_reflection : 1. When one kind is empty (no wrong rollout this step,
+    or a kind switched off) the other is not cut for the ratio."""
+    if config.max_per_kind is not None:
+        num_judges = min(num_judges, config.max_per_kind)
+        num_reflections = min(num_reflections, config.max_per_kind)
+    if num_judges and num_reflections:
+        num_judges = min(num_judges, round(config.judge_to_reflection * num_reflections))
+        num_reflections = min(num_reflections, round(num_judges / config.judge_to_reflection))
+    return num_judges, num_reflections
+
+
+def _subsample_units(units: list[list[_Pick]], quota: int, rng: random.Random) -> list[list[_Pick]]:
+    """Random whole units holding at most `quota` samples (quota - 1 when only a Yes/No pair is left)."""
+    rng.shuffle(units)
+    kept, size = [], 0
+    for unit in units:
+        if size + len(unit) <= quota:
+            kept.append(unit)
+            size += len(unit)
+    return kept
+
+
+def _deal_letters(pairwise: list[_Pick], balance: bool, rng: random.Random) -> None:
+    """Put each pairwise sample's correct rollout at A or B: half and half in random order with `balance`,
+    else each at random. The label is the correct rollout's letter."""
+    if balance:
+        letters = ["A", "B"] * math.ceil(len(pairwise) / 2)
+        rng.shuffle(letters)
+    else:
+        letters = [rng.choice("AB") for _ in pairwise]
+    for pick, letter in zip(pairwise, letters):
+        pick.label = letter
+        if letter == "B":
+            pick.rollouts = pick.rollouts[::-1]
+
+
+def _render(pick: _Pick, group: RolloutGroup, answers: list[str | None], rng: random.Random) -> Sample:
+    question = group.sample.meta["question"]
+    shown = [group.responses[i] if pick.cot else answers[i] for i in pick.rollouts]
+    variant = rng.randrange(NUM_VARIANTS[pick.task])
+    if pick.task == "pointwise":
+        prompt = pointwise_prompt(question, shown[0], cot=pick.cot, variant=variant)
+    elif pick.task == "pairwise":
+        prompt = pairwise_prompt(question, shown[0], shown[1], cot=pick.cot, variant=variant)
+    else:
+        prompt = reflection_prompt(question, shown[0], cot=pick.cot, variant=variant)
+    gold = group.sample.gold if pick.task == "reflection" else pick.label
+    meta = {
+        **group.sample.meta,
+        "group": pick.group,
+        "rollouts": list(pick.rollouts),
+        "variant": variant,
+        "content": "cot" if pick.cot else "answer",
+    }
+    return Sample(prompt=prompt, gold=gold, task=pick.task, image=group.sample.image, meta=meta)
+
+
+def _label_stats(judges: list[_Pick], reflections: list[_Pick]) -> dict[str, float]:
+    pointwise = [p.label for p in judges if p.task == "pointwise"]
+    pairwise = [p.label for p in judges if p.task == "pairwise"]
+    stats = {"pointwise": len(pointwise), "pairwise": len(pairwise), "reflection": len(reflections)}
+    if pointwise:
+        stats["pointwise_yes_frac"] = pointwise.count("Yes") / len(pointwise)
+    if pairwise:
+        stats["pairwise_a_frac"] = pairwise.count("A") / len(pairwise)
+    return stats
+
+
+class RecycleQueue:
+    """FIFO of recycled samples waiting to be trained on; `state_dict` is plain JSON for checkpoints."""
+
+    def __init__(self):
+        self._samples: deque[Sample] = deque()
+
+    def push(self, samples: Iterable[Sample]) -> None:
+        self._samples.extend(samples)
+
+    def pop(self, k: int) -> list[Sample]:
+        """The k oldest samples (fewer if the queue is shorter)."""
+        return [self._samples.popleft() for _ in range(min(k, len(self._samples)))]
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def state_dict(self) -> dict:
+        return {"samples": [dataclasses.asdict(sample) for sample in self._samples]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._samples = deque(Sample(**sample) for sample in state["samples"])

@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from spark.data import Sample
+from spark.recycle import RecycleConfig, RecycleQueue, RolloutGroup, recycle, recycle_config_for
+
+QUESTION = "What is 2 + 3?"
+CORRECT = "2 + 3 = 5, so the answer is \\boxed{5}."
+
+
+def wrong(k: int) -> str:
+    return f"2 + 3 = {6 + k}, so the answer is \\boxed{{{6 + k}}}."
+
+
+def group(rewards: list[int], image: str | None = None, responses: list[str] | None = None) -> RolloutGroup:
+    if responses is None:
+        responses = [CORRECT if r else wrong(i) for i, r in enumerate(rewards)]
+    sample = Sample(prompt=f"{QUESTION}\n...", gold="5", image=image, meta={"question": QUESTION, "line": 7})
+    return RolloutGroup(sample, responses, [float(r) for r in rewards])
+
+
+def by_task(samples: list[Sample]) -> dict[str, list[Sample]]:
+    tasks: dict[str, list[Sample]] = {"pointwise": [], "pairwise": [], "reflection": []}
+    for s in samples:
+        tasks[s.task].append(s)
+    return tasks
+
+
+UNBALANCED = RecycleConfig(balance_labels=False, content="answer")
+
+
+def test_all_correct_group_gives_one_yes_pointwise():
+    samples, stats = recycle([group([1, 1, 1, 1])], UNBALANCED, random.Random(0))
+    assert len(samples) == 1
+    (s,) = samples
+    assert (s.task, s.gold) == ("pointwise", "Yes")
+    assert QUESTION in s.prompt and "\n5\n" in s.prompt  # answer-based: the final answer on its own line
+    assert s.meta["group"] == 0 and s.meta["content"] == "answer" and s.meta["line"] == 7
+    assert stats["groups_all_correct"] == 1 and stats["pointwise_yes_frac"] == 1.0
+
+
+def test_all_wrong_group_gives_no_pointwise_and_reflection():
+    samples, stats = recycle([group([0, 0, 0])], UNBALANCED, random.Random(0))
+    tasks = by_task(samples)
+    assert [s.gold for s in tasks["pointwise"]] == ["No"]
+    assert [s.gold for s in tasks["reflection"]] == ["5"]  # the gold answer, checked by the math verifier
+    assert not tasks["pairwise"]
+    assert stats["groups_all_wrong"] == 1 and stats["reflection"] == 1
+
+
+def test_mixed_group_pairwise_label_follows_the_correct_rollout():
+    config = RecycleConfig(mixed_pairwise_prob=1.0, reflection=False, content="answer")
+    samples, stats = recycle([group([0, 1, 0, 1])] * 40, config, random.Random(0))
+    assert len(samples) == 40 and all(s.task == "pairwise" for s in samples)
+    for s in samples:
+        a, b = s.meta["rollouts"]
+        correct, shown_wrong = (a, b) if s.gold == "A" else (b, a)
+        assert correct in (1, 3) and shown_wrong in (0, 2)
+        assert f"({s.gold}) 5\n" in s.prompt  # the correct final answer sits at the labelled letter
+    assert stats["pairwise_a_frac"] == 0.5
+
+
+def test_mixed_group_pointwise_shows_correct_or_wrong():
+    for correct_prob, label in [(1.0, "Yes"), (0.0, "No")]:
+        config = RecycleConfig(
+            mixed_pairwise_prob=0.0,
+            mixed_pointwise_correct_prob=correct_prob,
+            reflection=False,
+            balance_labels=False,
+        )
+        samples, _ = recycle([group([1, 0])], config, random.Random(0))
+        assert [(s.task, s.gold) for s in samples] == [("pointwise", label)]
+        assert samples[0].meta["rollouts"] == [0 if label == "Yes" else 1]
+
+
+def random_batch(rng: random.Random, num_groups: int = 64, n: int = 8) -> list[RolloutGroup]:
+    """Groups whose accuracies are spread over [0, 1]."""
+    accuracies = [rng.random() for _ in range(num_groups)]
+    return [group([int(rng.random() < accuracy) for _ in range(n)]) for accuracy in accuracies]
+
+
+def test_labels_balanced_and_judges_to_reflections_one_to_one():
+    rng = random.Random(0)
+    samples, stats = recycle(random_batch(rng), RecycleConfig(), rng)
+    tasks = by_task(samples)
+    yes = sum(s.gold == "Yes" for s in tasks["pointwise"])
+    a = sum(s.gold == "A" for s in tasks["pairwise"])
+    assert yes == len(tasks["pointwise"]) - yes > 0
+    assert abs(a - (len(tasks["pairwise"]) - a)) <= 1 and tasks["pairwise"]
+    num_judges = len(tasks["pointwise"]) + len(tasks["pairwise"])
+    assert abs(num_judges - len(tasks["reflection"])) <= 1
+    assert stats["pointwise_yes_frac"] == 0.5
+    assert stats["pointwise"] + stats["pairwise"] + stats["reflection"] == len(samples)
+    assert {s.meta["content"] for s in samples} == {"answer", "cot"}
+    assert len({s.meta["variant"] for s in samples}) > 1
+
+
+def test_ratio_subsamples_the_larger_kind():
+    # 10 all-wrong groups: 10 No judges and 10 reflections; ratio 2 keeps 10 judges and 5 reflections
+    config = RecycleConfig(balance_labels=False, judge_to_reflection=2.0)
+    samples, stats = recycle([group([0, 0])] * 10, config, random.Random(0))
+    tasks = by_task(samples)
+    assert (len(tasks["pointwise"]), len(tasks["reflection"])) == (10, 5)
+    assert stats["dropped_for_quota"] == 5
+    # a kind with no samples does not remove the other: all-correct groups give no reflections
+    samples, _ = recycle([group([1, 1])] * 3, config, random.Random(0))
+    assert len(samples) == 3
+
+
+def test_max_per_kind_caps_each_kind_then_keeps_the_ratio():
+    rng = random.Random(0)
+    samples, _ = recycle(random_batch(rng), RecycleConfig(max_per_kind=16), rng)
+    tasks = by_task(samples)
+    num_judges = len(tasks["pointwise"]) + len(tasks["pairwise"])
+    # 16 judges, or 15 when only a Yes/No pair was left for the last slot
+    assert len(tasks["reflection"]) == 16 and num_judges in (15, 16)
+    assert sum(s.gold == "Yes" for s in tasks["pointwise"]) == sum(s.gold == "No" for s in tasks["pointwise"])
+
+
+def test_image_travels_with_every_recycled_sample():
+    rng = random.Random(0)
+    groups = [group([1, 0, 0, 1], image="img/0.png"), group([0, 0], image="img/1.png"), group([1, 1])]
+    samples, _ = recycle(groups, UNBALANCED, rng)
+    assert samples
+    for s in samples:
+        assert s.image == groups[s.meta["group"]].sample.image
+
+
+def test_content_kinds():
+    samples, _ = recycle([group([1, 0])] * 4, recycle_config_for("spark", content="cot"), random.Random(0))
+    judges = [s for s in samples if s.task != "reflection"]
+    assert judges and all(s.meta["content"] == "cot" for s in judges)
+    assert all(CORRECT in s.prompt for s in judges)  # the whole response is shown
+
+
+def test_answer_based_skips_rollouts_without_an_answer():
+    no_answer = group([1, 0], responses=[CORRECT, "I am not sure."])
+    config = RecycleConfig(
+        content="answer", reflection_cot_prob=0.0, mixed_pairwise_prob=1.0, balance_labels=False
+    )
+    samples, stats = recycle([no_answer], config, random.Random(0))
+    assert samples == [] and stats["skipped_no_answer"] == 2
+    config = RecycleConfig(content="cot", reflection_cot_prob=1.0, mixed_pairwise_prob=1.0)
+    samples, stats = recycle([no_answer], config, random.Random(0))
+    assert sorted(s.task for s in samples) == ["pairwise", "reflection"] and stats["skipped_no_answer"] == 0
+    assert all("I am not sure." in s.prompt for s in samples)
+
+
+@pytest.mark.parametrize(
+    "mode, tasks",
+    [
+        ("policy-only", set()),
+        ("reward-only", {"pointwise", "pairwise"}),
+        ("policy+reward", {"pointwise", "pairwise"}),
+        ("spark", {"pointwise", "pairwise", "reflection"}),
+    ],
+)
+def test_presets_turn_kinds_off(mode, tasks):
+    rng = random.Random(0)
+    samples, _ = recycle(random_batch(rng), recycle_config_for(mode), rng)
+    assert {s.task for s in samples} == tasks
+
+
+def test_pairwise_off_gives_pointwise_for_mixed_groups():
+    config = RecycleConfig(pairwise=False, reflection=False, balance_labels=False)
+    samples, _ = recycle([group([1, 0])] * 5, config, random.Random(0))
+    assert [s.task for s in samples] == ["pointwise"] * 5
+
+
+def test_same_seed_same_samples():
+    batch = random_batch(random.Random(1))
+    first, second = (recycle(batch, RecycleConfig(), random.Random(3)) for _ in range(2))
+    assert first == second
+
+
+def test_bad_input_is_an_error():
+    policy = group([1, 0])
+    judge = Sample("p", "Yes", task="pointwise", meta={"question": "q"})
+    with pytest.raises(ValueError, match="group 0: only policy prompts"):
+        recycle([RolloutGroup(judge, ["a"], [1.0])], RecycleConfig(), random.Random(0))
+    with pytest.raises(ValueError, match="group 1: sample.meta has no 'question'"):
+        recycle([policy, RolloutGroup(Sample("p", "5"), ["a"], [1.0])], RecycleConfig(), random.Random(0))
+    with pytest.raises(ValueError, match="2 responses but 1 rewards"):
+        recycle([RolloutGroup(policy.sample, ["a", "b"], [1.0])], RecycleConfig(), random.Random(0))
+    with pytest.raises(ValueError, match="0 or 1"):
+        recycle([RolloutGroup(policy.sample, ["a"], [0.5])], RecycleConfig(), random.Random(0))
+    with pytest.raises(ValueError, match="content"):
+        RecycleConfig(content="both-ish")
+    with pytest.raises(ValueError, match="mode"):
+        recycle_config_for("spark-lite")
+
+
+def test_queue_is_fifo_and_round_trips_through_state_dict():
+    queue = RecycleQueue()
+    samples, _ = recycle([group([1, 0, 0], image="img/0.png")] * 3, RecycleConfig(), random.Random(0))
+    queue.push(samples)
+    assert queue.pop(1) == samples[:1] and len(queue) == len(samples) - 1
+
+    restored = RecycleQueue()
+    restored.load_state_dict(json.loads(json.dumps(queue.state_dict())))
+    assert len(restored) == len(queue)
+    assert restored.pop(100) == queue.pop(100) == samples[1:]
+    assert restored.pop(1) == [] and len(restored) == 0
