@@ -2,5 +2,7 @@
 
 from spark.models.checkpoint import CheckpointError, load_model, save_model
 from spark.models.qwen2 import ModelConfig, Packing, Qwen2
+from spark.models.qwen2_vl import ImageTokenError, Qwen2_5_VL, VisionConfig
 
-__all__ = ["CheckpointError", "ModelConfig", "Packing", "Qwen2", "load_model", "save_model"]
+__all__ = ["CheckpointError", "ImageTokenError", "ModelConfig", "Packing", "Qwen2", "Qwen2_5_VL", "VisionConfig",
+           "load_model", "save_model"]

@@ -1,7 +1,8 @@
 """Attention kernels and the pre-allocated KV cache.
 
 Three call patterns, one function each:
-  * packed training / scoring: a flat token stream cut by `cu_seqlens` (no pad tokens);
+  * packed training / scoring: a flat token stream cut by `cu_seqlens` (no pad tokens); also the
+    vision tower's windows, without the causal mask;
   * prefill / decode against a `KVCache` with a per-row fill level (`cache_lens`), so ragged
     prompts share one static-shape cache;
   * plain causal attention over [B, T] (the reference path, used when neither applies).
@@ -48,14 +49,16 @@ class KVCache:
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_seqlen: int) -> torch.Tensor:
-    """Causal attention within each packed sequence. q: [N, Hq, D], k/v: [N, Hkv, D] -> [N, Hq, D]."""
+                     max_seqlen: int, causal: bool = True) -> torch.Tensor:
+    """Attention within each packed sequence, causal unless `causal=False` (the vision tower's windows).
+    q: [N, Hq, D], k/v: [N, Hkv, D] -> [N, Hq, D]."""
     if use_flash(q):
-        return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True)
+        return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal)
+    attention = causal_attention if causal else bidirectional_attention
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
-        out[start:end] = causal_attention(q[None, start:end], k[None, start:end], v[None, start:end])[0]
+        out[start:end] = attention(q[None, start:end], k[None, start:end], v[None, start:end])[0]
     return out
 
 
@@ -63,6 +66,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     """q: [B, T, Hq, D], k/v: [B, T, Hkv, D] -> [B, T, Hq, D]."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          is_causal=True, enable_gqa=True)
+    return out.transpose(1, 2)
+
+
+def bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Every query sees every key. q: [B, T, Hq, D], k/v: [B, T, Hkv, D] -> [B, T, Hq, D]."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), enable_gqa=True)
     return out.transpose(1, 2)
 
 

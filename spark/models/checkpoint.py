@@ -19,8 +19,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from spark.models.qwen2 import ModelConfig, Qwen2
+from spark.models.qwen2_vl import Qwen2_5_VL
 
-TEXT_ARCHITECTURES = {"Qwen2ForCausalLM"}
+# config.json's `architectures[0]` -> our model, built from the config dict.
+ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {
+    "Qwen2ForCausalLM": lambda hf: Qwen2(ModelConfig.from_hf(hf)),
+    "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VL.from_hf,
+}
+# The newer transformers layout of VL checkpoints -> the hub's (which our modules mirror).
+LAYOUT_PREFIXES = {"model.language_model.": "model.", "model.visual.": "visual."}
 # Files a checkpoint directory carries besides the weights, copied through on save.
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
               "added_tokens.json", "generation_config.json", "chat_template.jinja", "chat_template.json",
@@ -57,16 +64,24 @@ def weight_files(path: Path) -> dict[str, Path]:
 
 def build_model(config: dict, path: Path) -> nn.Module:
     architecture = (config.get("architectures") or ["?"])[0]
-    if architecture in TEXT_ARCHITECTURES:
-        return Qwen2(ModelConfig.from_hf(config))
+    if architecture in ARCHITECTURES:
+        return ARCHITECTURES[architecture](config)
     raise CheckpointError(f"{path / 'config.json'}: unknown architecture '{architecture}' "
-                          f"(supported: {', '.join(sorted(TEXT_ARCHITECTURES))})")
+                          f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+
+
+def hub_layout(name: str) -> str:
+    """`model.language_model.layers.0...` -> `model.layers.0...`, `model.visual.*` -> `visual.*`."""
+    for prefix, hub_prefix in LAYOUT_PREFIXES.items():
+        if name.startswith(prefix):
+            return hub_prefix + name[len(prefix):]
+    return name
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                rename: Callable[[str], str] = lambda name: name) -> nn.Module:
-    """Load a checkpoint directory into our model, on `device` in `dtype`. `rename` maps checkpoint
-    tensor names onto the module's (for layouts that differ from the hub's)."""
+    """Load a checkpoint directory into our model, on `device` in `dtype`. Tensor names in the hub's
+    layout or the newer transformers one load as they are; `rename` maps other layouts onto the hub's."""
     path = Path(path)
     config = read_config(path)
     with torch.device("meta"):
@@ -77,7 +92,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
         expected.pop("lm_head.weight")
     state: dict[str, torch.Tensor] = {}
     for name, file in weight_files(path).items():
-        key = rename(name)
+        key = rename(hub_layout(name))
         if key == "lm_head.weight" and tied:
             continue
         if key not in expected:
@@ -114,7 +129,7 @@ def save_model(model: nn.Module, path: str | Path, *, state: dict[str, torch.Ten
     path.mkdir(parents=True, exist_ok=True)
     config, source = model.hf_config, model.source_dir
     state = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
-    if config.get("tie_word_embeddings", False):
+    if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0

@@ -14,7 +14,9 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from spark.losses import token_logprobs
 from spark.models.attention import KVCache, cached_attention, causal_attention, packed_attention
 
 
@@ -182,13 +184,17 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
+        self.activation_checkpointing = False  # recompute each block in backward (the trainer turns it on)
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, packing: Packing | None = None,
                 decoding: Decoding | None = None) -> torch.Tensor:
         cos, sin = self.rotary(positions, embeds.dtype)
         x = embeds
         for block in self.layers:
-            x = block(x, cos, sin, packing, decoding)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, packing, decoding, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, packing, decoding)
         return self.norm(x)
 
 
@@ -227,3 +233,15 @@ class Qwen2(nn.Module):
         if last_only:
             hidden = hidden[:, -1:]
         return self.lm_head(hidden)
+
+    def logprobs(self, input_ids: torch.Tensor, targets: torch.Tensor, *, packing: Packing | None = None,
+                 temperature: float = 1.0, chunk_size: int = 1024, **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies [N] of `targets` [1, N] after each position of `input_ids` [1, N].
+
+        The lm_head runs in fp32 chunks (spark.losses.token_logprobs), so no [N, vocab] tensor is held.
+        A method of the model (not a free function) so that FSDP gathers the head's weight for it.
+        `model_inputs` (pixel_values, image_grid_thw) go to the forward of vision-language subclasses.
+        """
+        hidden = self.forward(input_ids, packing=packing, return_hidden=True, **model_inputs)
+        return token_logprobs(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+                              chunk_size=chunk_size, temperature=temperature, with_entropy=True)

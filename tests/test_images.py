@@ -1,0 +1,100 @@
+"""Image loading and preprocessing against transformers' Qwen2-VL image processor."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from spark.data import DataError
+from spark.images import ImageConfig, expand_image_pads, load_image, preprocess, smart_resize
+from spark.tiny import make_tiny_vl_checkpoint
+
+MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 80
+
+
+def random_image(height: int, width: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+
+
+@pytest.mark.parametrize("sizes", [
+    [(37, 91)], [(300, 17)], [(500, 400)], [(28, 28)], [(1, 150)], [(37, 91), (300, 17), (500, 400), (61, 61)],
+], ids=lambda sizes: "+".join(f"{h}x{w}" for h, w in sizes))
+def test_matches_transformers_processor(sizes):
+    images = [random_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    reference = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)(images, return_tensors="pt")
+    pixel_values, grid = preprocess(images, ImageConfig(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS))
+    assert torch.equal(grid, reference["image_grid_thw"])
+    assert pixel_values.dtype == reference["pixel_values"].dtype == torch.float32
+    assert torch.equal(pixel_values, reference["pixel_values"])
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L"])
+def test_other_modes_match_transformers_processor(mode):
+    images = [random_image(45, 70, mode)]
+    reference = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)(images, return_tensors="pt")
+    pixel_values, _ = preprocess(images, ImageConfig(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS))
+    assert torch.equal(pixel_values, reference["pixel_values"])
+
+
+def test_checkpoint_preprocessor_config_matches_transformers(tmp_path):
+    path = make_tiny_vl_checkpoint(tmp_path / "vl", min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 30)
+    images = [random_image(37, 91), random_image(500, 400, seed=1)]
+    reference = Qwen2VLImageProcessorPil.from_pretrained(path)(images, return_tensors="pt")
+    pixel_values, grid = preprocess(images, ImageConfig.from_pretrained(path))
+    assert torch.equal(grid, reference["image_grid_thw"])
+    assert torch.equal(pixel_values, reference["pixel_values"])
+
+
+def test_config_reads_both_preprocessor_layouts():
+    hub = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "image_mean": [0.5, 0.5, 0.5]}
+    newer = {"size": {"shortest_edge": 3136, "longest_edge": 12845056}, "patch_size": 14,
+             "image_mean": [0.5, 0.5, 0.5]}
+    assert ImageConfig.from_hf(hub) == ImageConfig.from_hf(newer)
+    assert ImageConfig.from_hf(hub).max_pixels == 12845056
+
+
+@pytest.mark.parametrize("height,width", [(37, 91), (300, 17), (5000, 4000), (1, 150), (28, 28)])
+def test_smart_resize_bounds(height, width):
+    h, w = smart_resize(height, width, 28, MIN_PIXELS, MAX_PIXELS)
+    assert h % 28 == 0 and w % 28 == 0
+    assert MIN_PIXELS <= h * w <= MAX_PIXELS
+
+
+def test_smart_resize_rejects_extreme_aspect_ratio():
+    with pytest.raises(ValueError, match="aspect ratio"):
+        smart_resize(1, 300, 28, MIN_PIXELS, MAX_PIXELS)
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    image = random_image(20, 50)
+    exif = image.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    loaded = load_image(tmp_path / "rotated.jpg")
+    assert loaded.mode == "RGB" and loaded.size == (20, 50)
+
+
+def test_load_image_composites_transparency_onto_white(tmp_path):
+    Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_unreadable_images_name_the_file_and_row(tmp_path):
+    with pytest.raises(DataError, match=r"missing\.png: file not found"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"train\.jsonl, line 7, field 'image': .*broken\.jpg: cannot read"):
+        load_image(tmp_path / "broken.jpg", source="train.jsonl", line=7)
+
+
+def test_expand_image_pads():
+    grid = torch.tensor([[1, 4, 8], [1, 2, 2]])
+    text = "<|vision_start|><|image_pad|><|vision_end|>A or <|vision_start|><|image_pad|><|vision_end|>?"
+    expanded = expand_image_pads(text, grid, merge_size=2)
+    assert expanded == ("<|vision_start|>" + "<|image_pad|>" * 8 + "<|vision_end|>A or <|vision_start|>"
+                        + "<|image_pad|>" + "<|vision_end|>?")
+    with pytest.raises(ValueError, match="2 <\\|image_pad\\|> placeholders for 1 images"):
+        expand_image_pads(text, grid[:1], merge_size=2)
