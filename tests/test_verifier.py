@@ -1,0 +1,232 @@
+"""Tests of spark.verifier: hand-written cases, bounded time on adversarial input, judge verdicts,
+and every gold answer of the eval sets verifying against itself."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from spark import verifier
+from spark.verifier import extract_answer, is_correct, parse_judgment, score_batch, verifier_stats
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL = REPO / ".." / "shared" / "data" / "eval"
+CASES = [json.loads(line) for line in (REPO / "tests" / "verifier_cases.jsonl").read_text().splitlines() if line]
+CATEGORIES = sorted({case["category"] for case in CASES})
+
+
+def boxed(answer: str) -> str:
+    return "Let me work through it.\nSo the final answer is $\\boxed{" + answer + "}$."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_pool():
+    """Two workers (the test machine has two busy cores), started before any timed check."""
+    verifier.configure(2)
+    assert is_correct(boxed(r"2\sqrt{2}"), r"\sqrt{8}")
+    yield
+    verifier.shutdown()
+
+
+def stats_delta(before: dict[str, int]) -> dict[str, int]:
+    return {key: value - before[key] for key, value in verifier_stats().items()}
+
+
+# --------------------------------------------------------------------------- the case file
+
+
+def test_case_file_covers_every_form_both_ways():
+    assert len(CASES) >= 150
+    for case in CASES:
+        assert set(case) == {"response", "gold", "expected", "category"}, case
+    outcomes = Counter((case["category"], case["expected"]) for case in CASES)
+    for category in CATEGORIES:
+        assert outcomes[category, True] and outcomes[category, False], f"{category}: needs true and false cases"
+
+
+@pytest.fixture(scope="module")
+def case_scores() -> list[float]:
+    return score_batch([case["response"] for case in CASES], [case["gold"] for case in CASES])
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{c['category']}-{i}" for i, c in enumerate(CASES)])
+def test_case(i: int, case_scores: list[float]):
+    case = CASES[i]
+    assert case_scores[i] == float(case["expected"]), case
+
+
+def test_is_correct_agrees_with_score_batch_on_a_sample():
+    for case in CASES[::25]:
+        assert is_correct(case["response"], case["gold"]) is case["expected"], case
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (r"so \boxed{\frac{1}{2}} and then \boxed{\frac{\sqrt{3}}{2}}.", r"\frac{\sqrt{3}}{2}"),
+        (r"\boxed{\text{Evelyn}}", r"\text{Evelyn}"),
+        (r"\fbox{12}", "12"),
+        (r"\boxed {7}", "7"),
+        (r"$\boxed 7$", "7"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+        ("The answer is: $5$.", "5"),
+        ("Adding them up.\n#### 1,600", "1,600"),
+        (r"truncated \boxed{\frac{1}{2}", None),
+        ("no answer here", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(response: str, expected: str | None):
+    assert extract_answer(response) == expected
+
+
+def test_extract_answer_fallbacks_are_configurable():
+    assert extract_answer("The answer is 5.", fallbacks=()) is None
+    assert extract_answer("#### 5", fallbacks=("answer_is",)) is None
+    with pytest.raises(ValueError, match="unknown fallbacks"):
+        extract_answer("x", fallbacks=("nope",))
+
+
+# --------------------------------------------------------------------------- judge verdicts
+
+
+@pytest.mark.parametrize(
+    ("response", "kind", "expected"),
+    [
+        (r"The solution is right. \boxed{Yes}", "pointwise", "Yes"),
+        (r"\boxed{no}", "pointwise", "No"),
+        (r"\boxed{\text{Yes}}", "pointwise", "Yes"),
+        (r"\boxed{YES.}", "pointwise", "Yes"),
+        (r"\boxed{Maybe}", "pointwise", None),
+        ("Yes, it is correct.", "pointwise", None),
+        (r"\boxed{A}", "pairwise", "A"),
+        (r"\boxed{(B)}", "pairwise", "B"),
+        (r"\boxed{\text{A}}", "pairwise", "A"),
+        (r"\boxed{Answer 2}", "pairwise", "B"),
+        ("Overall Judgment: Answer 1 is better", "pairwise", "A"),
+        ("Both have flaws. Overall Judgment: Answer 2 is better.", "pairwise", "B"),
+        (r"\boxed{C}", "pairwise", None),
+        ("I cannot decide.", "pairwise", None),
+        (r"\boxed{Yes", "pointwise", None),
+        (r"\boxed{" + "A" * 20_000 + "}", "pairwise", None),
+    ],
+)
+def test_parse_judgment(response: str, kind: str, expected: str | None):
+    assert parse_judgment(response, kind) == expected
+
+
+def test_parse_judgment_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="unknown kind"):
+        parse_judgment(r"\boxed{A}", "listwise")
+
+
+def test_score_batch_mixes_math_and_judge_rows():
+    responses = [boxed("72"), r"\boxed{Yes}", r"\boxed{No}", "Overall Judgment: Answer 2 is better", boxed("71")]
+    golds = ["72", "Yes", "Yes", "B", "72"]
+    kinds = ["math", "pointwise", "pointwise", "pairwise", "math"]
+    assert score_batch(responses, golds, kinds) == [1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_score_batch_rejects_malformed_calls():
+    with pytest.raises(ValueError, match="2 responses, 1 golds"):
+        score_batch(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="row 0: unknown kind"):
+        score_batch(["a"], ["a"], kinds=["essay"])
+    with pytest.raises(TypeError, match="row 0"):
+        score_batch([boxed("1")], [1.0])
+
+
+def test_cheap_rows_never_reach_sympy():
+    before = verifier_stats()
+    scores = score_batch([boxed("1,000"), boxed(r"\dfrac{1}{2}"), boxed("0.5"), boxed("7")], ["1000", "0.5", r"\frac12", "8"])
+    assert scores == [1.0, 1.0, 1.0, 0.0]
+    assert stats_delta(before)["sympy"] == 0
+
+
+# --------------------------------------------------------------------------- bounded time
+
+
+@pytest.mark.parametrize(
+    ("answer", "counter"),
+    [
+        ("10^{10^{10}}", "rejected"),
+        ("2^{2^{2^{2^{2^{2}}}}}", "rejected"),
+        ("(10^{5000})!", "rejected"),
+        ("1" * 20_000, "rejected"),
+        (r"\frac{1}{" * 60 + "2" + "}" * 60, "rejected"),
+        ("(" * 5_000, "rejected"),
+        ("(996!)^{1000}", "timeouts"),
+    ],
+)
+def test_adversarial_answers_are_bounded_and_counted(answer: str, counter: str):
+    timeout = 1.0
+    before = verifier_stats()
+    start = time.monotonic()
+    assert not is_correct(boxed(answer), "3", timeout=timeout)
+    assert time.monotonic() - start < 3 * timeout  # a guard against hangs, not a timing claim
+    delta = stats_delta(before)
+    assert delta["checked"] == 1 and delta[counter] == 1
+
+
+def test_unbalanced_box_scores_zero():
+    before = verifier_stats()
+    assert score_batch([r"\boxed{\frac{1}{2}", r"\boxed{1}}}}"], [r"\frac12", "1"]) == [0.0, 1.0]
+    assert stats_delta(before)["checked"] == 2
+
+
+def test_stuck_checks_are_killed_counted_and_replaced():
+    # (n!)^1000 passes the size guards but takes sympy seconds: each worker is killed at the deadline.
+    responses = [boxed(f"({n}!)^{{1000}}") for n in (997, 998, 999)]
+    before = verifier_stats()
+    assert score_batch(responses, ["3"] * 3, timeout=0.3) == [0.0, 0.0, 0.0]
+    delta = stats_delta(before)
+    assert delta["timeouts"] == 3 and delta["sympy"] == 3
+    assert score_batch([boxed(r"\frac{\cos t}{\sin t}")], [r"\cot t"]) == [1.0]  # replaced workers serve again
+
+
+def test_a_worker_that_died_while_idle_is_replaced():
+    assert is_correct(boxed(r"\sqrt{8}"), r"2\sqrt2")
+    for worker in verifier._pool.workers:
+        worker.process.kill()
+        worker.process.wait()
+    assert score_batch([boxed(r"\sqrt{18}")] * 2, [r"3\sqrt2"] * 2) == [1.0, 1.0]
+
+
+def test_shutdown_stops_every_worker():
+    assert is_correct(boxed(r"\sqrt{8}"), r"2\sqrt2")
+    processes = [worker.process for worker in verifier._pool.workers]
+    verifier.shutdown()
+    assert all(process.poll() is not None for process in processes)
+    assert is_correct(boxed(r"\sqrt{8}"), r"2\sqrt2")  # a new pool starts on demand
+
+
+# --------------------------------------------------------------------------- self-consistency on real golds
+
+
+def eval_golds() -> list[tuple[str, str]]:
+    """(file, gold) for every row of the eval sets, each gold in the form its loader passes it."""
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (EVAL / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+
+    golds = [("math500", row["answer"]) for row in rows("math500")]
+    golds += [("aime24", str(row["answer"])) for row in rows("aime24")]
+    golds += [("amc23", str(row["answer"])) for row in rows("amc23")]
+    golds += [("minerva_math", extract_answer(row["solution"], fallbacks=())) for row in rows("minerva_math")]
+    golds += [("gsm8k", row["answer"].split("#### ")[-1].strip()) for row in rows("gsm8k")]
+    golds += [("mmlu_stem", "ABCD"[row["answer"]]) for row in rows("mmlu_stem")]
+    return golds
+
+
+def test_every_eval_gold_verifies_against_itself():
+    golds = eval_golds()
+    assert len(golds) == 500 + 30 + 40 + 272 + 1319 + 3018
+    scores = score_batch([boxed(gold) for _, gold in golds], [gold for _, gold in golds])
+    failures = [(name, gold) for (name, gold), score in zip(golds, scores) if score != 1.0]
+    assert not failures
