@@ -1,0 +1,57 @@
+"""Evaluate a checkpoint on math and reward benchmarks (spark.evaluation).
+
+    python evaluate.py --model CKPT_DIR --bench gsm8k,math500 --limit 20 --out runs/eval
+    python evaluate.py --model CKPT_DIR --bench mmlu_stem --judge            # + self-judgment P/R/F1
+    python evaluate.py --model CKPT_DIR --bench aime24 --n 8 --temperature 1  # mean@8 / pass@8
+    python evaluate.py --model CKPT_DIR --bench 'file:mathvista.jsonl:question=question,answer=answer,image=image,choices=choices'
+    python evaluate.py --model CKPT_DIR --bench rb2:rewardbench2.jsonl,vlrb:vl_rewardbench.jsonl
+    torchrun --nproc-per-node 2 evaluate.py --model CKPT_DIR --bench gsm8k --tts
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spark.evaluation import EvalConfig, evaluate_checkpoint
+from spark.evaluation.loaders import BUILTIN
+from spark.tts import Sampling
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "eval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    parser.add_argument("--bench", required=True, action="append",
+                        help=f"comma-separated specs: {', '.join(BUILTIN)}, file:PATH[:question=F,answer=F,"
+                             "image=F,choices=F,name=N], rb2:PATH, vlrb:PATH (repeatable)")
+    parser.add_argument("--limit", type=int, help="only the first N rows of each benchmark")
+    parser.add_argument("--out", type=Path, help="output directory (resumes what is already there)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the built-in files are")
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=int, default=1, help="samples per math question (mean@n, pass@n)")
+    parser.add_argument("--judge", action="store_true", help="the model also judges its answers (P/R/F1)")
+    parser.add_argument("--tts", action="store_true", help="test-time scaling: judge, then reflect if not Yes")
+    parser.add_argument("--max-rounds", type=int, default=2, help="judge -> reflect rounds of --tts")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    args = build_parser().parse_args(argv)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        top_k=args.top_k, seed=args.seed)
+    cfg = EvalConfig(sampling=sampling, n=args.n, judge=args.judge, tts=args.tts, max_rounds=args.max_rounds,
+                     batch_size=args.batch_size)
+    return evaluate_checkpoint(args.model, ",".join(args.bench), cfg, data_dir=args.data_dir, limit=args.limit,
+                               out_dir=args.out, dtype=args.dtype)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Running the model on benchmark items: one record (a JSON-ready dict) per item, in item order.
+
+math: the model answers (n samples), then, as configured, judges its own answers (self-judgment) or
+runs the test-time loop on them (spark.tts). rb2: the model rates each candidate response
+(rating_prompt). vlrb: the model compares the two responses (vl_rewardbench_prompt) in both orders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from spark.data import Sample
+from spark.evaluation.loaders import BestOfNItem, PairItem
+from spark.evaluation.scoring import best_of_n_correct, pairwise_correct, parse_rating
+from spark.prompts import rating_prompt, vl_rewardbench_prompt
+from spark.tts import Problem, Sampling, answer, judge, refine
+from spark.verifier import parse_judgment
+
+
+@dataclass
+class EvalConfig:
+    sampling: Sampling = field(default_factory=Sampling)
+    n: int = 1  # samples per math question: mean@n and pass@n (the judge benchmarks use one)
+    judge: bool = False  # the model also judges each of its answers (self-judgment P/R/F1)
+    tts: bool = False  # the test-time loop on each answer (implies judging)
+    max_rounds: int = 2  # judge -> reflect rounds of the loop
+    batch_size: int = 64  # items per generate call
+
+
+def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:
+    problems = [Problem(s.meta["question"], s.gold, s.image) for s in samples]
+    rows = answer(model, problems, sampling=cfg.sampling, n=cfg.n)
+    traces = [trace for row in rows for trace in row]
+    if cfg.tts:
+        refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling)
+    elif cfg.judge:
+        judge(model, traces, sampling=cfg.sampling)
+    return [
+        {"question": p.question, "gold": p.gold, "image": p.image, "traces": [t.to_dict() for t in row]}
+        for p, row in zip(problems, rows)
+    ]
+
+
+def _first_completions(model, prompts: list[str], images: list[str | None], cfg: EvalConfig) -> list:
+    return [completions[0] for completions in model.generate(prompts, images, n=1, **asdict(cfg.sampling))]
+
+
+def run_rb2(model, items: list[BestOfNItem], cfg: EvalConfig) -> list[dict]:
+    candidates = [item.chosen + item.rejected for item in items]
+    prompts = [rating_prompt(item.prompt, c) for item, cs in zip(items, candidates) for c in cs]
+    outputs = iter(_first_completions(model, prompts, [None] * len(prompts), cfg))
+    records = []
+    for item, cs in zip(items, candidates):
+        judgments = [next(outputs) for _ in cs]
+        ratings = [parse_rating(j.text) for j in judgments]
+        records.append({
+            "id": item.id,
+            "subset": item.subset,
+            "num_chosen": len(item.chosen),
+            "ratings": ratings,
+            "correct": best_of_n_correct(ratings[: len(item.chosen)], ratings[len(item.chosen):]),
+            "unparsed": sum(r is None for r in ratings),
+            "num_tokens": sum(j.num_tokens for j in judgments),
+            "judgments": [j.text for j in judgments],
+        })
+    return records
+
+
+def run_vlrb(model, items: list[PairItem], cfg: EvalConfig) -> list[dict]:
+    prompts, images = [], []
+    for item in items:
+        first, second = item.responses
+        prompts += [vl_rewardbench_prompt(item.query, first, second), vl_rewardbench_prompt(item.query, second, first)]
+        images += [item.image, item.image]
+    outputs = _first_completions(model, prompts, images, cfg)
+    records = []
+    for k, item in enumerate(items):
+        forward, reverse = outputs[2 * k], outputs[2 * k + 1]
+        picks = [parse_judgment(forward.text, "pairwise"), parse_judgment(reverse.text, "pairwise")]
+        records.append({
+            "id": item.id,
+            "subset": item.subset,
+            "better": item.better,
+            "picks": picks,  # "A" = Answer 1; the reverse order shows the responses swapped
+            "correct": pairwise_correct(picks[0], picks[1], item.better),
+            "unparsed": sum(p is None for p in picks),
+            "num_tokens": forward.num_tokens + reverse.num_tokens,
+            "judgments": [forward.text, reverse.text],
+        })
+    return records
+
+
+RUNS = {"math": run_math, "rb2": run_rb2, "vlrb": run_vlrb}

@@ -1,0 +1,216 @@
+"""Test-time scaling with self-reflection (paper section 3.3, eqs. 9-11).
+
+One model answers, judges its own answer and, when it does not accept it, reflects:
+
+    o_0     = pi(q, I)                              answer, math_prompt                   (eq. 9)
+    r_t     = pi(q, I, judge(o_t))                  pointwise_prompt on the whole o_t     (eq. 10)
+    o_{t+1} = o_t                     if r_t = Yes                                        (eq. 11)
+              pi(q, I, reflect(o_t))  otherwise     reflection_prompt showing o_t
+
+for t = 0 .. max_rounds - 1; a trace stops at its first Yes. A verdict that cannot be parsed is not
+a Yes. The last reflection is not judged again: nothing would follow from its verdict. Batched
+across problems: each round only the still-open traces go to the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from spark.prompts import math_prompt, pointwise_prompt, reflection_prompt
+from spark.verifier import extract_answer, parse_judgment, score_batch
+
+ANSWER_ROLES = ("answer", "reflect")
+
+
+@dataclass
+class Sampling:
+    """Generation settings of every call in the loop (temperature 0 = greedy)."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass
+class Problem:
+    question: str  # the bare question (with its options), shown again to the judge and the reflection
+    gold: str | None = None  # None: nothing is scored (a question typed at the terminal)
+    image: str | None = None
+
+
+@dataclass
+class Turn:
+    role: str  # "answer" (o_0) | "judge" (r_t) | "reflect" (o_{t+1})
+    round: int  # the t of the o_t this turn produced or judged
+    response: str
+    num_tokens: int
+    finish_reason: str
+    extracted: str | None = None  # answer / reflect: the \boxed{} answer; judge: "Yes" / "No" / None
+    correct: bool | None = None  # answer / reflect: the verifier's verdict against the gold
+    prompt: str = ""  # kept for display, not saved
+
+
+@dataclass
+class Trace:
+    """One problem's exchange, turn by turn."""
+
+    problem: Problem
+    turns: list[Turn] = field(default_factory=list)
+
+    @property
+    def answers(self) -> list[Turn]:
+        return [turn for turn in self.turns if turn.role in ANSWER_ROLES]
+
+    @property
+    def final(self) -> Turn:
+        return self.answers[-1]
+
+    def to_dict(self) -> dict:
+        return {"turns": [{k: v for k, v in asdict(turn).items() if k != "prompt"} for turn in self.turns]}
+
+    @classmethod
+    def from_dict(cls, problem: Problem, data: dict) -> Trace:
+        return cls(problem, [Turn(**turn) for turn in data["turns"]])
+
+
+def _generate(model, prompts: list[str], images: list[str | None], sampling: Sampling, n: int = 1):
+    return model.generate(prompts, images, n=n, **asdict(sampling))
+
+
+def _answer_turns(role: str, rounds: list[int], problems: list[Problem], prompts: list[str], completions) -> list[Turn]:
+    """Answer / reflect turns (lists aligned, one per completion) with their extracted answers and, where
+    a gold is known, the verifier's verdicts, checked in one batch."""
+    scored = [i for i, p in enumerate(problems) if p.gold is not None]
+    scores = score_batch([completions[i].text for i in scored], [problems[i].gold for i in scored])
+    correct: list[bool | None] = [None] * len(completions)
+    for i, score in zip(scored, scores):
+        correct[i] = score == 1.0
+    return [
+        Turn(role, r, c.text, c.num_tokens, c.finish_reason, extract_answer(c.text), ok, prompt)
+        for r, prompt, c, ok in zip(rounds, prompts, completions, correct)
+    ]
+
+
+def answer(model, problems: list[Problem], *, sampling: Sampling, n: int = 1) -> list[list[Trace]]:
+    """o_0 (eq. 9): n traces per problem, each starting with one sampled answer."""
+    prompts = [math_prompt(p.question) for p in problems]
+    outputs = _generate(model, prompts, [p.image for p in problems], sampling, n=n)
+    completions = [c for samples in outputs for c in samples]  # problem k's samples at k * n ... k * n + n - 1
+    each_sample = [(p, prompt) for p, prompt in zip(problems, prompts) for _ in range(n)]
+    turns = _answer_turns("answer", [0] * len(completions), [p for p, _ in each_sample],
+                          [prompt for _, prompt in each_sample], completions)
+    return [[Trace(p, [turn]) for turn in turns[k * n : (k + 1) * n]] for k, p in enumerate(problems)]
+
+
+def judge(model, traces: list[Trace], *, sampling: Sampling) -> list[str | None]:
+    """r_t (eq. 10): each trace's model judges its latest answer, reasoning included. Appends a judge turn
+    to every trace; returns the verdicts ("Yes" / "No" / None when none could be parsed)."""
+    prompts = [pointwise_prompt(t.problem.question, t.final.response, cot=True) for t in traces]
+    outputs = _generate(model, prompts, [t.problem.image for t in traces], sampling)
+    verdicts = []
+    for trace, prompt, (completion,) in zip(traces, prompts, outputs):
+        verdict = parse_judgment(completion.text, "pointwise")
+        trace.turns.append(Turn("judge", trace.final.round, completion.text, completion.num_tokens,
+                                completion.finish_reason, verdict, prompt=prompt))
+        verdicts.append(verdict)
+    return verdicts
+
+
+def reflect(model, traces: list[Trace], *, sampling: Sampling) -> None:
+    """o_{t+1} (eq. 11, rejected branch): a revised solution from a prompt that shows the judged one."""
+    prompts = [reflection_prompt(t.problem.question, t.final.response, cot=True) for t in traces]
+    outputs = _generate(model, prompts, [t.problem.image for t in traces], sampling)
+    rounds = [t.final.round + 1 for t in traces]
+    turns = _answer_turns("reflect", rounds, [t.problem for t in traces], prompts, [c for (c,) in outputs])
+    for trace, turn in zip(traces, turns):
+        trace.turns.append(turn)
+
+
+def refine(model, traces: list[Trace], *, max_rounds: int = 2, sampling: Sampling) -> None:
+    """Judge, and reflect on what was not accepted, for up to max_rounds rounds (traces are extended)."""
+    open_traces = traces
+    for _ in range(max_rounds):
+        verdicts = judge(model, open_traces, sampling=sampling)
+        open_traces = [trace for trace, verdict in zip(open_traces, verdicts) if verdict != "Yes"]
+        if not open_traces:
+            return
+        reflect(model, open_traces, sampling=sampling)
+
+
+def run_tts(model, problems: list[Problem], *, max_rounds: int = 2, sampling: Sampling) -> list[Trace]:
+    """The whole loop for a batch of problems: one trace per problem."""
+    traces = [rows[0] for rows in answer(model, problems, sampling=sampling)]
+    refine(model, traces, max_rounds=max_rounds, sampling=sampling)
+    return traces
+
+
+def _rate(count: int, total: int) -> float:
+    return count / total if total else 0.0
+
+
+def _held(trace: Trace, t: int) -> Turn:
+    """The answer a trace holds after round t."""
+    return [turn for turn in trace.answers if turn.round <= t][-1]
+
+
+def tts_statistics(traces: list[Trace], max_rounds: int) -> dict:
+    """What the loop did, over scored traces:
+    accuracy_by_round[t]: accuracy of the answers held after round t (index 0: before any judging);
+    false_accept: Yes to a wrong answer (rate over judged wrong answers); false_reject: not Yes to a right
+    one (rate over judged right answers); fixed / broke: reflections that turned a wrong answer right /
+    a right one wrong; extra_tokens: tokens of judge and reflect turns, beyond the first answers."""
+    judged_right = judged_wrong = false_accept = false_reject = fixed = broke = reflections = 0
+    for trace in traces:
+        right = False  # whether the answer held at this point of the trace is correct
+        for turn in trace.turns:
+            if turn.role == "judge":
+                judged_right += right
+                judged_wrong += not right
+                false_accept += turn.extracted == "Yes" and not right
+                false_reject += turn.extracted != "Yes" and right
+            elif turn.role == "reflect":
+                reflections += 1
+                fixed += not right and bool(turn.correct)
+                broke += right and not turn.correct
+            if turn.role in ANSWER_ROLES:
+                right = bool(turn.correct)
+    answer_tokens = sum(t.turns[0].num_tokens for t in traces)
+    return {
+        "accuracy_by_round": [
+            _rate(sum(bool(_held(trace, t).correct) for trace in traces), len(traces)) for t in range(max_rounds + 1)
+        ],
+        "judged": judged_right + judged_wrong,
+        "false_accept": false_accept,
+        "false_accept_rate": _rate(false_accept, judged_wrong),
+        "false_reject": false_reject,
+        "false_reject_rate": _rate(false_reject, judged_right),
+        "reflections": reflections,
+        "fixed": fixed,
+        "broke": broke,
+        "answer_tokens": answer_tokens,
+        "extra_tokens": sum(turn.num_tokens for t in traces for turn in t.turns) - answer_tokens,
+    }
+
+
+def format_trace(trace: Trace, *, show_prompts: bool = False) -> str:
+    """The exchange as terminal text: each turn under a rule naming its round and role, then its outcome."""
+    lines = [f"Question: {trace.problem.question}"]
+    if trace.problem.image:
+        lines.append(f"Image: {trace.problem.image}")
+    for turn in trace.turns:
+        title = {"answer": "answer", "judge": "self-judgment", "reflect": "reflection"}[turn.role]
+        lines += ["", f"── round {turn.round} · {title} " + "─" * 40]
+        if show_prompts and turn.prompt:
+            lines += [turn.prompt, "· · ·"]
+        lines.append(turn.response.strip())
+        if turn.role == "judge":
+            outcome = f"verdict: {turn.extracted or 'unparsed'}"
+        else:
+            outcome = f"answer: {turn.extracted or 'none'}"
+            if turn.correct is not None:
+                outcome += " (correct)" if turn.correct else f" (wrong; gold {trace.problem.gold})"
+        lines.append(f"=> {outcome}  [{turn.num_tokens} tokens, {turn.finish_reason}]")
+    lines += ["", f"Final answer: {trace.final.extracted or 'none'}"]
+    return "\n".join(lines)
