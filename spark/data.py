@@ -8,7 +8,7 @@ row is a `DataError` naming the file, the line (1-based) and the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,3 +73,24 @@ def require_str(row: dict, key: str, path: str | Path, line: int) -> str:
     if not value.strip():
         raise DataError(path, line, key, "empty")
     return value
+
+
+def load_questions(paths: list[str], *, question_field: str = "question", answer_field: str = "answer",
+                   image_field: str = "image", prompt: Callable[[str], str] = lambda q: q) -> list[Sample]:
+    """Training rows {question, answer, image?} as policy Samples. `prompt` turns the question into the
+    user message (e.g. spark.prompts.math_prompt); the raw question stays in `meta["question"]` for the
+    recycling templates. Image paths are relative to their data file and must exist."""
+    samples = []
+    for path in paths:
+        for line, row in read_records(path):
+            question = require_str(row, question_field, path, line)
+            image = row.get(image_field)
+            if image is not None:
+                image = str((Path(path).parent / require_str(row, image_field, path, line)).resolve())
+                if not Path(image).exists():
+                    raise DataError(path, line, image_field, f"image file not found: {image}")
+            samples.append(Sample(prompt=prompt(question), gold=require_str(row, answer_field, path, line),
+                                  image=image, meta={"question": question, "source": f"{path}:{line}"}))
+    if not samples:
+        raise DataError(", ".join(paths) or "<no files>", None, None, "no training rows")
+    return samples

@@ -1,0 +1,71 @@
+"""Training checkpoints with `torch.distributed.checkpoint` (DCP), saved atomically.
+
+A checkpoint is a folder `step_00000010/` holding the sharded model and optimizer state (DCP reshards
+them on load, so a run can resume on a different number of ranks) and `trainer.json` (step, data
+cursor, recycle queue, seed). It is written as `step_00000010.tmp/` and renamed only when complete, so a
+run killed mid-save keeps its previous checkpoint; stale `.tmp` folders are removed on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+TRAINER_STATE = "trainer.json"
+
+
+class Checkpointer:
+    def __init__(self, folder: str | Path, keep_last: int):
+        self.folder, self.keep_last = Path(folder), keep_last
+
+    def finished(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.folder.exists():
+            return []
+        return sorted(p for p in self.folder.glob("step_*") if p.is_dir() and (p / TRAINER_STATE).exists()
+                      and not p.name.endswith(".tmp"))
+
+    def latest(self) -> Path | None:
+        done = self.finished()
+        return done[-1] if done else None
+
+    def save(self, step: int, model: nn.Module, optimizer, trainer_state: dict) -> Path:
+        """Collective: every rank calls it. Rank 0 writes trainer.json and publishes the folder."""
+        final = self.folder / f"step_{step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.save(state, checkpoint_id=tmp)
+        if dist.get_rank() == 0:
+            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in self.finished()[:-self.keep_last]:
+                shutil.rmtree(old)
+        dist.barrier()
+        return final
+
+    def load(self, path: Path, model: nn.Module, optimizer) -> dict:
+        """Collective: restore model and optimizer in place; returns the trainer state."""
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(state, checkpoint_id=path)
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+        return json.loads((path / TRAINER_STATE).read_text())
+
+    def remove_stale(self) -> None:
+        for tmp in self.folder.glob("step_*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,190 @@
+"""Run configuration: one TOML file shows every setting, `section.key=value` overrides it.
+
+`TrainConfig` (at the end) is the schema of a training run, one dataclass per TOML table.
+
+`load_config(cls, path, overrides)` fills a dataclass tree from TOML tables. Unknown keys and values
+of the wrong type are errors that name the file and the key; a missing key takes its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from spark.recycle import RecycleConfig
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=1e-6` -> (["optim", "lr"], 1e-06). Values are TOML; bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    raw: dict = {}
+    source = str(path) if path else "<defaults>"
+    if path:
+        with open(path, "rb") as f:
+            try:
+                raw = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{path}: {e}") from None
+    for override in overrides:
+        keys, value = parse_override(override)
+        table = raw
+        for key in keys[:-1]:
+            table = table.setdefault(key, {})
+        table[keys[-1]] = value
+    return from_dict(cls, raw, source, "")
+
+
+def from_dict(cls: type[T], raw: dict, source: str, prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = coerce(hints[name], value, source, prefix + name)
+    return cls(**kwargs)
+
+
+def coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a table")
+        return from_dict(hint, value, source, key + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return origin(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a table, got {value!r}")
+        return dict(value)
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+# ---- The training run's settings: every field appears in configs/*.toml -------------------------------
+
+@dataclass
+class ModelSettings:
+    path: str = ""  # Hugging Face checkpoint directory (config.json, safetensors, tokenizer)
+    mixed_precision: bool = True  # bf16 compute with fp32 master weights and reductions (GPU only; CPU runs fp32)
+    activation_checkpointing: bool = False  # recompute each block in backward
+    freeze_vision: bool = False  # Qwen2.5-VL: keep the vision tower fixed during RL
+
+
+@dataclass
+class DataSettings:
+    train_files: list[str] = field(default_factory=list)  # JSONL / Parquet rows {question, answer, image?}
+    question_field: str = "question"
+    answer_field: str = "answer"
+    image_field: str = "image"  # image path, relative to the data file; absent or null for text rows
+    prompts_per_step: int = 64  # global batch of questions per step (split over ranks)
+    epochs: int = 2
+    max_prompt_tokens: int = 2048  # longer prompts are an error naming the row
+    seed: int = 0  # data order, sampling and recycling draws all derive from (seed, step, rank)
+
+
+@dataclass
+class RolloutSettings:
+    n: int = 8  # rollouts per prompt (group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 768
+    batch_size: int = 256  # sequences per sampler call
+    compile: bool = False  # torch.compile the decode step (CUDA graphs)
+
+
+@dataclass
+class LossSettings:
+    kl_coef: float = 0.001  # lambda of the KL to the frozen reference, in the loss
+    kl_kind: str = "k3"  # k1 | k2 | k3
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # > clip_low is clip-higher
+    dual_clip: float = 0.0  # > 1 enables dual-clip; 0 = off
+    aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean
+    advantage_scale: str = "group"  # group | batch | none (Dr. GRPO)
+    advantage_eps: float = 1e-6
+    mask_truncated: bool = False  # responses cut at max_new_tokens carry no loss
+    ppo_epochs: int = 1  # passes over each batch; > 1 recomputes old log-probs first
+    micro_batch_tokens: int = 8192  # packed tokens per forward/backward
+    logprob_chunk: int = 1024  # tokens per fp32 logits chunk
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 5e-7
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03  # linear warm-up over this fraction of the steps
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    grad_clip: float = 1.0
+
+
+@dataclass
+class SparkSettings:
+    mode: str = "spark"  # policy-only | reward-only | policy+reward | spark (the paper's ablation rows)
+    schedule: str = "separate"  # separate: recycled update right after the policy update; mixed: into the next batch
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {"policy": 1.0, "pointwise": 1.0, "pairwise": 1.0, "reflection": 1.0})
+    recycle: RecycleConfig = field(default_factory=RecycleConfig)  # rules; kinds off/on also follow `mode`
+
+
+@dataclass
+class RunSettings:
+    out_dir: str = "runs/default"
+    max_steps: int = 0  # 0 = epochs over the data
+    save_every: int = 50  # distributed checkpoint every K steps (0 = only at the end)
+    keep_last: int = 3
+    export_every: int = 0  # Hugging Face export every M steps (0 = only at the end)
+    sample_every: int = 10  # log sample completions as text every K steps
+    eval_every: int = 0  # held-out evaluation every K steps (0 = off)
+    eval_files: list[str] = field(default_factory=list)  # held-out rows {question, answer} for eval_every
+    judge_eval_files: list[str] = field(default_factory=list)  # held-out pointwise rows {question, answer, label}
+    eval_max_new_tokens: int = 256
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    spark: SparkSettings = field(default_factory=SparkSettings)
+    run: RunSettings = field(default_factory=RunSettings)

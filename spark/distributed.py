@@ -1,0 +1,83 @@
+"""Process group set-up and FSDP2 sharding (torchtitan style: one `fully_shard` per block, then the root).
+
+Runs under `torchrun` (gloo on CPU, NCCL on GPU, one node or several) and also as a plain
+`python train.py`, which becomes a one-process group.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+
+@dataclass
+class World:
+    rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> World:
+    """Join (or create) the default process group and pick this rank's device."""
+    if "RANK" not in os.environ:  # plain `python train.py`: a group of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+    return World(dist.get_rank(), dist.get_world_size(), device)
+
+
+def shard_model(model: nn.Module, *, mixed_precision: bool, methods: tuple[str, ...] = ()) -> nn.Module:
+    """FSDP2: each transformer block (and vision block) is a unit, the root holds embeddings, norm and head.
+
+    With `mixed_precision`, parameters are gathered in bf16 for compute and gradients reduced in fp32;
+    the sharded master weights and optimizer state stay fp32. `methods` are extra entry points (besides
+    forward) that must gather the parameters, e.g. "logprobs".
+    """
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision \
+        else MixedPrecisionPolicy()
+    blocks = list(model.model.layers) + list(getattr(getattr(model, "visual", None), "blocks", []))
+    for block in blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    for method in methods:
+        register_fsdp_forward_method(model, method)
+    return model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter as a full tensor on every rank (gathers the FSDP shards)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """Reduce a few Python numbers across ranks (in fp64 on the group's device)."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return tensor.tolist()
+
+
+def all_gather_objects(obj: object) -> list:
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
