@@ -1,0 +1,156 @@
+"""Rollout throughput: spark.sampler.generate against transformers' generate on the same weights.
+
+A ~27M-parameter Qwen2 (hidden 512, 8 layers, 8 heads / 2 KV heads, vocab 8192, fp32, random
+weights) on CPU; 16 ragged prompts of 32-96 tokens; temperature 1.0, top-p 1.0, seeded.
+  fixed:  exactly 256 new tokens per row (no stop token): pure decode efficiency;
+  ragged: rows stop at EOS at different lengths, as RL rollouts do. The weights give the EOS logit
+          a steady bias (see STEADY), so each step ends a row with probability ~1/100 and the
+          lengths spread over about 16-256; only tokens up to and including each row's EOS count.
+Both engines are timed interleaved in the same process (the CPU is shared), median of several runs
+after a short warm-up. Run: `.venv/bin/python benchmarks/sampler.py [--runs 3] [--profile]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spark.models import load_model  # noqa: E402
+from spark.sampler import SamplingParams, generate  # noqa: E402
+
+BATCH, MIN_PROMPT, MAX_PROMPT, NEW_TOKENS = 16, 32, 96, 256
+EOS = 1
+# A steady feature: embedding dimension 0 is STEADY for every token, so the final hidden state carries
+# about the same value there at every position; the EOS row reads it with EOS_WEIGHT more. Tied
+# embeddings, so this is a constant EOS logit bias (hazard ~1/100 per step) made of weights alone.
+STEADY, EOS_WEIGHT = 3.0, 1.1
+CONFIG = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+              num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6,
+              max_position_embeddings=4096, eos_token_id=None, pad_token_id=None, bos_token_id=None)
+
+
+def make_checkpoint(path: Path) -> int:
+    """Random weights with a biased EOS logit, saved for both engines; returns the parameter count."""
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**CONFIG)).float()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = STEADY
+        model.model.embed_tokens.weight[EOS, 0] += EOS_WEIGHT
+    model.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_prompts() -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(MIN_PROMPT, MAX_PROMPT + 1, (BATCH,), generator=g).tolist()
+    return [torch.randint(EOS + 1, CONFIG["vocab_size"], (n,), generator=g).tolist() for n in lengths]
+
+
+def kept_lengths(rows: list[list[int]], eos: int | None) -> list[int]:
+    return [row.index(eos) + 1 if eos in row else len(row) for row in rows]
+
+
+def run_ours(model, prompts: list[list[int]], eos: int | None, seed: int, new_tokens: int = NEW_TOKENS
+             ) -> list[int]:
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0,
+                            stop_token_ids=() if eos is None else (eos,))
+    return [len(t) for t in generate(model, prompts, params, seed=seed).tokens]
+
+
+def run_hf(model, prompts: list[list[int]], eos: int | None, seed: int, new_tokens: int = NEW_TOKENS
+           ) -> list[int]:
+    T = max(map(len, prompts))
+    input_ids = torch.zeros(len(prompts), T, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # left padding, as transformers wants for generation
+        input_ids[row, T - len(prompt):] = torch.tensor(prompt)
+        mask[row, T - len(prompt):] = 1
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
+                              eos_token_id=eos, pad_token_id=0)
+    torch.manual_seed(seed)
+    out = model.generate(input_ids, attention_mask=mask, generation_config=config)
+    return kept_lengths(out[:, T:].tolist(), eos)
+
+
+def read_bandwidth_gb_s() -> float:
+    """Streaming read bandwidth from a buffer larger than the last-level cache."""
+    x = torch.ones(2**28)  # 1 GiB
+    x.sum()
+    start = time.perf_counter()
+    for _ in range(3):
+        x.sum()
+    return 3 * x.numel() * 4 / (time.perf_counter() - start) / 1e9
+
+
+def profile_ours(model, prompts: list[list[int]]) -> None:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_ours(model, prompts, None, seed=0)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per engine and scenario (after a warm-up)")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of our fixed run")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        num_params = make_checkpoint(Path(tmp))
+        ours = load_model(tmp)
+        hf = Qwen2ForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    prompts = make_prompts()
+    if args.profile:
+        profile_ours(ours, prompts)
+
+    engines = {"ours": lambda *a: run_ours(ours, *a), "hf": lambda *a: run_hf(hf, *a)}
+    scenarios = {"fixed": None, "ragged": EOS}
+    times = {(s, e): [] for s in scenarios for e in engines}
+    tokens = {(s, e): [] for s in scenarios for e in engines}
+    with torch.inference_mode():
+        for fn in engines.values():  # warm-up
+            fn(prompts, None, 0, 16)
+        for run in range(args.runs):
+            for scenario, eos in scenarios.items():
+                for engine, fn in engines.items():
+                    start = time.perf_counter()
+                    lengths = fn(prompts, eos, run)
+                    times[scenario, engine].append(time.perf_counter() - start)
+                    tokens[scenario, engine].append(sum(lengths))
+
+    result: dict[str, dict] = {}
+    print(f"{num_params / 1e6:.1f}M params, batch {BATCH}, prompts {MIN_PROMPT}-{MAX_PROMPT} tokens, "
+          f"{NEW_TOKENS} new tokens max, {torch.get_num_threads()} threads, median of {args.runs} runs")
+    print(f"{'scenario':<8} {'engine':<6} {'kept tokens':>12} {'seconds':>8} {'tok/s':>8}")
+    for scenario in scenarios:
+        tok_s = {}
+        for engine in engines:
+            rates = [n / t for n, t in zip(tokens[scenario, engine], times[scenario, engine])]
+            tok_s[engine] = statistics.median(rates)
+            print(f"{scenario:<8} {engine:<6} {statistics.median(tokens[scenario, engine]):>12.0f} "
+                  f"{statistics.median(times[scenario, engine]):>8.2f} {tok_s[engine]:>8.1f}")
+        result[scenario] = {"ours_tok_s": round(tok_s["ours"], 1), "hf_tok_s": round(tok_s["hf"], 1),
+                            "ratio": round(tok_s["ours"] / tok_s["hf"], 2)}
+    bandwidth = read_bandwidth_gb_s()
+    floor_tok_s = bandwidth * 1e9 / (num_params * 4) * BATCH
+    result["floor"] = {"params_mb": round(num_params * 4 / 1e6, 1), "read_gb_s": round(bandwidth, 1),
+                       "tok_s": round(floor_tok_s, 1),
+                       "ours_fixed_fraction": round(result["fixed"]["ours_tok_s"] / floor_tok_s, 3)}
+    print(f"memory-bandwidth floor: {num_params * 4 / 1e6:.0f} MB of weights per step at {bandwidth:.1f} GB/s "
+          f"-> {floor_tok_s:.0f} tok/s at batch {BATCH}; ours (fixed) reaches "
+          f"{result['floor']['ours_fixed_fraction']:.0%} of it")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

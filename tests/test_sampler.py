@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Qwen2ForCausalLM
+
+from spark.models import load_model
+from spark.models.attention import KVCache
+from spark.sampler import SamplingParams, generate, truncate
+from spark.tiny import make_tiny_checkpoint
+
+PROMPT_LENGTHS = [3, 20, 7, 12, 5, 16]
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
+
+
+@pytest.fixture(scope="module", params=["tied", "untied"])
+def models(request, tmp_path_factory):
+    """(our model, transformers' model) on the same random weights."""
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp(request.param), tie=request.param == "tied", seed=3)
+    return load_model(path), Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), tie=False, seed=1))
+
+
+def make_prompts(vocab_size: int, lengths: list[int] = PROMPT_LENGTHS, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def hf_greedy(hf, prompt: list[int], max_new_tokens: int, eos: int) -> list[int]:
+    out = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                      pad_token_id=0, repetition_penalty=None, top_k=None, top_p=None, temperature=None)
+    return out[0, len(prompt):].tolist()
+
+
+def first_stop_cut(tokens: list[int], stop: int) -> list[int]:
+    return tokens[:tokens.index(stop) + 1] if stop in tokens else tokens
+
+
+def test_greedy_matches_transformers_per_row(models):
+    ours, hf = models
+    prompts = make_prompts(ours.config.vocab_size)
+    limits = [12, 4, 9, 12, 1, 7]
+    eos = hf.generation_config.eos_token_id
+    rollouts = generate(ours, prompts, SamplingParams(temperature=0.0, stop_token_ids=(eos,)),
+                        max_new_tokens=limits)
+    for row, (prompt, limit) in enumerate(zip(prompts, limits)):
+        assert rollouts.tokens[row] == hf_greedy(hf, prompt, limit, eos), f"row {row}"
+
+
+def test_stop_token_ends_rows_at_different_lengths(models):
+    """A token that the unstopped greedy run produces mid-way becomes the stop token: each row must end at
+    its first occurrence (reason "stop") or at its own limit (reason "length"), as transformers does."""
+    ours, hf = models
+    prompts = make_prompts(ours.config.vocab_size)
+    free = generate(ours, prompts, GREEDY).tokens
+    stop = free[0][3]
+    limits = [12, 12, 12, 12, 12, 2]
+    rollouts = generate(ours, prompts, SamplingParams(temperature=0.0, stop_token_ids=(stop,)), max_new_tokens=limits)
+    for row, (prompt, limit) in enumerate(zip(prompts, limits)):
+        expected = first_stop_cut(free[row][:limit], stop)
+        assert rollouts.tokens[row] == expected == hf_greedy(hf, prompt, limit, stop), f"row {row}"
+        reason = "stop" if expected[-1] == stop else "length"
+        assert rollouts.finish_reasons[row] == reason, f"row {row}"
+        assert len(rollouts.logprobs[row]) == len(expected)
+    assert rollouts.finish_reasons[0] == "stop" and len(rollouts.tokens[0]) <= 4
+    assert "length" in rollouts.finish_reasons
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 20), (0.0, 0)])
+def test_logprobs_match_a_full_forward(model, temperature, top_k):
+    """log_softmax(logits / T) of each sampled token (untruncated; T = 1 when greedy)."""
+    prompts = make_prompts(model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=10, temperature=temperature, top_k=top_k)
+    rollouts = generate(model, prompts, params, seed=0)
+    scale = temperature or 1.0
+    for row, (prompt, tokens) in enumerate(zip(prompts, rollouts.tokens)):
+        ids = torch.tensor([prompt + tokens])
+        with torch.no_grad():
+            logp = (model(ids)[0, len(prompt) - 1:-1] / scale).log_softmax(-1)
+        expected = logp.gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+        torch.testing.assert_close(rollouts.logprobs[row], expected, atol=1e-5, rtol=0, msg=f"row {row}")
+
+
+def test_seeded_sampling_is_reproducible(model):
+    prompts = make_prompts(model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    first = generate(model, prompts, params, seed=7)
+    assert generate(model, prompts, params, seed=7).tokens == first.tokens
+    assert generate(model, prompts, params, seed=8).tokens != first.tokens
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(model):
+    prompts = make_prompts(model.config.vocab_size)
+    greedy = generate(model, prompts, GREEDY).tokens
+    assert generate(model, prompts, SamplingParams(max_new_tokens=12, top_k=1), seed=0).tokens == greedy
+    assert generate(model, prompts, SamplingParams(max_new_tokens=12, top_p=1e-6), seed=0).tokens == greedy
+
+
+def test_truncate_keeps_the_top_k_and_the_nucleus():
+    probs = torch.tensor([[0.1, 0.5, 0.15, 0.25]])
+    kept = lambda top_k, top_p: (truncate(probs, top_k, top_p) > 0)[0].tolist()
+    assert kept(2, 1.0) == [False, True, False, True]
+    assert kept(0, 0.7) == [False, True, False, True]
+    assert kept(0, 0.75) == [False, True, False, True]  # 0.5 + 0.25 reaches top_p: stop there
+    assert kept(0, 0.76) == [False, True, True, True]
+    torch.testing.assert_close(truncate(probs, 2, 1.0), torch.tensor([[0.0, 0.5, 0.0, 0.25]]))
+
+
+def test_compacted_batch_matches_rows_alone(model, monkeypatch):
+    """Rows with staggered limits get dropped from the batch as they finish; every row must come out as
+    if it had been generated on its own."""
+    compactions = []
+    select_rows = KVCache.select_rows
+    monkeypatch.setattr(KVCache, "select_rows", lambda cache, rows: (compactions.append(len(rows)),
+                                                                    select_rows(cache, rows)))
+    prompts = make_prompts(model.config.vocab_size)
+    limits = [2, 12, 3, 5, 1, 8]
+    batched = generate(model, prompts, GREEDY, max_new_tokens=limits)
+    assert compactions, "no row was dropped from the batch"
+    for row, (prompt, limit) in enumerate(zip(prompts, limits)):
+        alone = generate(model, [prompt], GREEDY, max_new_tokens=[limit])
+        assert batched.tokens[row] == alone.tokens[0], f"row {row}"
+        torch.testing.assert_close(batched.logprobs[row], alone.logprobs[0], atol=1e-5, rtol=0)
+
+
+def test_sampled_rows_do_not_depend_on_compaction(model):
+    """Uniforms are drawn for every row at every step, so dropping finished rows changes nothing."""
+    prompts = make_prompts(model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    full = generate(model, prompts, params, seed=3).tokens
+    staggered = generate(model, prompts, params, seed=3, max_new_tokens=[2, 12, 3, 5, 1, 8]).tokens
+    assert staggered == [row[:len(cut)] for row, cut in zip(full, staggered)]
+
+
+def test_weights_are_given_back_as_they_were(model):
+    before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    generate(model, make_prompts(model.config.vocab_size), GREEDY)
+    assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == before
+
+
+def test_position_hook_shifts_prefill_and_decode_alike(model, monkeypatch):
+    """RoPE is relative, so a model hook that offsets every position by a per-row constant must not
+    change greedy outputs, provided decode continues at cache_lens + rope_deltas."""
+    prompts = make_prompts(model.config.vocab_size)
+    expected = generate(model, prompts, GREEDY).tokens
+
+    def prefill_positions(input_ids, prompt_lens):
+        deltas = torch.arange(len(prompt_lens)) * 5 + 3
+        return torch.arange(input_ids.shape[1]) + deltas[:, None], deltas
+
+    monkeypatch.setattr(model, "prefill_positions", prefill_positions, raising=False)
+    assert generate(model, prompts, GREEDY).tokens == expected
+
+
+def test_bad_requests_name_the_row(model):
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        generate(model, [[5], []], GREEDY)
+    with pytest.raises(ValueError, match="row 0: max_new_tokens"):
+        generate(model, [[5]], GREEDY, max_new_tokens=[0])
+    with pytest.raises(ValueError, match="2 entries for 1 prompts"):
+        generate(model, [[5]], GREEDY, max_new_tokens=[3, 4])
+
+
+@pytest.mark.slow
+def test_compiled_decode_matches_eager(model):
+    prompts = make_prompts(model.config.vocab_size)
+    compiled = SamplingParams(max_new_tokens=GREEDY.max_new_tokens, temperature=0.0, compile=True)
+    assert generate(model, prompts, compiled).tokens == generate(model, prompts, GREEDY).tokens
