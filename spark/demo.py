@@ -1,0 +1,337 @@
+r"""The CPU demo's pieces: a tiny checkpoint, a supervised warm-up, held-out evaluation and the plot.
+
+The demo trains a Qwen2 of about a million parameters on two-digit arithmetic (spark.arithmetic).
+Before RL, a short supervised warm-up on chat-templated (prompt, response) pairs teaches the formats:
+
+- policy:      worked answers ("47+38: 7+8=15, 4+3+1=8. \boxed{85}"), stopped early so the policy is well
+               short of mastery;
+- pointwise:   the judge recomputes the result, sets it beside the candidate and says how far apart they
+               are, then gives a verdict ("47+38: 7+8=15, 4+3+1=8. 85 vs 86, off by 1. \boxed{No}").
+               The verdicts are coin flips, so the format is learnt but not the judgement: the judge
+               starts at chance. RL then has to learn that a gap of 0 means Yes, and gets better at
+               the recomputation it shares with the policy;
+- pairwise:    the same working, then a coin-flip letter;
+- reflection:  the worked answer of the question.
+
+The tokenizer is trained on the prompt templates and responses with the digits removed, so that every
+digit stays its own token (as in Qwen's tokenizer) and template words become single tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from spark import prompts
+from spark.arithmetic import (
+    judge_set,
+    parse_question,
+    plausible_wrong,
+    problem_rows,
+    result,
+    split_problems,
+    worked_answer,
+    worked_steps,
+    write_jsonl,
+)
+from spark.data import Sample
+from spark.models import load_model, save_model
+from spark.sampler import SamplingParams, generate
+from spark.tiny import build_tokenizer, make_tiny_checkpoint
+from spark.verifier import parse_judgment, score_batch
+
+
+@dataclass
+class DemoModel:
+    """Size of the demo's Qwen2 (0.9M parameters). Eight small heads copy the question and the candidate
+    out of the long judge templates better than four (judge recomputation 86% vs 70% after the same warm-up)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    vocab_size: int = 1024  # upper bound: the templates' words need fewer
+
+
+# Share of the warm-up examples per task. Judge-heavy: copying the question and the candidate out of the
+# long judge templates takes the model far longer to learn than the arithmetic of the short policy prompt.
+WARMUP_MIX = {"policy": 0.25, "pointwise": 0.55, "pairwise": 0.1, "reflection": 0.1}
+# Share of warm-up judge candidates that are wrong. Above one half, so that copying the candidate into the
+# recomputation does not pay: the judge must compute, and "X vs Y" then carries the signal RL needs.
+WRONG_CANDIDATE_SHARE = 0.75
+
+
+# --------------------------------------------------------------------------- tokenizer and checkpoint
+
+
+def tokenizer_corpus() -> list[str]:
+    """Every template variant and response format, with the digits removed (see the module doc)."""
+    a, op, b = 47, "+", 38
+    question, solution = f"What is {a}{op}{b}?", worked_answer(a, op, b)
+    texts = ["user\n", "assistant\n", prompts.math_prompt(question), solution,
+             judge_response(question, "86", "No"), judge_response(question, "85", "Yes"),
+             pairwise_response(question, "A"), pairwise_response(question, "B")]
+    for cot in (False, True):
+        shown = solution if cot else "85"
+        for variant in range(max(prompts.NUM_VARIANTS.values())):
+            texts += [prompts.pointwise_prompt(question, shown, cot=cot, variant=variant),
+                      prompts.pairwise_prompt(question, shown, "86", cot=cot, variant=variant),
+                      prompts.reflection_prompt(question, shown, cot=cot, variant=variant)]
+    return [re.sub(r"\d", "", text) for text in texts]
+
+
+def build_demo_checkpoint(path: str | Path, model: DemoModel | None = None, seed: int = 0) -> Path:
+    """A randomly initialised Qwen2 with the demo's tokenizer, in Hugging Face format."""
+    model = model or DemoModel()
+    tokenizer = build_tokenizer(tokenizer_corpus(), vocab_size=model.vocab_size)
+    return make_tiny_checkpoint(path, hidden_size=model.hidden_size, num_layers=model.num_layers,
+                                num_heads=model.num_heads, num_kv_heads=model.num_kv_heads,
+                                tokenizer=tokenizer, seed=seed)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
+    """The chat-templated user message, ending with the assistant header."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# --------------------------------------------------------------------------- warm-up data
+
+
+def judge_response(question: str, candidate: str, verdict: str) -> str:
+    r"""A pointwise judge's response: recompute, set the result beside the candidate and say how far apart
+    they are, then the verdict: "47+38: 7+8=15, 4+3+1=8. 85 vs 86, off by 1. \boxed{No}"."""
+    a, op, b = parse_question(question)
+    gold = result(a, op, b)
+    gap = abs(gold - int(candidate))
+    return f"{worked_steps(a, op, b)}. {gold} vs {candidate}, off by {gap}. \\boxed{{{verdict}}}"
+
+
+def pairwise_response(question: str, letter: str) -> str:
+    a, op, b = parse_question(question)
+    return f"{worked_steps(a, op, b)}. {result(a, op, b)}. \\boxed{{{letter}}}"
+
+
+def shown_answer(question: str, answer: str, cot: bool) -> str:
+    r"""A candidate as a judge sees it: the final answer, or (cot) a worked answer ending in \boxed{answer}."""
+    return f"{worked_steps(*parse_question(question))}. \\boxed{{{answer}}}" if cot else answer
+
+
+def warmup_examples(problems: list[Sample], seed: int) -> list[tuple[str, str]]:
+    """(user message, response) pairs over `problems`, one task per problem drawn with WARMUP_MIX.
+
+    Judge candidates are the gold answer or a plausible wrong one (see WRONG_CANDIDATE_SHARE), shown as a
+    final answer or inside a worked answer (half each), with a random template variant. Verdicts and letters are
+    coin flips, independent of correctness."""
+    rng = random.Random(seed)
+    examples = []
+    for sample in problems:
+        question = sample.meta["question"]
+        a, op, b = parse_question(question)
+        task = rng.choices(list(WARMUP_MIX), weights=list(WARMUP_MIX.values()))[0]
+        wrong = str(plausible_wrong(a, op, b, rng))
+        candidate = wrong if rng.random() < WRONG_CANDIDATE_SHARE else sample.gold
+        cot, variant = rng.random() < 0.5, rng.randrange(3)
+        if task == "policy":
+            examples.append((sample.prompt, worked_answer(a, op, b)))
+        elif task == "pointwise":
+            prompt = prompts.pointwise_prompt(question, shown_answer(question, candidate, cot), cot=cot,
+                                              variant=variant)
+            examples.append((prompt, judge_response(question, candidate, rng.choice(["Yes", "No"]))))
+        elif task == "pairwise":
+            pair = [shown_answer(question, sample.gold, cot), shown_answer(question, wrong, cot)]
+            rng.shuffle(pair)
+            prompt = prompts.pairwise_prompt(question, *pair, cot=cot, variant=variant)
+            examples.append((prompt, pairwise_response(question, rng.choice("AB"))))
+        else:
+            prompt = prompts.reflection_prompt(question, shown_answer(question, wrong, cot), cot=cot,
+                                               variant=variant)
+            examples.append((prompt, worked_answer(a, op, b)))
+    return examples
+
+
+# --------------------------------------------------------------------------- warm-up
+
+
+def encode_example(tokenizer: PreTrainedTokenizerFast, prompt: str, response: str) -> tuple[list[int], int]:
+    """Token ids of prompt + response + end-of-turn, and the number of prompt tokens."""
+    context = prompt_ids(tokenizer, prompt)
+    completion = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return context + completion, len(context)
+
+
+def response_nll(model: nn.Module, batch: list[tuple[list[int], int]], pad_id: int) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens of right-padded sequences.
+
+    loss = -sum_{b, t in response_b} log p(x_{b,t} | x_{b,<t}) / #response tokens
+    """
+    T = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)  # [B, T]
+    is_target = torch.zeros(len(batch), T, dtype=torch.bool)  # [B, T]: response tokens
+    for row, (ids, num_prompt) in enumerate(batch):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        is_target[row, num_prompt:len(ids)] = True
+    logits = model(input_ids)[:, :-1]  # [B, T-1, V]: causal, so right padding never leaks into the tokens
+    targets = input_ids[:, 1:].masked_fill(~is_target[:, 1:], -100)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def warm_up(model: nn.Module, tokenizer: PreTrainedTokenizerFast, examples: list[tuple[str, str]], *,
+            steps: int, batch_size: int = 32, lr: float = 3e-3, seed: int = 0) -> list[float]:
+    """Supervised fine-tuning on random batches of `examples` with AdamW at a constant learning rate;
+    returns the loss of every step. No decay: stopped mid-descent, the policy keeps its correct answers
+    close to its mistakes, which RL then sharpens within minutes (an annealed warm-up with the same
+    accuracy improved far more slowly under RL)."""
+    encoded = [encode_example(tokenizer, prompt, response) for prompt, response in examples]
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = response_nll(model, rng.sample(encoded, batch_size), tokenizer.pad_token_id)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------- held-out evaluation
+
+
+def greedy_responses(model: nn.Module, tokenizer: PreTrainedTokenizerFast, user_prompts: list[str], *,
+                     max_new_tokens: int, batch_size: int = 256) -> list[str]:
+    """Greedy completions of user messages, special tokens stripped."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
+                            stop_token_ids=(tokenizer.eos_token_id,))
+    responses = []
+    for start in range(0, len(user_prompts), batch_size):
+        ids = [prompt_ids(tokenizer, p) for p in user_prompts[start:start + batch_size]]
+        rollouts = generate(model, ids, params, seed=0)
+        responses += tokenizer.batch_decode(rollouts.tokens, skip_special_tokens=True)
+    return responses
+
+
+def evaluate_policy(model: nn.Module, tokenizer: PreTrainedTokenizerFast, samples: list[Sample], *,
+                    max_new_tokens: int = 48) -> float:
+    """Greedy accuracy on policy samples (prompt, gold)."""
+    responses = greedy_responses(model, tokenizer, [s.prompt for s in samples], max_new_tokens=max_new_tokens)
+    return sum(score_batch(responses, [s.gold for s in samples])) / len(samples)
+
+
+def evaluate_judge(model: nn.Module, tokenizer: PreTrainedTokenizerFast, rows: list[dict], *,
+                   max_new_tokens: int = 64) -> float:
+    """Balanced accuracy of greedy pointwise verdicts on rows {question, answer, label}: the mean over
+    the labels Yes and No of the fraction of that label's rows judged right (unreadable = wrong).
+    Rows cycle through the answer-based template variants."""
+    user_prompts = [prompts.pointwise_prompt(row["question"], row["answer"], variant=i)
+                    for i, row in enumerate(rows)]
+    responses = greedy_responses(model, tokenizer, user_prompts, max_new_tokens=max_new_tokens)
+    recall = []
+    for label in ("Yes", "No"):
+        verdicts = [parse_judgment(r, "pointwise") for r, row in zip(responses, rows) if row["label"] == label]
+        if not verdicts:
+            raise ValueError(f"evaluate_judge: no rows labelled {label}; the set must hold both labels")
+        recall.append(sum(v == label for v in verdicts) / len(verdicts))
+    return sum(recall) / 2
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_metrics(metrics_jsonl: str | Path, png_path: str | Path, ablation_jsonl: str | Path | None = None, *,
+                 keys: tuple[str, ...] = ("eval/policy_acc", "eval/judge_acc")) -> Path:
+    """Held-out accuracies vs step, one panel per metric key; the policy-only ablation dashed when given.
+    Rows without a key (steps with no evaluation) are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {"SPARK": read_metrics(metrics_jsonl)}
+    if ablation_jsonl is not None:
+        runs["policy-only"] = read_metrics(ablation_jsonl)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for (name, rows), style in zip(runs.items(), ("-o", "--s")):
+            points = [(row["step"], row[key]) for row in rows if key in row]
+            if points:
+                ax.plot(*zip(*points), style, label=name, markersize=3)
+        ax.set(title=key, xlabel="step", ylabel="held-out accuracy", ylim=(0, 1))
+        if "judge" in key:
+            ax.axhline(0.5, color="grey", lw=0.5)  # chance for a balanced Yes/No set
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return png_path
+
+
+# --------------------------------------------------------------------------- the demo's starting point
+
+
+@dataclass
+class DemoSetup:
+    """Sizes of the demo's data and warm-up. 700 steps of 16 leave the policy at ~37% held-out accuracy and
+    the judge at chance (~50%); 1000 or more take the policy above 90%."""
+
+    num_train: int = 8000  # RL training problems (the warm-up draws from the same set)
+    num_heldout: int = 256  # held-out policy problems
+    num_judge: int = 256  # held-out pointwise judge rows, half Yes and half No, from other held-out problems
+    warmup_steps: int = 700
+    warmup_batch: int = 16
+    warmup_lr: float = 2e-3
+    seed: int = 0
+
+
+def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoModel | None = None) -> dict:
+    """Write the demo's data, build the tiny checkpoint and warm it up.
+
+    run_dir/data/train.jsonl    rows {question, answer} for the trainer
+    run_dir/data/heldout.jsonl  rows {question, answer}: held-out policy problems
+    run_dir/data/judge.jsonl    rows {question, answer, label}: held-out pointwise judge set
+    run_dir/init/               the random checkpoint; run_dir/warmup/ the warmed-up one (RL starts here)
+    Returns those paths, the warm-up's first and last losses and the warmed-up held-out accuracies.
+    """
+    setup = setup or DemoSetup()
+    run_dir = Path(run_dir)
+    torch.manual_seed(setup.seed)
+    train, heldout = split_problems(setup.num_train, setup.num_heldout + setup.num_judge, setup.seed)
+    policy_eval, judge_eval = heldout[:setup.num_heldout], judge_set(heldout[setup.num_heldout:], setup.seed)
+    paths = {
+        "train": write_jsonl(problem_rows(train), run_dir / "data" / "train.jsonl"),
+        "heldout": write_jsonl(problem_rows(policy_eval), run_dir / "data" / "heldout.jsonl"),
+        "judge": write_jsonl(judge_eval, run_dir / "data" / "judge.jsonl"),
+        "init": build_demo_checkpoint(run_dir / "init", model, setup.seed),
+        "warmup": run_dir / "warmup",
+    }
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(paths["init"])
+    policy = load_model(paths["init"])
+    losses = warm_up(policy, tokenizer, warmup_examples(train, setup.seed), steps=setup.warmup_steps,
+                     batch_size=setup.warmup_batch, lr=setup.warmup_lr, seed=setup.seed)
+    save_model(policy, paths["warmup"])
+    return {
+        **{name: str(path) for name, path in paths.items()},
+        "warmup_loss_first": losses[0],
+        "warmup_loss_last": sum(losses[-20:]) / len(losses[-20:]),
+        "policy_acc": evaluate_policy(policy, tokenizer, policy_eval),
+        "judge_acc": evaluate_judge(policy, tokenizer, judge_eval),
+    }

@@ -1,0 +1,124 @@
+"""The CPU demo's pieces: the arithmetic task, the tiny tokenizer, the warm-up, evaluation and the plot."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from spark import arithmetic, demo, prompts
+from spark.models import load_model
+from spark.verifier import is_correct, parse_judgment
+
+
+def test_problems_are_deterministic_and_verifiable():
+    first, again = arithmetic.make_problems(200, seed=3), arithmetic.make_problems(200, seed=3)
+    assert first == again
+    assert first != arithmetic.make_problems(200, seed=4)
+    assert len({s.meta["question"] for s in first}) == 200
+    for sample in first:
+        a, op, b = arithmetic.parse_question(sample.meta["question"])
+        assert sample.prompt == prompts.math_prompt(sample.meta["question"])
+        assert int(sample.gold) == (a + b if op == "+" else a - b) >= 0
+        assert is_correct(arithmetic.worked_answer(a, op, b), sample.gold)
+
+
+def test_worked_answers_by_hand():
+    assert arithmetic.worked_answer(47, "+", 38) == "47+38: 7+8=15, 4+3+1=8. \\boxed{85}"
+    assert arithmetic.worked_answer(97, "+", 38) == "97+38: 7+8=15, 9+3+1=13. \\boxed{135}"
+    assert arithmetic.worked_answer(83, "-", 38) == "83-38: 13-8=5, 8-3-1=4. \\boxed{45}"
+    assert arithmetic.worked_answer(52, "-", 48) == "52-48: 12-8=4, 5-4-1=0. \\boxed{4}"
+    assert arithmetic.worked_answer(21, "-", 10) == "21-10: 1-0=1, 2-1=1. \\boxed{11}"
+
+
+def test_train_and_heldout_are_disjoint():
+    train, heldout = arithmetic.split_problems(3000, 300, seed=0)
+    assert len(train) == 3000 and len(heldout) == 300
+    assert not {s.meta["question"] for s in train} & {s.meta["question"] for s in heldout}
+
+
+def test_judge_set_is_balanced_with_plausible_wrong_answers():
+    rows = arithmetic.judge_set(arithmetic.make_problems(100, seed=1), seed=2)
+    labels = [row["label"] for row in rows]
+    assert labels.count("Yes") == labels.count("No") == 50
+    for row in rows:
+        gold = arithmetic.result(*arithmetic.parse_question(row["question"]))
+        if row["label"] == "Yes":
+            assert int(row["answer"]) == gold
+        else:
+            assert int(row["answer"]) != gold and int(row["answer"]) >= 0
+            assert abs(int(row["answer"]) - gold) <= 90  # a slip, not a random number
+
+
+def test_data_files_read_back(tmp_path):
+    problems = arithmetic.make_problems(5, seed=0)
+    path = arithmetic.write_jsonl(arithmetic.problem_rows(problems), tmp_path / "train.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"question": s.meta["question"], "answer": s.gold} for s in problems]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return demo.build_demo_checkpoint(tmp_path_factory.mktemp("demo") / "init", demo.DemoModel(hidden_size=32,
+                                                                                               num_layers=1))
+
+
+def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    texts = [prompts.math_prompt("What is 47+38?"), demo.judge_response("What is 83-38?", "46", "No")]
+    assert texts[1] == "83-38: 13-8=5, 8-3-1=4. 45 vs 46, off by 1. \\boxed{No}"
+    texts += [prompts.pointwise_prompt("What is 47+38?", "85", cot=cot, variant=v) for cot in (0, 1) for v in range(3)]
+    texts += [prompts.pairwise_prompt("What is 47+38?", "85", "86", variant=v) for v in range(3)]
+    texts += [prompts.reflection_prompt("What is 47+38?", "86", cot=True, variant=v) for v in range(3)]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("135 + 2468", add_special_tokens=False)["input_ids"])
+    assert [t for t in tokens if any(c.isdigit() for c in t)] == list("1352468")
+    # every word of every template is one token, so prompts cost about a token per word
+    for word in set(re.findall(r" ?[A-Za-z]+", "".join(texts))):
+        assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_warmup_examples_teach_formats_without_verdict_signal():
+    examples = demo.warmup_examples(arithmetic.make_problems(2000, seed=0), seed=0)
+    verdicts = [(parse_judgment(r, "pointwise"), p) for p, r in examples if r.endswith(("{Yes}", "{No}"))]
+    assert abs(len(verdicts) / len(examples) - demo.WARMUP_MIX["pointwise"]) < 0.05
+    yes_rate = sum(v == "Yes" for v, _ in verdicts) / len(verdicts)
+    assert 0.45 < yes_rate < 0.55
+    for prompt, response in examples[:50]:
+        assert "\\boxed{" in response and "\\boxed{" in prompt
+
+
+def test_warmup_lowers_the_loss(checkpoint):
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = load_model(checkpoint)
+    examples = demo.warmup_examples(arithmetic.make_problems(64, seed=0), seed=0)
+    batch = [demo.encode_example(tokenizer, p, r) for p, r in examples[:16]]
+    with torch.no_grad():
+        before = demo.response_nll(model, batch, tokenizer.pad_token_id).item()
+    losses = demo.warm_up(model, tokenizer, examples, steps=8, batch_size=16, lr=1e-2)
+    with torch.no_grad():
+        after = demo.response_nll(model, batch, tokenizer.pad_token_id).item()
+    assert len(losses) == 8 and after < before - 0.5
+
+
+def test_evaluation_on_an_untrained_model(checkpoint):
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = load_model(checkpoint)
+    problems = arithmetic.make_problems(8, seed=0)
+    assert demo.evaluate_policy(model, tokenizer, problems, max_new_tokens=4) == 0.0
+    rows = arithmetic.judge_set(problems, seed=0)
+    assert demo.evaluate_judge(model, tokenizer, rows, max_new_tokens=4) == 0.0  # no readable verdict
+
+
+def test_plot_writes_a_png(tmp_path):
+    for name, accs in (("spark", [0.3, 0.5]), ("ablation", [0.3, 0.4])):
+        rows = [{"step": 10 * i, "eval/policy_acc": a, "eval/judge_acc": 0.5} for i, a in enumerate(accs)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows + [{"step": 99}]))
+    png = demo.plot_metrics(tmp_path / "spark.jsonl", tmp_path / "plot.png", tmp_path / "ablation.jsonl")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,142 @@
+"""The training loop: schedule, configs, a run end to end, rank invariance, resume, export."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from spark.config import ConfigError, TrainConfig, load_config
+from spark.models import load_model
+from spark.recycle import RecycleConfig
+from spark.trainer import Trainer, cosine_lr, recycled_kinds
+from tests.trainer_utils import make_run_files, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory):
+    return make_run_files(tmp_path_factory.mktemp("trainer"))
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def torchrun(nproc: int, *args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                    "--standalone", *args], check=True, cwd=ROOT, env=env, timeout=300)
+
+
+def test_cosine_lr_schedule():
+    assert cosine_lr(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert cosine_lr(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert cosine_lr(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert cosine_lr(55, 100, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine_lr(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_ablation_modes_pick_the_recycled_kinds():
+    assert recycled_kinds("policy-only", RecycleConfig()) is None
+    spark = recycled_kinds("spark", RecycleConfig())
+    assert (spark.pointwise, spark.pairwise, spark.reflection) == (True, True, True)
+    judges = recycled_kinds("policy+reward", RecycleConfig())
+    assert (judges.pointwise, judges.pairwise, judges.reflection) == (True, True, False)
+    no_pairwise = recycled_kinds("spark", RecycleConfig(pairwise=False))
+    assert (no_pairwise.pointwise, no_pairwise.pairwise, no_pairwise.reflection) == (True, False, True)
+
+
+def test_config_file_overrides_and_errors(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[optim]\nlr = 1e-6\nbetas = [0.9, 0.99]\n[spark.recycle]\ncontent = "cot"\n')
+    config = load_config(TrainConfig, path, ["rollout.n=4", "spark.mode=policy-only"])
+    assert (config.optim.lr, config.optim.betas, config.rollout.n) == (1e-6, (0.9, 0.99), 4)
+    assert (config.spark.mode, config.spark.recycle.content) == ("policy-only", "cot")
+    with pytest.raises(ConfigError, match=r"run\.toml: unknown key 'optim\.learning_rate'"):
+        load_config(TrainConfig, path, ["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match=r"'rollout\.n' must be int"):
+        load_config(TrainConfig, path, ["rollout.n=many"])
+
+
+def test_every_config_file_loads():
+    for path in sorted((ROOT / "configs").glob("*.toml")):
+        load_config(TrainConfig, path)
+
+
+def test_run_writes_metrics_checkpoint_and_export(run_files, tmp_path):
+    checkpoint, data = run_files
+    out = tmp_path / "run"
+    Trainer(tiny_config(checkpoint, data, out)).train()
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert math.isfinite(m["loss"]) and math.isfinite(m["recycled/loss"])
+        assert {"reward/policy", "kl", "entropy", "clip_frac", "grad_norm", "lr", "response_len/mean",
+                "truncation_rate", "tokens_per_s", "time/rollout", "time/update"} <= set(m)
+    assert (out / "checkpoints" / "step_00000002" / "trainer.json").exists()
+    assert (out / "samples.jsonl").read_text()
+    # The export is a Hugging Face directory with changed weights, and transformers agrees on its logits.
+    before, after = load_model(checkpoint), load_model(out / "export")
+    assert any((a - b).abs().max() > 0 for a, b in zip(before.parameters(), after.parameters()))
+    input_ids = torch.randint(0, 300, (2, 11))
+    with torch.no_grad():
+        reference = AutoModelForCausalLM.from_pretrained(out / "export").eval()(input_ids).logits
+        assert (after(input_ids) - reference).abs().max() < 1e-4
+    assert (out / "export" / "tokenizer.json").exists() and (out / "export" / "chat_template.jinja").exists()
+
+
+def test_resume_reproduces_the_uninterrupted_run(run_files, tmp_path):
+    checkpoint, data = run_files
+    out = tmp_path / "run"
+    config = tiny_config(checkpoint, data, out, "run.max_steps=4", "run.save_every=2", "spark.schedule=mixed")
+    Trainer(config).train()
+    uninterrupted = read_metrics(out)
+    # As if killed after step 2's checkpoint, and during a later save.
+    for path in (out / "checkpoints").glob("step_*"):
+        if path.name != "step_00000002":
+            path.rename(path.with_name("step_00000003.tmp"))
+    (out / "metrics.jsonl").unlink()
+    Trainer(config).train()
+    assert not list((out / "checkpoints").glob("*.tmp"))
+    resumed = read_metrics(out)
+    assert [m["step"] for m in resumed] == [3, 4]
+    for a, b in zip(uninterrupted[2:], resumed):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["reward/policy"] == b["reward/policy"]
+
+
+def test_one_update_on_two_ranks_equals_one_rank(run_files, tmp_path):
+    checkpoint, data = run_files
+    results = {}
+    for nproc in (1, 2):
+        result = tmp_path / f"update_{nproc}.pt"
+        torchrun(nproc, "tests/dist_update.py", str(checkpoint), str(data), str(tmp_path / f"out{nproc}"), str(result))
+        results[nproc] = torch.load(result)
+    one, two = results[1]["state"], results[2]["state"]
+    initial = load_model(checkpoint).state_dict()
+    assert any((one[k] - initial[k]).abs().max() > 1e-4 for k in one)
+    for key in one:
+        assert (one[key] - two[key]).abs().max() < 1e-5, key
+    assert results[1]["metrics"]["loss"] == pytest.approx(results[2]["metrics"]["loss"], abs=1e-6)
+
+
+def test_two_rank_fsdp_run(run_files, tmp_path):
+    checkpoint, data = run_files
+    config = tmp_path / "tiny.toml"
+    config.write_text(f'[model]\npath = "{checkpoint}"\n[data]\ntrain_files = ["{data}"]\n')
+    out = tmp_path / "run"
+    overrides = ["data.prompts_per_step=4", "rollout.n=2", "rollout.max_new_tokens=6", "run.max_steps=2",
+                 f"run.out_dir={json.dumps(str(out))}", "optim.lr=1e-3", "loss.micro_batch_tokens=40"]
+    torchrun(2, "train.py", str(config), *overrides)
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    before, after = load_model(checkpoint), load_model(out / "export")
+    assert any((a - b).abs().max() > 0 for a, b in zip(before.parameters(), after.parameters()))
