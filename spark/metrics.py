@@ -20,8 +20,8 @@ class MetricsLogger:
         if enabled:
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(out_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-            self.samples = open(out_dir / "samples.jsonl", "a")  # noqa: SIM115
+            self.jsonl = open(out_dir / "metrics.jsonl", "a")  # closed in close()
+            self.samples = open(out_dir / "samples.jsonl", "a")
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
     def log(self, step: int, metrics: dict[str, float], total_steps: int) -> None:

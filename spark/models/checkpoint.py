@@ -59,7 +59,7 @@ def weight_files(path: Path) -> dict[str, Path]:
     if not single.exists():
         raise CheckpointError(f"{path}: no model.safetensors and no model.safetensors.index.json")
     with safe_open(single, "pt") as f:
-        return {name: single for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        return {name: single for name in f.keys()}
 
 
 def build_model(config: dict, path: Path) -> nn.Module:
@@ -78,10 +78,10 @@ def hub_layout(name: str) -> str:
     return name
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               rename: Callable[[str], str] = lambda name: name) -> nn.Module:
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+               ) -> nn.Module:
     """Load a checkpoint directory into our model, on `device` in `dtype`. Tensor names in the hub's
-    layout or the newer transformers one load as they are; `rename` maps other layouts onto the hub's."""
+    layout or the newer transformers one both load."""
     path = Path(path)
     config = read_config(path)
     with torch.device("meta"):
@@ -90,19 +90,23 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
     tied = getattr(model.config, "tie_word_embeddings", False)
     if tied:
         expected.pop("lm_head.weight")
-    state: dict[str, torch.Tensor] = {}
+    names_by_file: dict[Path, list[str]] = {}
     for name, file in weight_files(path).items():
-        key = rename(hub_layout(name))
-        if key == "lm_head.weight" and tied:
-            continue
-        if key not in expected:
-            raise CheckpointError(f"{file}: unexpected tensor '{name}' for {type(model).__name__}")
+        names_by_file.setdefault(file, []).append(name)
+    state: dict[str, torch.Tensor] = {}
+    for file, names in names_by_file.items():
         with safe_open(file, "pt", device=str(device)) as f:
-            tensor = f.get_tensor(name)
-        if tensor.shape != expected[key].shape:
-            raise CheckpointError(f"{file}: tensor '{name}' has shape {tuple(tensor.shape)}, "
-                                  f"the config says {tuple(expected[key].shape)}")
-        state[key] = tensor.to(dtype)
+            for name in names:
+                key = hub_layout(name)
+                if key == "lm_head.weight" and tied:
+                    continue
+                if key not in expected:
+                    raise CheckpointError(f"{file}: unexpected tensor '{name}' for {type(model).__name__}")
+                tensor = f.get_tensor(name)
+                if tensor.shape != expected[key].shape:
+                    raise CheckpointError(f"{file}: tensor '{name}' has shape {tuple(tensor.shape)}, "
+                                          f"the config says {tuple(expected[key].shape)}")
+                state[key] = tensor.to(dtype)
     missing = sorted(set(expected) - set(state))
     if missing:
         raise CheckpointError(f"{path}: tensors missing from the checkpoint: {', '.join(missing[:5])}"
@@ -117,18 +121,16 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
     return model.eval()
 
 
-def save_model(model: nn.Module, path: str | Path, *, state: dict[str, torch.Tensor] | None = None,
-               max_shard_bytes: int = 5 * 2**30) -> None:
+def save_model(model: nn.Module, path: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
     """Write `model` as a Hugging Face checkpoint directory that `transformers` and `load_model` load.
 
     The config.json and the tokenizer / side files come from the directory the model was loaded
-    from. `state` overrides the model's own state dict (e.g. full tensors gathered from FSDP shards).
-    Shards above `max_shard_bytes` get an index JSON.
+    from. Shards above `max_shard_bytes` get an index JSON.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config, source = model.hf_config, model.source_dir
-    state = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     shards: list[dict[str, torch.Tensor]] = [{}]
