@@ -2,24 +2,34 @@
 
 Evaluation, test-time scaling and the trainer's demo talk to the policy through this: user messages
 go through the checkpoint's chat template, the sampler runs, completions come back decoded. The
-trainer encodes prompts with `ChatModel.encode` so that training and evaluation see the same ids.
+trainer renders prompts with `ChatModel.render` so that training and evaluation see the same ids.
+
+With a Qwen2.5-VL checkpoint a user message may come with an image: the template turns it into
+`<|vision_start|><|image_pad|><|vision_end|>`, the pad is repeated once per merged patch of the
+preprocessed image (as transformers' processor does), and the image's `pixel_values` / `image_grid_thw`
+travel with the ids (`ChatPrompt`; `image_inputs` concatenates them for a batch). The vision tokens
+are never sampled.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from spark.models import load_model
+from spark.images import ImageConfig, expand_image_pads, load_image, preprocess
+from spark.models import Qwen2_5_VL, load_model
 from spark.sampler import SamplingParams, generate
 
 # Qwen's end-of-turn and end-of-text tokens: a completion stops at either, whatever the config says.
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+# Qwen2.5-VL's vision markers: they only ever come from the prompt, a VL policy never samples them.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass
@@ -27,6 +37,25 @@ class Completion:
     text: str  # decoded response, special tokens stripped
     num_tokens: int  # generated tokens (incl. the stop token if one was produced)
     finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class ChatPrompt:
+    """A user message rendered for the model: token ids ending with the assistant header, and the model
+    inputs of its image (`pixel_values` [patches, C * temporal * patch^2], `image_grid_thw` [1, 3]; empty
+    for a text message)."""
+
+    ids: list[int]
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def image_inputs(images: Iterable[dict[str, torch.Tensor]], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The model inputs of a batch or packed stream whose sequences hold `images` (`ChatPrompt.images`, in
+    sequence order): pixel_values and image_grid_thw concatenated, {} when no sequence has an image."""
+    images = [i for i in images if i]
+    if not images:
+        return {}
+    return {key: torch.cat([i[key] for i in images]).to(device) for key in ("pixel_values", "image_grid_thw")}
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, path: Path) -> tuple[int, ...]:
@@ -42,43 +71,74 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, path: Path) -> tuple[int,
 
 
 class ChatModel:
-    """A checkpoint's model + tokenizer (+ image processor for VL) behind one generate call.
+    """A checkpoint's model + tokenizer (+ image preprocessing for VL) behind one generate call.
 
-    `max_batch_rows` bounds the rows (prompts x n) sampled together, which bounds the KV cache.
+    `image_config` is the checkpoint's image preprocessing (None for a text model); `max_batch_rows`
+    bounds the rows (prompts x n) sampled together, which bounds the KV cache.
     """
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, stop_token_ids: tuple[int, ...],
-                 *, max_batch_rows: int = 256):
+                 *, image_config: ImageConfig | None = None, max_batch_rows: int = 256):
         self.model, self.tokenizer, self.stop_token_ids = model, tokenizer, stop_token_ids
-        self.max_batch_rows = max_batch_rows
+        self.image_config, self.max_batch_rows = image_config, max_batch_rows
+        vocab = tokenizer.get_vocab()
+        self.banned_token_ids = tuple(sorted(vocab[t] for t in VISION_TOKENS if t in vocab)) if image_config else ()
+
+    def render(self, prompts: list[str], images: list[str | None] | None = None, *,
+               image_config: ImageConfig | None = None) -> list[ChatPrompt]:
+        """User messages (each with an optional image path) -> chat-templated prompts. Each image is loaded
+        and preprocessed once, with `image_config` (default: the checkpoint's), e.g. a larger max_pixels."""
+        images = images if images is not None else [None] * len(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"ChatModel: {len(images)} images for {len(prompts)} prompts")
+        return [self.render_one(prompt, image, image_config or self.image_config)
+                for prompt, image in zip(prompts, images)]
+
+    def render_one(self, prompt: str, image: str | None, image_config: ImageConfig | None) -> ChatPrompt:
+        if image is None:
+            return ChatPrompt(self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False))
+        if image_config is None:
+            raise NotImplementedError(f"{image}: images need a Qwen2.5-VL checkpoint")
+        pixel_values, image_grid_thw = preprocess([load_image(image)], image_config)
+        content = [{"type": "image"}, {"type": "text", "text": prompt}]
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
+        text = expand_image_pads(text, image_grid_thw, image_config.merge_size)
+        return ChatPrompt(self.tokenizer(text, add_special_tokens=False)["input_ids"],
+                          {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw})
 
     def encode(self, prompts: list[str], images: list[str | None] | None = None) -> list[list[int]]:
         """User messages -> chat-templated token ids, ending with the assistant turn's header."""
-        if images is not None and any(image is not None for image in images):
-            raise NotImplementedError("images need the Qwen2.5-VL model")
-        return [self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                   add_generation_prompt=True, tokenize=True, return_dict=False)
-                for prompt in prompts]
+        return [prompt.ids for prompt in self.render(prompts, images)]
 
     def generate(self, prompts: list[str], images: list[str | None] | None = None, *,
                  max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, n: int = 1, seed: int = 0) -> list[list[Completion]]:
-        """prompts: user messages (the chat template is applied here). One list of n completions
-        per prompt. temperature == 0 means greedy."""
-        if images is not None and len(images) != len(prompts):
-            raise ValueError(f"ChatModel.generate: {len(images)} images for {len(prompts)} prompts")
+                 top_k: int = 0, n: int = 1, seed: int = 0, image_config: ImageConfig | None = None
+                 ) -> list[list[Completion]]:
+        """prompts: user messages (the chat template is applied here), images: a path or None per prompt.
+        One list of n completions per prompt. temperature == 0 means greedy. `image_config` overrides
+        the checkpoint's image preprocessing (e.g. max_pixels) for this call."""
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                top_k=top_k, stop_token_ids=self.stop_token_ids)
-        rows = [ids for ids in self.encode(prompts, images) for _ in range(n)]  # n copies of each prompt
+                                top_k=top_k, stop_token_ids=self.stop_token_ids,
+                                banned_token_ids=self.banned_token_ids)
+        rendered = self.render(prompts, images, image_config=image_config)
+        rows = [prompt for prompt in rendered for _ in range(n)]  # n copies of each prompt
+        device = self.model.lm_head.weight.device
         completions: list[Completion] = []
         for chunk, start in enumerate(range(0, len(rows), self.max_batch_rows)):
-            rollouts = generate(self.model, rows[start:start + self.max_batch_rows], params, seed=seed + chunk)
+            batch = rows[start:start + self.max_batch_rows]
+            rollouts = generate(self.model, [row.ids for row in batch], params, seed=seed + chunk,
+                                **image_inputs((row.images for row in batch), device))
             completions += [Completion(self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), reason)
                             for tokens, reason in zip(rollouts.tokens, rollouts.finish_reasons)]
         return [completions[i:i + n] for i in range(0, len(completions), n)]
 
 
 def load_chat_model(path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ChatModel:
-    """The model and tokenizer of a Hugging Face checkpoint directory (local files only)."""
+    """The model and tokenizer (and, for Qwen2.5-VL, the image preprocessing in preprocessor_config.json)
+    of a Hugging Face checkpoint directory (local files only)."""
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return ChatModel(load_model(path, device=device, dtype=dtype), tokenizer, stop_token_ids(tokenizer, Path(path)))
+    model = load_model(path, device=device, dtype=dtype)
+    image_config = ImageConfig.from_pretrained(path) if isinstance(model, Qwen2_5_VL) else None
+    return ChatModel(model, tokenizer, stop_token_ids(tokenizer, Path(path)), image_config=image_config)

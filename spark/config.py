@@ -116,6 +116,10 @@ class DataSettings:
     prompts_per_step: int = 64  # global batch of questions per step (split over ranks)
     epochs: int = 2
     max_prompt_tokens: int = 2048  # longer prompts are an error naming the row
+    # Image resizing bounds (Qwen2.5-VL); 0 keeps the checkpoint's preprocessor_config.json value.
+    min_pixels: int = 0  # policy prompts' images are scaled up to at least this many pixels
+    max_pixels: int = 0  # ... and down to at most this many
+    judge_max_pixels: int = 0  # max_pixels of recycled (judge and reflection) prompts; 0 = max_pixels
     seed: int = 0  # data order, sampling and recycling draws all derive from (seed, step, rank)
 
 

@@ -13,7 +13,8 @@ matrices are held column-major during the call (see `column_major_weights`): 2-4
 
 Log-probs: for each sampled token we return log_softmax(logits / temperature) at that token (the
 plain log_softmax(logits) when greedy), i.e. before top-k / top-p truncation. At temperature 1 this
-is the policy's own log-prob, which is what the trainer needs as pi_old.
+is the policy's own log-prob, which is what the trainer needs as pi_old. Banned tokens
+(`banned_token_ids`) get -inf logits first, so the log-probs are over the other tokens.
 
 Sampling is by inverse CDF with one uniform per row and step, from a `torch.Generator` on the
 model's device seeded by `seed`: a call is reproducible. (The exponential race of gpt-fast draws V
@@ -47,6 +48,7 @@ class SamplingParams:
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
     top_k: int = 0  # keep the k most likely tokens; 0 keeps all
     stop_token_ids: tuple[int, ...] = ()
+    banned_token_ids: tuple[int, ...] = ()  # never sampled (logits set to -inf), e.g. Qwen2.5-VL's vision tokens
     # torch.compile(mode="reduce-overhead") of the decode step (CUDA graphs). Shapes are then static:
     # keys are read over the whole cache and finished rows are never dropped. Each call's new cache
     # is marked as a static address, so the graph is re-recorded once per call, not copied per step.
@@ -171,6 +173,7 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], limits: list[int], 
     cfg = model.config
     B, T, N = len(prompts), max(map(len, prompts)), max(limits)
     stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.long, device=device)
+    banned_ids = torch.tensor(params.banned_token_ids, dtype=torch.long, device=device)
 
     # Prefill: right-padded prompts; pad positions write garbage keys that decode overwrites or masks.
     input_ids = torch.zeros(B, T, dtype=torch.long)
@@ -204,6 +207,8 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], limits: list[int], 
     check_every = 1 if device.type == "cpu" else 8
     for step in range(N):
         uniforms = torch.rand(B, generator=generator, device=device)[rows]  # for every row: see the doc
+        if params.banned_token_ids:
+            logits.index_fill_(-1, banned_ids, float("-inf"))
         tokens, logp = sample(logits, params, uniforms)
         out_tokens[rows, step] = tokens
         out_logp[rows, step] = logp

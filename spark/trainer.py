@@ -22,18 +22,19 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from spark.chat import load_chat_model
+from spark.chat import ChatPrompt, image_inputs, load_chat_model
 from spark.checkpointing import Checkpointer
-from spark.config import TrainConfig
-from spark.data import DataError, Sample, load_questions, read_records, require_str
+from spark.config import DataSettings, TrainConfig
+from spark.data import TASKS, DataError, Sample, load_questions, read_records, require_str
 from spark.distributed import all_gather_objects, all_reduce, full_state_dict, init_distributed, shard_model
+from spark.images import ImageConfig
 from spark.losses import aggregate, group_advantages, kl_penalty, policy_loss
 from spark.metrics import MetricsLogger
 from spark.models import Packing, load_model, save_model
@@ -61,6 +62,7 @@ class Experience:
     reward: float
     truncated: bool
     advantage: float = 0.0
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # the prompt's image inputs (ChatPrompt.images)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class MicroBatch:
     mask: torch.Tensor
     advantages: torch.Tensor  # [S, 1]
     weights: torch.Tensor  # [S, 1] task weight of each sequence
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_grid_thw in stream order
 
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -105,6 +108,29 @@ def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
     return random.Random(f"{seed}:{step}:{rank}:{salt}").getrandbits(63)
 
 
+def task_image_configs(checkpoint: ImageConfig | None, data: DataSettings) -> dict[str, ImageConfig | None]:
+    """Each task's image preprocessing: the checkpoint's, with data.min_pixels / max_pixels for policy prompts
+    and data.judge_max_pixels for the recycled (judge and reflection) ones; a setting of 0 changes nothing."""
+    if checkpoint is None:
+        return dict.fromkeys(TASKS)
+    bounds = {"min_pixels": data.min_pixels, "max_pixels": data.max_pixels}
+    policy = dataclasses.replace(checkpoint, **{k: v for k, v in bounds.items() if v})
+    recycled = dataclasses.replace(policy, max_pixels=data.judge_max_pixels or policy.max_pixels)
+    return {task: policy if task == "policy" else recycled for task in TASKS}
+
+
+def filler_sequence(model: torch.nn.Module) -> tuple[int, dict[str, torch.Tensor]]:
+    """A one-token sequence with no loss, for micro-batches that would otherwise skip part of the model:
+    token 0 for a text model; for a VL model an `<|image_pad|>` and a blank image of one merge unit, so
+    that every rank runs the vision tower in every micro-batch (FSDP's collectives must match)."""
+    visual = getattr(model, "visual", None)
+    if visual is None:
+        return 0, {}
+    cfg, merge = visual.config, visual.config.spatial_merge_size
+    blank = torch.zeros(merge**2, cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2)
+    return model.image_token_id, {"pixel_values": blank, "image_grid_thw": torch.tensor([[1, merge, merge]])}
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -128,6 +154,8 @@ class Trainer:
         # The sampler runs on a plain full copy, refreshed from the shards before every rollout.
         self.chat = load_chat_model(config.model.path, device=device, dtype=sample_dtype)
         self.sampler = self.chat.model
+        self.image_configs = task_image_configs(self.chat.image_config, config.data)
+        self.filler_token, self.filler_images = filler_sequence(self.sampler)
 
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optim = config.optim
@@ -187,29 +215,36 @@ class Trainer:
         """Copy the policy's current full weights into the sampling model."""
         self.sampler.load_state_dict(full_state_dict(self.policy))
 
+    def render(self, samples: list[Sample]) -> list[ChatPrompt]:
+        """Chat-templated prompts with their image inputs, each image at its task's resolution."""
+        return [self.chat.render([s.prompt], [s.image], image_config=self.image_configs[s.task])[0] for s in samples]
+
     def rollout(self, samples: list[Sample], n: int, *, greedy: bool = False, salt: int = 0) -> list[Experience]:
         """n responses per sample from the sampling model, scored by the verifier."""
         if not samples:
             return []
         settings = self.config.rollout
-        prompt_ids = self.chat.encode([s.prompt for s in samples], [s.image for s in samples])
-        for sample, ids in zip(samples, prompt_ids):
-            if len(ids) > self.config.data.max_prompt_tokens:
+        prompts = self.render(samples)
+        for sample, prompt in zip(samples, prompts):
+            if len(prompt.ids) > self.config.data.max_prompt_tokens:
                 raise DataError(sample.meta.get("source", "<recycled>"), None, "question",
-                                f"prompt is {len(ids)} tokens, over data.max_prompt_tokens")
+                                f"prompt is {len(prompt.ids)} tokens, over data.max_prompt_tokens")
         params = SamplingParams(
             max_new_tokens=settings.max_new_tokens if not greedy else self.config.run.eval_max_new_tokens,
             temperature=0.0 if greedy else settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-            stop_token_ids=self.chat.stop_token_ids, compile=settings.compile)
-        jobs = [(sample, ids) for sample, ids in zip(samples, prompt_ids) for _ in range(n)]
+            stop_token_ids=self.chat.stop_token_ids, banned_token_ids=self.chat.banned_token_ids,
+            compile=settings.compile)
+        jobs = [(sample, prompt) for sample, prompt in zip(samples, prompts) for _ in range(n)]
         experiences = []
         for start in range(0, len(jobs), settings.batch_size):
             chunk = jobs[start:start + settings.batch_size]
-            out = generate(self.sampler, [ids for _, ids in chunk], params,
-                           seed=step_seed(self.config.data.seed, self.step, self.world.rank, salt + start))
+            out = generate(self.sampler, [prompt.ids for _, prompt in chunk], params,
+                           seed=step_seed(self.config.data.seed, self.step, self.world.rank, salt + start),
+                           **image_inputs((prompt.images for _, prompt in chunk), self.world.device))
             texts = self.chat.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
-            for (sample, ids), tokens, text, reason in zip(chunk, out.tokens, texts, out.finish_reasons):
-                experiences.append(Experience(sample, ids, tokens, text, 0.0, reason == "length"))
+            for (sample, prompt), tokens, text, reason in zip(chunk, out.tokens, texts, out.finish_reasons):
+                experiences.append(Experience(sample, prompt.ids, tokens, text, 0.0, reason == "length",
+                                              images=prompt.images))
         rewards = score_batch([e.response for e in experiences], [e.sample.gold for e in experiences],
                               kinds=[VERIFIER_KIND[e.sample.task] for e in experiences])
         for experience, reward in zip(experiences, rewards):
@@ -246,11 +281,11 @@ class Trainer:
 
     def pack(self, experiences: list[Experience]) -> MicroBatch:
         device = self.world.device
-        if not experiences:  # an empty micro-batch: one dummy token pair with no loss
-            zero = torch.zeros(1, 1, dtype=torch.long, device=device)
-            return MicroBatch(zero, zero, Packing.from_lengths([1], device), torch.zeros(1, 1, dtype=torch.long,
-                              device=device), torch.zeros(1, 1, device=device), torch.zeros(1, 1, device=device),
-                              torch.zeros(1, 1, device=device))
+        if not experiences:  # an empty micro-batch: the filler sequence alone
+            zero = torch.zeros(1, 1, device=device)
+            stream = torch.tensor([[self.filler_token]], device=device)
+            return MicroBatch(stream, torch.zeros_like(stream), Packing.from_lengths([1], device), zero.long(), zero,
+                              zero, zero, image_inputs([self.filler_images], device))
         streams, targets, index, lengths = [], [], [], []
         offset = 0
         for e in experiences:
@@ -261,6 +296,12 @@ class Trainer:
             first = offset + len(e.prompt_ids) - 1  # the position that predicts the first response token
             index.append(list(range(first, first + len(e.response_ids))))
             offset += len(tokens) - 1
+        images = [e.images for e in experiences]
+        if self.filler_images and not any(images):
+            streams.append(self.filler_token)
+            targets.append(0)
+            lengths.append(1)
+            images = [self.filler_images]
         width = max(map(len, index))
         response_index = torch.tensor([i + [0] * (width - len(i)) for i in index], device=device)
         mask = torch.tensor([[1.0] * len(i) + [0.0] * (width - len(i)) for i in index], device=device)
@@ -271,13 +312,13 @@ class Trainer:
             torch.tensor([streams], device=device), torch.tensor([targets], device=device),
             Packing.from_lengths(lengths, device), response_index, mask,
             torch.tensor([[e.advantage] for e in experiences], device=device),
-            torch.tensor([[weights[e.sample.task]] for e in experiences], device=device))
+            torch.tensor([[weights[e.sample.task]] for e in experiences], device=device), image_inputs(images, device))
 
     def response_logprobs(self, model, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and entropies of the response tokens, [S, R]."""
         logp, entropy = model.logprobs(batch.input_ids, batch.targets, packing=batch.packing,
                                        temperature=self.config.rollout.temperature or 1.0,
-                                       chunk_size=self.config.loss.logprob_chunk)
+                                       chunk_size=self.config.loss.logprob_chunk, **batch.images)
         return logp[batch.response_index], entropy[batch.response_index]
 
     def update(self, experiences: list[Experience]) -> dict[str, float]:
@@ -380,8 +421,8 @@ class Trainer:
             for e in all_experiences:
                 shown.setdefault(e.sample.task, e)
             self.metrics.log_samples(self.step, [{"task": e.sample.task, "prompt": e.sample.prompt,
-                                                  "response": e.response, "gold": e.sample.gold,
-                                                  "reward": e.reward} for e in shown.values()])
+                                                  "image": e.sample.image, "response": e.response,
+                                                  "gold": e.sample.gold, "reward": e.reward} for e in shown.values()])
         return metrics
 
     def rollout_metrics(self, experiences: list[Experience]) -> dict[str, float]:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from transformers import Qwen2ForCausalLM
 
 from spark.models import load_model
@@ -170,3 +171,25 @@ def test_compiled_decode_matches_eager(model):
     prompts = make_prompts(model.config.vocab_size)
     compiled = SamplingParams(max_new_tokens=GREEDY.max_new_tokens, temperature=0.0, compile=True)
     assert generate(model, prompts, compiled).tokens == generate(model, prompts, GREEDY).tokens
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_banned_tokens_are_never_sampled(model, temperature):
+    """A head that favours a few tokens by +100: unbanned they are all that is sampled, banned never."""
+    favoured = [5, 17, 42]
+    head = model.lm_head
+    biased = nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()[favoured] = 100.0
+    prompts = make_prompts(model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=6, temperature=temperature, banned_token_ids=tuple(favoured))
+    model.lm_head = biased
+    try:
+        free = generate(model, prompts, SamplingParams(max_new_tokens=6, temperature=temperature), seed=0)
+        banned = generate(model, prompts, params, seed=0)
+    finally:
+        model.lm_head = head
+    assert all(set(row) <= set(favoured) for row in free.tokens)
+    assert not set(favoured) & {token for row in banned.tokens for token in row}
+    assert all(torch.isfinite(logp).all() for logp in banned.logprobs)

@@ -1,0 +1,226 @@
+"""Qwen2.5-VL through the system: image prompts in ChatModel, image inputs in the trainer's rollouts and
+packed updates, and a few SPARK steps of a tiny VL checkpoint on generated pictures, recycling included."""
+
+import dataclasses
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import nn
+from transformers import Qwen2_5_VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+import spark.chat
+from spark.chat import ChatModel, image_inputs, load_chat_model
+from spark.data import Sample
+from spark.models import Qwen2_5_VL, load_model, save_model
+from spark.prompts import math_prompt
+from spark.sampler import SamplingParams, generate
+from spark.tiny import make_tiny_vl_checkpoint
+from spark.trainer import Experience, Trainer
+from tests.test_trainer import torchrun
+from tests.trainer_utils import tiny_config
+
+QUESTION = "How many shapes are in the picture?"
+# (shapes, height, width): odd sizes and aspect ratios.
+PICTURES = [(1, 61, 83), (2, 97, 45), (3, 75, 75), (2, 50, 121), (1, 88, 64), (3, 41, 99)]
+JUDGE_MAX_PIXELS = 56 * 56
+
+
+def draw_shapes(count: int, height: int, width: int, seed: int) -> Image.Image:
+    """`count` coloured ellipses and rectangles on a white canvas."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for _ in range(count):
+        x, y = rng.randrange(width - 12), rng.randrange(height - 12)
+        box = (x, y, x + rng.randint(8, 12), y + rng.randint(8, 12))
+        colour = rng.choice(["red", "green", "blue", "orange"])
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    return image
+
+
+def write_rows(folder: Path) -> Path:
+    """ViRL-style rows {question, answer, image} (image paths relative to the file), plus one text row."""
+    rows = []
+    for i, (count, height, width) in enumerate(PICTURES):
+        draw_shapes(count, height, width, seed=i).save(folder / f"shapes_{i}.png")
+        rows.append({"question": QUESTION, "answer": str(count), "image": f"shapes_{i}.png"})
+    rows.append({"question": "What is 1 + 2?", "answer": "3", "image": None})
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return data
+
+
+def warm_up(chat: ChatModel, rows: list[dict], folder: Path, steps: int = 40) -> None:
+    r"""Supervised steps on `\boxed{answer}` with the images, so that sampled answers vary and groups mix."""
+    model, tokenizer = chat.model, chat.tokenizer
+    prompts = chat.render([math_prompt(row["question"]) for row in rows],
+                          [str(folder / row["image"]) if row["image"] else None for row in rows])
+    answers = [tokenizer(f"\\boxed{{{row['answer']}}}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+               for row in rows]
+    T = max(len(p.ids) + len(a) for p, a in zip(prompts, answers))
+    input_ids = torch.full((len(rows), T), tokenizer.pad_token_id)
+    targets = torch.full((len(rows), T), -100)
+    for b, (prompt, answer) in enumerate(zip(prompts, answers)):
+        input_ids[b, :len(prompt.ids) + len(answer)] = torch.tensor(prompt.ids + answer)
+        targets[b, len(prompt.ids):len(prompt.ids) + len(answer)] = torch.tensor(answer)
+    inputs = image_inputs((p.images for p in prompts), "cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        logits = model(input_ids, **inputs)[:, :-1]
+        loss = F.cross_entropy(logits.flatten(0, 1), targets[:, 1:].flatten(), ignore_index=-100)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def vl_files(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(random checkpoint, warmed-up checkpoint, data file)."""
+    folder = tmp_path_factory.mktemp("vl_training")
+    random_init = make_tiny_vl_checkpoint(folder / "random", seed=1)
+    data = write_rows(folder)
+    chat = load_chat_model(str(random_init))
+    torch.manual_seed(0)
+    warm_up(chat, [json.loads(line) for line in data.read_text().splitlines()], folder)
+    save_model(chat.model, folder / "ckpt")
+    return random_init, folder / "ckpt", data
+
+
+def vl_config(checkpoint: Path, data: Path, out: Path, *overrides: str):
+    return tiny_config(checkpoint, data, out, "rollout.n=4", "rollout.max_new_tokens=8",
+                       "loss.micro_batch_tokens=400", f"data.judge_max_pixels={JUDGE_MAX_PIXELS}", *overrides)
+
+
+class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """transformers 5's processor insists on a video processor, which needs torchvision; images need none."""
+
+    def check_argument_for_proper_class(self, name, arg):
+        return arg if arg is None else super().check_argument_for_proper_class(name, arg)
+
+
+def test_render_matches_the_transformers_processor(vl_files):
+    checkpoint, _, data = vl_files
+    chat = load_chat_model(str(checkpoint))
+    image_pad = chat.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    processor = ImageOnlyProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=chat.image_config.min_pixels,
+                                                 max_pixels=chat.image_config.max_pixels),
+        tokenizer=chat.tokenizer, chat_template=chat.tokenizer.chat_template)
+    for i in range(len(PICTURES)):
+        path = data.parent / f"shapes_{i}.png"
+        prompt = chat.render([QUESTION], [str(path)])[0]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        reference = processor(text=[text], images=[Image.open(path)], return_tensors="pt")
+        assert prompt.ids == reference["input_ids"][0].tolist()
+        assert prompt.ids.count(image_pad) == int(reference["image_grid_thw"].prod()) // 4 > 1
+        assert torch.equal(prompt.images["pixel_values"], reference["pixel_values"])
+        assert torch.equal(prompt.images["image_grid_thw"], reference["image_grid_thw"])
+    # A text row renders as the text template, and a smaller max_pixels gives fewer image tokens.
+    assert chat.render([QUESTION])[0].ids == chat.encode([QUESTION])[0]
+    small = chat.render([QUESTION], [str(data.parent / "shapes_0.png")],
+                        image_config=dataclasses.replace(chat.image_config, max_pixels=JUDGE_MAX_PIXELS))[0]
+    assert small.ids.count(image_pad) < chat.render([QUESTION], [str(data.parent / "shapes_0.png")])[0].ids.count(image_pad)
+
+
+def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
+    checkpoint, _, data = vl_files
+    chat = load_chat_model(str(checkpoint))
+    vision = {chat.tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")}
+    assert set(chat.banned_token_ids) == vision
+    # A head that favours the vision tokens by +100: unbanned, they are all that is sampled.
+    head = chat.model.lm_head
+    chat.model.lm_head = nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        chat.model.lm_head.weight.copy_(head.weight)
+        chat.model.lm_head.bias.zero_()[sorted(vision)] = 100.0
+    prompts = chat.render([QUESTION, "What is 1 + 2?"], [str(data.parent / "shapes_1.png"), None])
+    ids, inputs = [p.ids for p in prompts], image_inputs((p.images for p in prompts), "cpu")
+    free = generate(chat.model, ids, SamplingParams(max_new_tokens=5), seed=0, **inputs)
+    assert all(set(row) <= vision for row in free.tokens)
+    banned = generate(chat.model, ids, SamplingParams(max_new_tokens=5, banned_token_ids=chat.banned_token_ids),
+                      seed=0, **inputs)
+    assert not vision & {t for row in banned.tokens for t in row}
+    # ChatModel.generate bans them itself.
+    seen = []
+    monkeypatch.setattr(spark.chat, "generate", lambda *args, **kwargs: seen.append(args[2]) or generate(*args, **kwargs))
+    chat.generate([QUESTION], [str(data.parent / "shapes_1.png")], max_new_tokens=3, temperature=1.0)
+    assert seen[0].banned_token_ids == chat.banned_token_ids
+
+
+def test_trainer_gives_recycled_prompts_their_pixels_and_packs_images(vl_files, tmp_path):
+    _, checkpoint, data = vl_files
+    trainer = Trainer(vl_config(checkpoint, data, tmp_path / "run"))
+    policy = trainer.questions[0]
+    recycled = Sample("Is this right?", "No", task="pointwise", image=policy.image)
+    text = trainer.questions[-1]
+    assert policy.image and text.image is None
+    prompts = trainer.render([policy, recycled, text])
+    assert prompts[1].images["image_grid_thw"].prod() * 14 * 14 <= JUDGE_MAX_PIXELS
+    assert prompts[0].images["image_grid_thw"].prod() > prompts[1].images["image_grid_thw"].prod()
+    assert prompts[2].images == {}
+    experiences = [Experience(sample, prompt.ids, [5, 6], "r", 1.0, False, images=prompt.images)
+                   for sample, prompt in zip([policy, recycled, text], prompts)]
+    batch = trainer.pack(experiences)
+    grids = torch.cat([prompts[0].images["image_grid_thw"], prompts[1].images["image_grid_thw"]])
+    assert torch.equal(batch.images["image_grid_thw"], grids)
+    assert torch.equal(batch.images["pixel_values"],
+                       torch.cat([prompts[0].images["pixel_values"], prompts[1].images["pixel_values"]]))
+    # The model checks every packed sequence's <|image_pad|> count against its own image.
+    logp, _ = trainer.response_logprobs(trainer.policy, batch)
+    assert logp.shape == (3, 2) and torch.isfinite(logp).all()
+    # Without images (a text-only or an empty micro-batch) a filler image keeps the vision tower running.
+    for batch in (trainer.pack(experiences[2:]), trainer.pack([])):
+        assert batch.images["image_grid_thw"].tolist() == [[1, 2, 2]]
+        assert torch.isfinite(trainer.response_logprobs(trainer.policy, batch)[0]).all()
+
+
+def test_spark_steps_on_pictures_with_recycling(vl_files, tmp_path):
+    _, checkpoint, data = vl_files
+    out = tmp_path / "run"
+    Trainer(vl_config(checkpoint, data, out)).train()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert math.isfinite(m["loss"]) and math.isfinite(m["recycled/loss"]) and math.isfinite(m["kl"])
+        assert m["recycle/pointwise"] + m["recycle/reflection"] > 0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    recycled = [s for s in samples if s["task"] != "policy"]
+    assert recycled and all(Path(s["image"]).parent == data.parent for s in recycled if s["image"])
+    assert any(s["image"] for s in recycled), "recycled prompts carry their group's image"
+    # The export is a Qwen2.5-VL checkpoint whose language model and vision tower both moved.
+    before, after = load_model(checkpoint), load_model(out / "export")
+    assert isinstance(after, Qwen2_5_VL) and (out / "export" / "preprocessor_config.json").exists()
+    changed = {name.split(".")[0] for (name, a), b in zip(after.named_parameters(), before.parameters())
+               if (a - b).abs().max() > 0}
+    assert changed == {"model", "visual", "lm_head"}
+
+
+@pytest.mark.slow
+def test_two_rank_fsdp_run_with_an_image_row_and_a_text_row(vl_files, tmp_path):
+    """Each step one rank trains on the picture and the other on the text question: the text rank's filler
+    image keeps the vision blocks' FSDP collectives in step."""
+    _, checkpoint, data = vl_files
+    rows = data.read_text().splitlines()
+    two_rows = data.parent / "two_rows.jsonl"
+    two_rows.write_text(rows[0] + "\n" + rows[-1] + "\n")
+    config = tmp_path / "vl.toml"
+    config.write_text(f'[model]\npath = "{checkpoint}"\n[data]\ntrain_files = ["{two_rows}"]\n')
+    out = tmp_path / "run"
+    overrides = ["data.prompts_per_step=2", "rollout.n=4", "rollout.max_new_tokens=8", "run.max_steps=2",
+                 f"run.out_dir={json.dumps(str(out))}", "optim.lr=1e-3", "loss.micro_batch_tokens=60",
+                 "spark.recycle.balance_labels=false", "spark.recycle.content=cot"]
+    torchrun(2, "train.py", str(config), *overrides)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert isinstance(load_model(out / "export"), Qwen2_5_VL)
