@@ -33,7 +33,7 @@ from spark.chat import ChatPrompt, image_inputs, load_chat_model
 from spark.checkpointing import Checkpointer
 from spark.config import DataSettings, TrainConfig
 from spark.data import TASKS, DataError, Sample, load_questions, read_records, require_str
-from spark.distributed import all_gather_objects, all_reduce, full_state_dict, init_distributed, shard_model
+from spark.distributed import all_gather_objects, all_reduce, init_distributed, shard_model
 from spark.images import ImageConfig
 from spark.losses import aggregate, group_advantages, kl_penalty, policy_loss
 from spark.metrics import MetricsLogger
@@ -173,6 +173,7 @@ class Trainer:
             raise ValueError(f"{len(self.questions)} training rows give no step of {per_step} prompts")
         self.queue = RecycleQueue()
         self.step = 0
+        self.timings: dict[str, float] = defaultdict(float)  # seconds per phase, reset every step
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", config.run.keep_last)
         self.metrics = MetricsLogger(self.out_dir, enabled=self.world.is_main)
         self.eval_sets = self.load_eval_sets()
@@ -212,8 +213,11 @@ class Trainer:
 
     @torch.no_grad()
     def refresh_sampler(self) -> None:
-        """Copy the policy's current full weights into the sampling model."""
-        self.sampler.load_state_dict(full_state_dict(self.policy))
+        """Copy the policy's current weights into the sampling model, gathering one tensor at a time so a
+        full fp32 copy of the model never exists on top of the sampler's."""
+        sampler_state = self.sampler.state_dict()
+        for name, shard in self.policy.state_dict().items():
+            sampler_state[name].copy_(shard.full_tensor() if isinstance(shard, DTensor) else shard)
 
     def render(self, samples: list[Sample]) -> list[ChatPrompt]:
         """Chat-templated prompts with their image inputs, each image at its task's resolution."""
@@ -236,6 +240,7 @@ class Trainer:
             compile=settings.compile)
         jobs = [(sample, prompt) for sample, prompt in zip(samples, prompts) for _ in range(n)]
         experiences = []
+        started = time.time()
         for start in range(0, len(jobs), settings.batch_size):
             chunk = jobs[start:start + settings.batch_size]
             out = generate(self.sampler, [prompt.ids for _, prompt in chunk], params,
@@ -245,10 +250,13 @@ class Trainer:
             for (sample, prompt), tokens, text, reason in zip(chunk, out.tokens, texts, out.finish_reasons):
                 experiences.append(Experience(sample, prompt.ids, tokens, text, 0.0, reason == "length",
                                               images=prompt.images))
+        self.timings["time/rollout"] += time.time() - started
+        started = time.time()
         rewards = score_batch([e.response for e in experiences], [e.sample.gold for e in experiences],
                               kinds=[VERIFIER_KIND[e.sample.task] for e in experiences])
         for experience, reward in zip(experiences, rewards):
             experience.reward = reward
+        self.timings["time/reward"] += time.time() - started
         return experiences
 
     def assign_advantages(self, experiences: list[Experience], n: int) -> None:
@@ -329,7 +337,6 @@ class Trainer:
                                            sum(float(b.mask.any(-1).sum()) for b in batches)])
         if num_seqs == 0:
             return {}
-        timings = defaultdict(float)
         started = time.time()
         ref_logps = [None] * len(batches)
         old_logps = [None] * len(batches)
@@ -338,7 +345,7 @@ class Trainer:
                 ref_logps = [self.response_logprobs(self.reference, b)[0] for b in batches]
             if loss_cfg.ppo_epochs > 1:
                 old_logps = [self.response_logprobs(self.policy, b)[0] for b in batches]
-        timings["time/reference"] = time.time() - started
+        self.timings["time/reference"] += time.time() - started
 
         started = time.time()
         sums = defaultdict(float)  # token-summed metrics, normalised by num_tokens below
@@ -368,27 +375,25 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        timings["time/update"] = time.time() - started
+        self.timings["time/update"] += time.time() - started
         keys = sorted(sums)
         totals = dict(zip(keys, all_reduce([sums[k] for k in keys])))
         denominator = num_tokens * loss_cfg.ppo_epochs
         metrics = {k: totals[k] / denominator for k in keys if k != "loss"}
-        return {**metrics, "loss": totals["loss"], "grad_norm": float(grad_norm), "tokens": num_tokens,
-                **timings}
+        return {**metrics, "loss": totals["loss"], "grad_norm": float(grad_norm), "tokens": num_tokens}
 
     # ---- the loop -----------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
         config, n = self.config, self.config.rollout.n
         started = time.time()
+        self.timings = defaultdict(float)
         metrics: dict[str, float] = {}
         samples = self.prompts_for_step(self.step)
         if config.spark.schedule == "mixed":
             samples += self.queue.pop(len(self.queue))
         self.refresh_sampler()
-        t0 = time.time()
         experiences = self.rollout(samples, n)
-        metrics["time/rollout"] = time.time() - t0
         self.assign_advantages(experiences, n)
         trained = [e for e in experiences if e.sample.task != "policy" or config.spark.mode != "reward-only"]
         metrics.update(self.update(trained))
@@ -404,9 +409,7 @@ class Trainer:
             metrics.update(self.label_balance(recycle_stats))
             if config.spark.schedule == "separate":
                 self.refresh_sampler()
-                t0 = time.time()
                 recycled_experiences = self.rollout(self.queue.pop(len(self.queue)), n, salt=2 ** 20)
-                metrics["time/rollout"] += time.time() - t0
                 self.assign_advantages(recycled_experiences, n)
                 recycled_update = self.update(recycled_experiences)
                 metrics.update({f"recycled/{k}": v for k, v in recycled_update.items()})
@@ -414,6 +417,7 @@ class Trainer:
 
         metrics.update(self.rollout_metrics(all_experiences))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics.update(self.timings)
         metrics["time/step"] = time.time() - started
         metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["time/step"]
         if config.run.sample_every and self.step % config.run.sample_every == 0:

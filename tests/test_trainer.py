@@ -79,7 +79,7 @@ def test_run_writes_metrics_checkpoint_and_export(run_files, tmp_path):
     for m in metrics:
         assert math.isfinite(m["loss"]) and math.isfinite(m["recycled/loss"])
         assert {"reward/policy", "kl", "entropy", "clip_frac", "grad_norm", "lr", "response_len/mean",
-                "truncation_rate", "tokens_per_s", "time/rollout", "time/update"} <= set(m)
+                "truncation_rate", "tokens_per_s", "time/rollout", "time/reward", "time/reference", "time/update"} <= set(m)
     assert (out / "checkpoints" / "step_00000002" / "trainer.json").exists()
     assert (out / "samples.jsonl").read_text()
     # The export is a Hugging Face directory with changed weights, and transformers agrees on its logits.
