@@ -28,9 +28,11 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m spark.demo
 
+# math-verify is the verifier's reference only, so it is installed here and not in requirements.txt.
 bench: $(STAMP)
-	$(PY) benchmarks/sampler.py
-	$(PY) benchmarks/verifier.py
+	$(PY) -m pip install -q math-verify
+	PYTHONPATH=. $(PY) benchmarks/sampler.py
+	PYTHONPATH=. $(PY) benchmarks/verifier.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

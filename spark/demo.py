@@ -5,11 +5,13 @@ Before RL, a short supervised warm-up on chat-templated (prompt, response) pairs
 
 - policy:      worked answers ("47+38: 7+8=15, 4+3+1=8. \boxed{85}"), stopped early so the policy is well
                short of mastery;
-- pointwise:   the judge recomputes the result, sets it beside the candidate and says how far apart they
-               are, then gives a verdict ("47+38: 7+8=15, 4+3+1=8. 85 vs 86, off by 1. \boxed{No}").
+- pointwise:   the judge recomputes the result, sets it beside the candidate and says whether they are the
+               same, then gives a verdict ("47+38: 7+8=15, 4+3+1=8. 85 vs 86: different. \boxed{No}").
                The verdicts are coin flips, so the format is learnt but not the judgement: the judge
-               starts at chance. RL then has to learn that a gap of 0 means Yes, and gets better at
-               the recomputation it shares with the policy;
+               starts at chance. RL then has to learn that "same" means Yes, and gets better at the
+               recomputation it shares with the policy. Known gap: after the 850-step warm-up the model
+               writes "different" even beside equal numbers (as it wrote "off by 10" when this said how far
+               apart they were), so the verdict has nothing to read and the judge stays near chance;
 - pairwise:    the same working, then a coin-flip letter;
 - reflection:  the worked answer of the question.
 
@@ -20,8 +22,11 @@ digit stays its own token (as in Qwen's tokenizer) and template words become sin
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +47,12 @@ from spark.arithmetic import (
     worked_steps,
     write_jsonl,
 )
+from spark.config import TrainConfig, load_config
 from spark.data import Sample
 from spark.models import load_model, save_model
 from spark.sampler import SamplingParams, generate
 from spark.tiny import build_tokenizer, make_tiny_checkpoint
+from spark.trainer import Trainer
 from spark.verifier import parse_judgment, score_batch
 
 
@@ -63,10 +70,10 @@ class DemoModel:
 
 # Share of the warm-up examples per task. Judge-heavy: copying the question and the candidate out of the
 # long judge templates takes the model far longer to learn than the arithmetic of the short policy prompt.
-WARMUP_MIX = {"policy": 0.25, "pointwise": 0.55, "pairwise": 0.1, "reflection": 0.1}
+WARMUP_MIX = {"policy": 0.25, "pointwise": 0.6, "pairwise": 0.05, "reflection": 0.1}
 # Share of warm-up judge candidates that are wrong. Above one half, so that copying the candidate into the
-# recomputation does not pay: the judge must compute, and "X vs Y" then carries the signal RL needs.
-WRONG_CANDIDATE_SHARE = 0.75
+# recomputation does not pay: the judge must compute, and "X vs Y: same" then carries the signal RL needs.
+WRONG_CANDIDATE_SHARE = 0.6
 
 
 # --------------------------------------------------------------------------- tokenizer and checkpoint
@@ -108,12 +115,12 @@ def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
 
 
 def judge_response(question: str, candidate: str, verdict: str) -> str:
-    r"""A pointwise judge's response: recompute, set the result beside the candidate and say how far apart
-    they are, then the verdict: "47+38: 7+8=15, 4+3+1=8. 85 vs 86, off by 1. \boxed{No}"."""
+    r"""A pointwise judge's response: recompute, set the result beside the candidate and say whether they are
+    the same, then the verdict: "47+38: 7+8=15, 4+3+1=8. 85 vs 86: different. \boxed{No}"."""
     a, op, b = parse_question(question)
     gold = result(a, op, b)
-    gap = abs(gold - int(candidate))
-    return f"{worked_steps(a, op, b)}. {gold} vs {candidate}, off by {gap}. \\boxed{{{verdict}}}"
+    comparison = "same" if int(candidate) == gold else "different"
+    return f"{worked_steps(a, op, b)}. {gold} vs {candidate}: {comparison}. \\boxed{{{verdict}}}"
 
 
 def pairwise_response(question: str, letter: str) -> str:
@@ -290,13 +297,13 @@ def plot_metrics(metrics_jsonl: str | Path, png_path: str | Path, ablation_jsonl
 
 @dataclass
 class DemoSetup:
-    """Sizes of the demo's data and warm-up. 700 steps of 16 leave the policy at ~37% held-out accuracy and
-    the judge at chance (~50%); 1000 or more take the policy above 90%."""
+    """Sizes of the demo's data and warm-up. 850 steps of 16 (about 4 minutes on 2 cores) leave the policy at
+    ~54% held-out accuracy and the judge at chance (~50%); 1000 or more take the policy above 90%."""
 
     num_train: int = 8000  # RL training problems (the warm-up draws from the same set)
     num_heldout: int = 256  # held-out policy problems
     num_judge: int = 256  # held-out pointwise judge rows, half Yes and half No, from other held-out problems
-    warmup_steps: int = 700
+    warmup_steps: int = 850
     warmup_batch: int = 16
     warmup_lr: float = 2e-3
     seed: int = 0
@@ -327,7 +334,9 @@ def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoMode
     policy = load_model(paths["init"])
     losses = warm_up(policy, tokenizer, warmup_examples(train, setup.seed), steps=setup.warmup_steps,
                      batch_size=setup.warmup_batch, lr=setup.warmup_lr, seed=setup.seed)
-    save_model(policy, paths["warmup"])
+    # Written aside and renamed, so that an interrupted warm-up is redone rather than trained from.
+    save_model(policy, run_dir / "warmup.tmp")
+    (run_dir / "warmup.tmp").rename(paths["warmup"])
     return {
         **{name: str(path) for name, path in paths.items()},
         "warmup_loss_first": losses[0],
@@ -335,3 +344,57 @@ def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoMode
         "policy_acc": evaluate_policy(policy, tokenizer, policy_eval),
         "judge_acc": evaluate_judge(policy, tokenizer, judge_eval),
     }
+
+
+# --------------------------------------------------------------------------- `make demo`
+
+CONFIG = Path("configs/tiny.toml")
+ABLATION_DIR = Path("runs/demo-policy-only")  # where the README's policy-only ablation runs
+
+
+def summarize(records: list[dict]) -> dict[str, float]:
+    """Held-out accuracies at the first and last evaluated step of a run's metrics.jsonl records.
+    A step logged twice (a run resumed from an earlier checkpoint) counts at its last record."""
+    summary: dict[str, float] = {}
+    for name in ("policy_acc", "judge_acc"):
+        by_step = {row["step"]: row[f"eval/{name}"] for row in records if f"eval/{name}" in row}
+        if not by_step:
+            raise ValueError(f"summarize: no 'eval/{name}' in the metrics; set run.eval_every and the eval files")
+        summary[f"{name}_start"] = by_step[min(by_step)]
+        summary[f"{name}_end"] = by_step[max(by_step)]
+    summary["steps"] = max(row["step"] for row in records)
+    return summary
+
+
+def plot_runs(run_dirs: list[Path]) -> None:
+    """run_dir/metrics.png for each run that has metrics, the policy-only ablation dashed on the others'."""
+    ablation = ABLATION_DIR / "metrics.jsonl"
+    for run_dir in set(run_dirs):
+        if (run_dir / "metrics.jsonl").exists():
+            plot_metrics(run_dir / "metrics.jsonl", run_dir / "metrics.png",
+                         ablation if ablation.exists() and run_dir != ABLATION_DIR else None)
+
+
+def main(overrides: list[str]) -> dict[str, float]:
+    """Warm up the tiny checkpoint (once: skipped while model.path exists), train with configs/tiny.toml and
+    `overrides`, plot the held-out accuracies (with the policy-only ablation dashed when it has run) and print
+    the summary as the last line."""
+    started = time.time()
+    # The model is too small for intra-op threads to pay: on a busy 2-core machine one thread beat two.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    config = load_config(TrainConfig, CONFIG, overrides)
+    checkpoint = Path(config.model.path)
+    if not checkpoint.exists():
+        warmed = prepare(checkpoint.parent)
+        print("warm-up:", json.dumps({k: v for k, v in warmed.items() if isinstance(v, float)}), flush=True)
+    Trainer(config).train()
+    out_dir = Path(config.run.out_dir)
+    records = read_metrics(out_dir / "metrics.jsonl")
+    plot_runs([out_dir, Path(load_config(TrainConfig, CONFIG).run.out_dir)])
+    summary = {**summarize(records), "minutes": round((time.time() - started) / 60, 2)}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import tomllib
+import typing
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from spark import arithmetic, demo, prompts
+from spark.config import TrainConfig, load_config
 from spark.models import load_model
 from spark.verifier import is_correct, parse_judgment
 
@@ -69,7 +73,7 @@ def checkpoint(tmp_path_factory):
 def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     texts = [prompts.math_prompt("What is 47+38?"), demo.judge_response("What is 83-38?", "46", "No")]
-    assert texts[1] == "83-38: 13-8=5, 8-3-1=4. 45 vs 46, off by 1. \\boxed{No}"
+    assert texts[1] == "83-38: 13-8=5, 8-3-1=4. 45 vs 46: different. \\boxed{No}"
     texts += [prompts.pointwise_prompt("What is 47+38?", "85", cot=cot, variant=v) for cot in (0, 1) for v in range(3)]
     texts += [prompts.pairwise_prompt("What is 47+38?", "85", "86", variant=v) for v in range(3)]
     texts += [prompts.reflection_prompt("What is 47+38?", "86", cot=True, variant=v) for v in range(3)]
@@ -122,3 +126,33 @@ def test_plot_writes_a_png(tmp_path):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows + [{"step": 99}]))
     png = demo.plot_metrics(tmp_path / "spark.jsonl", tmp_path / "plot.png", tmp_path / "ablation.jsonl")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_reads_the_first_and_last_evaluations():
+    records = [{"step": 0, "eval/policy_acc": 0.25, "eval/judge_acc": 0.5}, {"step": 1, "loss": 0.1},
+               {"step": 5, "eval/policy_acc": 0.5, "eval/judge_acc": 0.55},
+               {"step": 5, "eval/policy_acc": 0.6, "eval/judge_acc": 0.65},  # resumed: the last record counts
+               {"step": 6, "loss": 0.1}]
+    assert demo.summarize(records) == {"policy_acc_start": 0.25, "policy_acc_end": 0.6, "judge_acc_start": 0.5,
+                                       "judge_acc_end": 0.65, "steps": 6}
+    with pytest.raises(ValueError, match="eval/judge_acc"):
+        demo.summarize([{"step": 0, "eval/policy_acc": 0.25}])
+
+
+def test_tiny_config_shows_every_setting():
+    with open(demo.CONFIG, "rb") as f:
+        tables = tomllib.load(f)
+
+    def missing(cls, table, prefix=""):
+        """Settings of `cls` absent from `table`, except those whose default is None (TOML has no null)."""
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if field.name not in table:
+                if field.default is not None:
+                    yield prefix + field.name
+            elif dataclasses.is_dataclass(hints[field.name]):
+                yield from missing(hints[field.name], table[field.name], f"{prefix}{field.name}.")
+
+    assert list(missing(TrainConfig, tables)) == []
+    config = load_config(TrainConfig, demo.CONFIG)
+    assert config.run.eval_every and config.run.eval_files and config.run.judge_eval_files
