@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spark.models.attention import packed_attention
-from spark.models.qwen2 import Decoding, ModelConfig, Packing, Qwen2, RMSNorm, apply_rotary
+from spark.models.qwen2 import MLP, Decoding, ModelConfig, Packing, Qwen2, RMSNorm, apply_rotary
 
 
 class ImageTokenError(ValueError):
@@ -166,24 +166,13 @@ class VisionAttention(nn.Module):
         return self.proj(out.reshape(N, -1))
 
 
-class VisionMLP(nn.Module):
-    def __init__(self, cfg: VisionConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=True)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=True)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class VisionBlock(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.norm1 = RMSNorm(cfg.hidden_size, 1e-6)
         self.attn = VisionAttention(cfg)
         self.norm2 = RMSNorm(cfg.hidden_size, 1e-6)
-        self.mlp = VisionMLP(cfg)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, bias=True)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segments: Packing) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), cos, sin, segments)
