@@ -50,10 +50,8 @@ from spark.arithmetic import (
 from spark.config import TrainConfig, load_config
 from spark.data import Sample
 from spark.models import load_model, save_model
-from spark.sampler import SamplingParams, generate
 from spark.tiny import build_tokenizer, make_tiny_checkpoint
 from spark.trainer import Trainer
-from spark.verifier import parse_judgment, score_batch
 
 
 @dataclass
@@ -214,46 +212,6 @@ def warm_up(model: nn.Module, tokenizer: PreTrainedTokenizerFast, examples: list
     return losses
 
 
-# --------------------------------------------------------------------------- held-out evaluation
-
-
-def greedy_responses(model: nn.Module, tokenizer: PreTrainedTokenizerFast, user_prompts: list[str], *,
-                     max_new_tokens: int, batch_size: int = 256) -> list[str]:
-    """Greedy completions of user messages, special tokens stripped."""
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
-                            stop_token_ids=(tokenizer.eos_token_id,))
-    responses = []
-    for start in range(0, len(user_prompts), batch_size):
-        ids = [prompt_ids(tokenizer, p) for p in user_prompts[start:start + batch_size]]
-        rollouts = generate(model, ids, params, seed=0)
-        responses += tokenizer.batch_decode(rollouts.tokens, skip_special_tokens=True)
-    return responses
-
-
-def evaluate_policy(model: nn.Module, tokenizer: PreTrainedTokenizerFast, samples: list[Sample], *,
-                    max_new_tokens: int = 48) -> float:
-    """Greedy accuracy on policy samples (prompt, gold)."""
-    responses = greedy_responses(model, tokenizer, [s.prompt for s in samples], max_new_tokens=max_new_tokens)
-    return sum(score_batch(responses, [s.gold for s in samples])) / len(samples)
-
-
-def evaluate_judge(model: nn.Module, tokenizer: PreTrainedTokenizerFast, rows: list[dict], *,
-                   max_new_tokens: int = 64) -> float:
-    """Balanced accuracy of greedy pointwise verdicts on rows {question, answer, label}: the mean over
-    the labels Yes and No of the fraction of that label's rows judged right (unreadable = wrong).
-    Rows cycle through the answer-based template variants."""
-    user_prompts = [prompts.pointwise_prompt(row["question"], row["answer"], variant=i)
-                    for i, row in enumerate(rows)]
-    responses = greedy_responses(model, tokenizer, user_prompts, max_new_tokens=max_new_tokens)
-    recall = []
-    for label in ("Yes", "No"):
-        verdicts = [parse_judgment(r, "pointwise") for r, row in zip(responses, rows) if row["label"] == label]
-        if not verdicts:
-            raise ValueError(f"evaluate_judge: no rows labelled {label}; the set must hold both labels")
-        recall.append(sum(v == label for v in verdicts) / len(verdicts))
-    return sum(recall) / 2
-
-
 # --------------------------------------------------------------------------- plot
 
 
@@ -316,7 +274,8 @@ def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoMode
     run_dir/data/heldout.jsonl  rows {question, answer}: held-out policy problems
     run_dir/data/judge.jsonl    rows {question, answer, label}: held-out pointwise judge set
     run_dir/init/               the random checkpoint; run_dir/warmup/ the warmed-up one (RL starts here)
-    Returns those paths, the warm-up's first and last losses and the warmed-up held-out accuracies.
+    Returns those paths and the warm-up's first and last losses; the trainer's evaluation at step 0 measures
+    the warmed-up held-out accuracies.
     """
     setup = setup or DemoSetup()
     run_dir = Path(run_dir)
@@ -341,8 +300,6 @@ def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoMode
         **{name: str(path) for name, path in paths.items()},
         "warmup_loss_first": losses[0],
         "warmup_loss_last": sum(losses[-20:]) / len(losses[-20:]),
-        "policy_acc": evaluate_policy(policy, tokenizer, policy_eval),
-        "judge_acc": evaluate_judge(policy, tokenizer, judge_eval),
     }
 
 
