@@ -1,4 +1,4 @@
-r"""The CPU demo's pieces: a tiny checkpoint, a supervised warm-up, held-out evaluation and the plot.
+r"""The CPU demo's pieces: a tiny checkpoint, a supervised warm-up, the run itself and the plot.
 
 The demo trains a Qwen2 of about a million parameters on two-digit arithmetic (spark.arithmetic).
 Before RL, a short supervised warm-up on chat-templated (prompt, response) pairs teaches the formats:
