@@ -140,3 +140,8 @@ def test_two_rank_fsdp_run(run_files, tmp_path):
     assert all(math.isfinite(m["loss"]) for m in metrics)
     before, after = load_model(checkpoint), load_model(out / "export")
     assert any((a - b).abs().max() > 0 for a, b in zip(before.parameters(), after.parameters()))
+    # The 2-rank checkpoint resumes on 1 rank (DCP reshards the model and optimizer state).
+    resumed = Trainer(load_config(TrainConfig, config, overrides[:3] + ["run.max_steps=3", *overrides[4:]]))
+    assert resumed.step == 2
+    resumed.train()
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
