@@ -73,7 +73,9 @@ def test_every_config_file_loads():
 def test_run_writes_metrics_checkpoint_and_export(run_files, tmp_path):
     checkpoint, data = run_files
     out = tmp_path / "run"
-    Trainer(tiny_config(checkpoint, data, out)).train()
+    # Sampled hotter than the policy, so that (seeded) groups of two mix right and wrong answers and the
+    # policy gradient is not zero.
+    Trainer(tiny_config(checkpoint, data, out, "rollout.temperature=1.5")).train()
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:

@@ -76,14 +76,14 @@ def bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
 
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, layer: int,
-                     cache_lens: torch.Tensor, kv_len: int) -> torch.Tensor:
+                     cache_lens: torch.Tensor, kv_len: int, key_mask: torch.Tensor) -> torch.Tensor:
     """Write the new keys/values of each row at its fill level and attend over the row's prefix.
 
     q: [B, T, Hq, D], k/v: [B, T, Hkv, D], cache_lens: [B] (positions already filled, before this
     call). T > 1 is a prefill of right-padded prompts into an empty cache (pad queries are garbage
     the caller ignores; causality keeps real tokens from seeing pads). T == 1 is one decode step.
     `kv_len` bounds the keys read (a host int, so no device sync); pass cache.max_len for static
-    shapes (CUDA graphs).
+    shapes (CUDA graphs). key_mask [B, 1, 1, kv_len] is True where a key index is <= the row's cache_lens.
     """
     k_cache, v_cache = cache.k[layer], cache.v[layer]
     B, T = q.shape[:2]
@@ -96,8 +96,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: K
     rows = torch.arange(B, device=q.device)
     k_cache[rows, cache_lens] = k[:, 0]
     v_cache[rows, cache_lens] = v[:, 0]
-    valid = torch.arange(kv_len, device=q.device)[None, :] <= cache_lens[:, None]  # [B, kv_len]
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2),
-        attn_mask=valid[:, None, None, :], enable_gqa=True)
+        attn_mask=key_mask, enable_gqa=True)
     return out.transpose(1, 2)

@@ -3,14 +3,15 @@
 A directory as published on the hub: `config.json`, `model.safetensors` or sharded
 `model-0000x-of-0000y.safetensors` with `model.safetensors.index.json`, plus tokenizer files.
 The model is built on the meta device and the tensors are assigned, so a 7B model never exists
-twice in memory.
+twice in memory. The projections our model fuses (q/k/v and gate/up, see spark.models.qwen2) are joined
+on load and split on save: the directory keeps the hub's tensor names, and errors name those.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from spark.models.qwen2 import ModelConfig, Qwen2
+from spark.models.qwen2 import FusedLinear, ModelConfig, Qwen2
 from spark.models.qwen2_vl import Qwen2_5_VL
 
 # config.json's `architectures[0]` -> our model, built from the config dict.
@@ -78,6 +79,35 @@ def hub_layout(name: str) -> str:
     return name
 
 
+def fused_parts(model: nn.Module) -> Iterator[tuple[str, str, dict[str, int]]]:
+    """(our tensor name, its parent's prefix, the parts' names and sizes) for each fused weight and bias:
+    ("model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.", {"q_proj": ...})."""
+    for name, module in model.named_modules():
+        if isinstance(module, FusedLinear):
+            parent = name.rpartition(".")[0]
+            for param, _ in module.named_parameters(recurse=False):
+                yield f"{name}.{param}", f"{parent}." if parent else "", module.parts
+
+
+def to_checkpoint_names(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict -> the checkpoint's tensors: each fused tensor split into its parts (views)."""
+    state = dict(state)
+    for name, prefix, parts in fused_parts(model):
+        param = name.rpartition(".")[2]
+        for part, tensor in zip(parts, state.pop(name).split(list(parts.values()))):
+            state[f"{prefix}{part}.{param}"] = tensor
+    return state
+
+
+def from_checkpoint_names(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `to_checkpoint_names`: the parts concatenated, one fused tensor at a time (so the parts'
+    memory is released as the fused copy is made). Consumes `state`."""
+    for name, prefix, parts in fused_parts(model):
+        param = name.rpartition(".")[2]
+        state[name] = torch.cat([state.pop(f"{prefix}{part}.{param}") for part in parts])
+    return state
+
+
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
                ) -> nn.Module:
     """Load a checkpoint directory into our model, on `device` in `dtype`. Tensor names in the hub's
@@ -86,7 +116,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
     config = read_config(path)
     with torch.device("meta"):
         model = build_model(config, path)
-    expected = dict(model.state_dict())
+    expected = to_checkpoint_names(model, model.state_dict())
     tied = getattr(model.config, "tie_word_embeddings", False)
     if tied:
         expected.pop("lm_head.weight")
@@ -111,7 +141,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
     if missing:
         raise CheckpointError(f"{path}: tensors missing from the checkpoint: {', '.join(missing[:5])}"
                               + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    model.load_state_dict(state, assign=True, strict=False)
+    model.load_state_dict(from_checkpoint_names(model, state), assign=True, strict=False)
     model.tie_weights()
     model.hf_config, model.source_dir = config, path  # what save_model writes back
     # Non-persistent buffers (rotary frequencies) were created on meta: rebuild them for real.
@@ -130,7 +160,7 @@ def save_model(model: nn.Module, path: str | Path, *, max_shard_bytes: int = 5 *
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config, source = model.hf_config, model.source_dir
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in to_checkpoint_names(model, model.state_dict()).items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     shards: list[dict[str, torch.Tensor]] = [{}]

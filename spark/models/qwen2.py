@@ -1,7 +1,9 @@
 """The Qwen2 / Qwen2.5 decoder in plain PyTorch.
 
-Module and parameter names mirror the Hugging Face checkpoint (`model.layers.0.self_attn.q_proj`),
-so a checkpoint's state dict loads without renaming.
+Module and parameter names mirror the Hugging Face checkpoint (`model.layers.0.self_attn.o_proj`), except
+that projections of the same input are fused into one matmul, as in gpt-fast: `qkv_proj` holds q_proj, k_proj
+and v_proj, `gate_up_proj` holds gate_proj and up_proj (a decode step then runs 4 matmuls per block, not 7).
+`FusedLinear.parts` names the pieces; spark.models.checkpoint splits and joins them on save and load.
 
 Positions are an explicit input: `positions` is [B, T] (1-D RoPE) or [3, B, T] (multimodal RoPE:
 temporal / height / width ids, with `mrope_section` saying which rotary frequencies use which axis).
@@ -9,7 +11,7 @@ temporal / height / width ids, with `mrope_section` saying which rotary frequenc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,12 @@ class Decoding:
     cache: KVCache
     cache_lens: torch.Tensor  # [B] long
     kv_len: int  # keys to read this step (host int): max(cache_lens) + T, or cache.max_len
+    key_mask: torch.Tensor = field(init=False)  # [B, 1, 1, kv_len]: keys a decoded token sees (SDPA path)
+
+    def __post_init__(self):
+        # Built once per step here rather than in each layer.
+        positions = torch.arange(self.kv_len, device=self.cache_lens.device)
+        self.key_mask = (positions[None, :] <= self.cache_lens[:, None])[:, None, None, :]
 
 
 class RMSNorm(nn.Module):
@@ -126,26 +134,37 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos[:, :, None] + rotated * sin[:, :, None]
 
 
+class FusedLinear(nn.Linear):
+    """Several linear maps of the same input in one matmul: the output is the parts' outputs side by side.
+    `parts` maps each part's checkpoint name to its output size, e.g. {"q_proj": 896, "k_proj": 128, ...}."""
+
+    def __init__(self, in_features: int, parts: dict[str, int], bias: bool):
+        super().__init__(in_features, sum(parts.values()), bias=bias)
+        self.parts = parts
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer, self.n_heads, self.n_kv, self.head_dim = (
             layer, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        self.qkv_proj = FusedLinear(cfg.hidden_size, {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size},
+                                    bias=True)
+        self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 packing: Packing | None, decoding: Decoding | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = apply_rotary(self.q_proj(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rotary(self.k_proj(x).view(B, T, self.n_kv, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        qkv = self.qkv_proj(x).view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim)
+        qk = apply_rotary(qkv[:, :, :self.n_heads + self.n_kv], cos, sin)  # q and k heads in one rotation
+        q, k = qk.split([self.n_heads, self.n_kv], dim=2)
+        v = qkv[:, :, self.n_heads + self.n_kv:]
         if packing is not None:
             out = packed_attention(q[0], k[0], v[0], packing.cu_seqlens, packing.max_seqlen)[None]
         elif decoding is not None:
-            out = cached_attention(q, k, v, decoding.cache, self.layer, decoding.cache_lens, decoding.kv_len)
+            out = cached_attention(q, k, v, decoding.cache, self.layer, decoding.cache_lens, decoding.kv_len,
+                                   decoding.key_mask)
         else:
             out = causal_attention(q, k, v)
         return self.o_proj(out.reshape(B, T, -1))
@@ -156,12 +175,13 @@ class MLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.gate_up_proj = FusedLinear(hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size},
+                                        bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
