@@ -5,13 +5,13 @@ Before RL, a short supervised warm-up on chat-templated (prompt, response) pairs
 
 - policy:      worked answers ("47+38: 7+8=15, 4+3+1=8. \boxed{85}"), stopped early so the policy is well
                short of mastery;
-- pointwise:   the judge recomputes the result, sets it beside the candidate and says whether they are the
-               same, then gives a verdict ("47+38: 7+8=15, 4+3+1=8. 85 vs 86: different. \boxed{No}").
-               The verdicts are coin flips, so the format is learnt but not the judgement: the judge
-               starts at chance. RL then has to learn that "same" means Yes, and gets better at the
-               recomputation it shares with the policy. Known gap: after the 850-step warm-up the model
-               writes "different" even beside equal numbers (as it wrote "off by 10" when this said how far
-               apart they were), so the verdict has nothing to read and the judge stays near chance;
+- pointwise:   the judge recomputes the result, sets it beside the candidate, compares them digit by digit,
+               then gives a verdict ("47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ. \boxed{No}").
+               The verdicts are coin flips, so the comparison is learnt but not the judgement: the judge
+               starts at chance. RL then has to learn that a "differ" means No, and gets better at the
+               recomputation it shares with the policy. Digit by digit, because this model does not learn
+               whether two whole numbers are equal ("85 vs 86: different") within the warm-up: it wrote
+               "different" beside equal numbers too, and the judge stayed at chance;
 - pairwise:    the same working, then a coin-flip letter;
 - reflection:  the worked answer of the question.
 
@@ -69,9 +69,9 @@ class DemoModel:
 # Share of the warm-up examples per task. Judge-heavy: copying the question and the candidate out of the
 # long judge templates takes the model far longer to learn than the arithmetic of the short policy prompt.
 WARMUP_MIX = {"policy": 0.25, "pointwise": 0.6, "pairwise": 0.05, "reflection": 0.1}
-# Share of warm-up judge candidates that are wrong. Above one half, so that copying the candidate into the
-# recomputation does not pay: the judge must compute, and "X vs Y: same" then carries the signal RL needs.
-WRONG_CANDIDATE_SHARE = 0.6
+# Share of warm-up judge candidates that are wrong. One half: "same" and "differ" are then equally frequent,
+# and the model has to compare rather than lean to the commoner word.
+WRONG_CANDIDATE_SHARE = 0.5
 
 
 # --------------------------------------------------------------------------- tokenizer and checkpoint
@@ -112,13 +112,18 @@ def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
 # --------------------------------------------------------------------------- warm-up data
 
 
+def digit_pairs(number: str, other: str) -> str:
+    """"85", "86" -> "8 8 same, 5 6 differ": aligned on the units, the shorter number padded with zeros."""
+    width = max(len(number), len(other))
+    return ", ".join(f"{x} {y} {'same' if x == y else 'differ'}" for x, y in zip(number.zfill(width), other.zfill(width)))
+
+
 def judge_response(question: str, candidate: str, verdict: str) -> str:
-    r"""A pointwise judge's response: recompute, set the result beside the candidate and say whether they are
-    the same, then the verdict: "47+38: 7+8=15, 4+3+1=8. 85 vs 86: different. \boxed{No}"."""
+    r"""A pointwise judge's response: recompute, set the result beside the candidate and compare them digit by
+    digit, then the verdict: "47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ. \boxed{No}"."""
     a, op, b = parse_question(question)
-    gold = result(a, op, b)
-    comparison = "same" if int(candidate) == gold else "different"
-    return f"{worked_steps(a, op, b)}. {gold} vs {candidate}: {comparison}. \\boxed{{{verdict}}}"
+    gold = str(result(a, op, b))
+    return f"{worked_steps(a, op, b)}. {gold} vs {candidate}: {digit_pairs(gold, candidate)}. \\boxed{{{verdict}}}"
 
 
 def pairwise_response(question: str, letter: str) -> str:
@@ -255,13 +260,14 @@ def plot_metrics(metrics_jsonl: str | Path, png_path: str | Path, ablation_jsonl
 
 @dataclass
 class DemoSetup:
-    """Sizes of the demo's data and warm-up. 850 steps of 16 (about 4 minutes on 2 cores) leave the policy at
-    ~54% held-out accuracy and the judge at chance (~50%); 1000 or more take the policy above 90%."""
+    """Sizes of the demo's data and warm-up. The digit-by-digit comparison takes the warm-up about 1,700 steps of
+    16 to learn (850 left it near chance); those leave the policy well short of mastery and the verdicts at
+    chance."""
 
     num_train: int = 8000  # RL training problems (the warm-up draws from the same set)
     num_heldout: int = 256  # held-out policy problems
     num_judge: int = 256  # held-out pointwise judge rows, half Yes and half No, from other held-out problems
-    warmup_steps: int = 850
+    warmup_steps: int = 1700
     warmup_batch: int = 16
     warmup_lr: float = 2e-3
     seed: int = 0
@@ -337,13 +343,13 @@ def main(overrides: list[str]) -> dict[str, float]:
     `overrides`, plot the held-out accuracies (with the policy-only ablation dashed when it has run) and print
     the summary as the last line."""
     started = time.time()
-    # The model is too small for intra-op threads to pay: on a busy 2-core machine one thread beat two.
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     config = load_config(TrainConfig, CONFIG, overrides)
     checkpoint = Path(config.model.path)
     if not checkpoint.exists():
-        warmed = prepare(checkpoint.parent)
+        warmed = prepare(checkpoint.parent)  # batches of full sequences: two threads run it 1.7x faster than one
         print("warm-up:", json.dumps({k: v for k, v in warmed.items() if isinstance(v, float)}), flush=True)
+    # RL's many small decode steps are another matter: on a busy 2-core machine one thread beat two.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     Trainer(config).train()
     out_dir = Path(config.run.out_dir)
     records = read_metrics(out_dir / "metrics.jsonl")

@@ -73,7 +73,8 @@ def checkpoint(tmp_path_factory):
 def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     texts = [prompts.math_prompt("What is 47+38?"), demo.judge_response("What is 83-38?", "46", "No")]
-    assert texts[1] == "83-38: 13-8=5, 8-3-1=4. 45 vs 46: different. \\boxed{No}"
+    assert texts[1] == "83-38: 13-8=5, 8-3-1=4. 45 vs 46: 4 4 same, 5 6 differ. \\boxed{No}"
+    assert demo.digit_pairs("135", "99") == "1 0 differ, 3 9 differ, 5 9 differ"
     texts += [prompts.pointwise_prompt("What is 47+38?", "85", cot=cot, variant=v) for cot in (0, 1) for v in range(3)]
     texts += [prompts.pairwise_prompt("What is 47+38?", "85", "86", variant=v) for v in range(3)]
     texts += [prompts.reflection_prompt("What is 47+38?", "86", cot=True, variant=v) for v in range(3)]
