@@ -185,11 +185,14 @@ class Trainer:
         """This rank's share of the step's prompts: positions [step * P, (step + 1) * P) of the
         concatenated per-epoch permutations, every world_size-th from this rank's offset."""
         per_step, n = self.config.data.prompts_per_step, len(self.questions)
+        orders: dict[int, list[int]] = {}  # epoch -> its permutation, drawn once per call
         picked = []
         for position in range(step * per_step + self.world.rank, (step + 1) * per_step, self.world.size):
             epoch, index = divmod(position, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.data.seed + epoch))
-            picked.append(self.questions[int(order[index])])
+            if epoch not in orders:
+                generator = torch.Generator().manual_seed(self.config.data.seed + epoch)
+                orders[epoch] = torch.randperm(n, generator=generator).tolist()
+            picked.append(self.questions[orders[epoch][index]])
         return picked
 
     def load_eval_sets(self) -> dict[str, list[Sample]]:
@@ -276,15 +279,17 @@ class Trainer:
         """Pack experiences into micro-batches of at most `micro_batch_tokens` tokens; every rank gets the
         same number (the FSDP collectives must match), padded with empty ones."""
         budget = self.config.loss.micro_batch_tokens
-        groups: list[list[Experience]] = [[]]
+        groups: list[list[Experience]] = []
+        used = 0  # tokens in groups[-1]
         for experience in sorted(experiences, key=lambda e: -len(e.prompt_ids) - len(e.response_ids)):
             length = len(experience.prompt_ids) + len(experience.response_ids) - 1
-            used = sum(len(e.prompt_ids) + len(e.response_ids) - 1 for e in groups[-1])
-            if groups[-1] and used + length > budget:
+            if not groups or used + length > budget:
                 groups.append([])
+                used = 0
             groups[-1].append(experience)
-        count = int(all_reduce([len(groups) if experiences else 0], op="max")[0])
-        groups = [g for g in groups if g] + [[] for _ in range(count - len([g for g in groups if g]))]
+            used += length
+        count = int(all_reduce([len(groups)], op="max")[0])
+        groups += [[] for _ in range(count - len(groups))]
         return [self.pack(group) for group in groups]
 
     def pack(self, experiences: list[Experience]) -> MicroBatch:
