@@ -12,8 +12,8 @@ Before RL, a short supervised warm-up on chat-templated (prompt, response) pairs
                recomputation it shares with the policy. Digit by digit, because this model does not learn
                whether two whole numbers are equal ("85 vs 86: different") within the warm-up: it wrote
                "different" beside equal numbers too, and the judge stayed at chance. Known gap: the
-               comparison is now learnt (81% right), but 30 RL steps do not tie the coin-flip verdict to it,
-               so the judge still ends at chance (README, "The CPU demo");
+               comparison is now learnt (benchmarks/demo_judge.py), but 30 RL steps do not tie the
+               coin-flip verdict to it, so the judge still ends at chance (README, "The CPU demo");
 - pairwise:    the same working, then a coin-flip letter;
 - reflection:  the worked answer of the question.
 
@@ -262,9 +262,9 @@ def plot_metrics(metrics_jsonl: str | Path, png_path: str | Path, ablation_jsonl
 
 @dataclass
 class DemoSetup:
-    """Sizes of the demo's data and warm-up. The digit-by-digit comparison takes the warm-up about 1,700 steps of
-    16 to learn (850 left it near chance); those leave the policy well short of mastery and the verdicts at
-    chance."""
+    """Sizes of the demo's data and warm-up. The digit-by-digit comparison needs a long warm-up (1,700 steps of 16;
+    benchmarks/demo_judge.py measures what it learnt); the policy stays well short of mastery and the verdicts
+    at chance."""
 
     num_train: int = 8000  # RL training problems (the warm-up draws from the same set)
     num_heldout: int = 256  # held-out policy problems
@@ -348,7 +348,7 @@ def main(overrides: list[str]) -> dict[str, float]:
     config = load_config(TrainConfig, CONFIG, overrides)
     checkpoint = Path(config.model.path)
     if not checkpoint.exists():
-        warmed = prepare(checkpoint.parent)  # batches of full sequences: two threads run it 1.7x faster than one
+        warmed = prepare(checkpoint.parent)  # batches of full sequences: here two threads beat one
         print("warm-up:", json.dumps({k: v for k, v in warmed.items() if isinstance(v, float)}), flush=True)
     # RL's many small decode steps are another matter: on a busy 2-core machine one thread beat two.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -9,7 +9,7 @@ One `generate` call:
   3. finished rows stop costing compute: once a quarter of the batch has finished, those rows are
      dropped from the batch and from the KV cache.
 The KV cache is allocated once, for the longest prompt plus the most new tokens. On CPU the weight
-matrices are held column-major during the call (see `column_major_weights`): 2-4x faster decode matmuls.
+matrices are held column-major during the call (see `column_major_weights`): faster decode matmuls.
 
 Log-probs: for each sampled token we return log_softmax(logits / temperature) at that token (the
 plain log_softmax(logits) when greedy), i.e. before top-k / top-p truncation. At temperature 1 this
@@ -132,8 +132,7 @@ def column_major_weights(model: nn.Module) -> Iterator[None]:
     """On CPU, hold every weight matrix column-major (same shape, same values) for the duration.
 
     Decoding multiplies a few rows by each weight: x [B, in] @ W.T. MKL runs these skinny products
-    2-4x faster when W.T is contiguous (here 50 -> 220 GFLOP/s for [16, 512] @ [512, 1408]), and
-    large ones (prefill, training) equally fast either way. The weights take twice their memory
+    markedly faster when W.T is contiguous, and large ones (prefill, training) about equally fast either way. The weights take twice their memory
     during the call; the original tensors are put back afterwards.
     """
     if model.lm_head.weight.device.type != "cpu":

@@ -1,0 +1,91 @@
+"""What the demo's pointwise judge writes: recomputation, copy, digit comparison and verdict.
+
+Decodes the held-out judge rows (runs/demo/data/judge.jsonl, shown as spark.trainer's evaluation shows them:
+final answer, template variant 0) with a checkpoint, greedily and at temperature 1, and parses each response
+"47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ. \\boxed{No}" into:
+  recompute  the judge's own result is the gold answer
+  copy       the number after "vs" is the candidate shown
+  compare    the digit pairs are what spark.demo.digit_pairs says for the two numbers it wrote
+  read_off   balanced accuracy of a verdict read off the comparison (Yes iff no "differ")
+  verdict    balanced accuracy of the verdict it gave
+  p_no_same / p_no_differ   how often it says No after an all-"same" / a "differ" comparison
+
+    PYTHONPATH=. .venv/bin/python benchmarks/demo_judge.py [--checkpoint runs/demo/warmup]
+
+Run it on runs/demo/warmup (before RL) and runs/demo/export (after). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from spark import prompts
+from spark.arithmetic import parse_question, result
+from spark.demo import digit_pairs, prompt_ids
+from spark.models import load_model
+from spark.sampler import SamplingParams, generate
+
+RESPONSE = re.compile(r"(\d+) vs (\d+): (.*?)\. \\boxed\{(\w+)\}")
+
+
+def balanced(right: dict[str, list[bool]]) -> float:
+    return 0.5 * sum(sum(r) / max(len(r), 1) for r in right.values())
+
+
+def probe(rows: list[dict], responses: list[str]) -> dict[str, float]:
+    counts = {"parsed": 0, "recompute": 0, "copy": 0, "compare": 0}
+    read_off, verdict = {"Yes": [], "No": []}, {"Yes": [], "No": []}
+    says_no = {"same": [], "differ": []}
+    for row, response in zip(rows, responses):
+        match = RESPONSE.search(response)
+        if not match:
+            read_off[row["label"]].append(False)
+            verdict[row["label"]].append(False)
+            continue
+        own, copied, comparison, said = match.groups()
+        counts["parsed"] += 1
+        counts["recompute"] += own == str(result(*parse_question(row["question"])))
+        counts["copy"] += copied == row["answer"]
+        counts["compare"] += comparison == digit_pairs(own, copied)
+        all_same = "differ" not in comparison
+        read_off[row["label"]].append(all_same == (row["label"] == "Yes"))
+        verdict[row["label"]].append(said == row["label"])
+        says_no["same" if all_same else "differ"].append(said == "No")
+    figures = {name: count / len(rows) for name, count in counts.items()}
+    figures.update(read_off=balanced(read_off), verdict=balanced(verdict),
+                   p_no_same=sum(says_no["same"]) / max(len(says_no["same"]), 1),
+                   p_no_differ=sum(says_no["differ"]) / max(len(says_no["differ"]), 1))
+    return {name: round(value, 3) for name, value in figures.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="runs/demo/warmup")
+    parser.add_argument("--judge-file", default="runs/demo/data/judge.jsonl")
+    args = parser.parse_args()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.checkpoint)
+    model = load_model(args.checkpoint)
+    rows = [json.loads(line) for line in Path(args.judge_file).read_text().splitlines()]
+    ids = [prompt_ids(tokenizer, prompts.pointwise_prompt(row["question"], row["answer"], cot=False, variant=0))
+           for row in rows]
+    out = {}
+    for name, temperature in (("greedy", 0.0), ("t1", 1.0)):
+        params = SamplingParams(max_new_tokens=64, temperature=temperature, stop_token_ids=(tokenizer.eos_token_id,))
+        with torch.no_grad():
+            tokens = generate(model, ids, params, seed=0).tokens
+        out[name] = probe(rows, tokenizer.batch_decode(tokens, skip_special_tokens=True))
+    print(f"{args.checkpoint}: {len(rows)} judge rows")
+    print(f"{'decoding':<8} " + " ".join(f"{k:>11}" for k in out["greedy"]))
+    for name, figures in out.items():
+        print(f"{name:<8} " + " ".join(f"{v:>11.3f}" for v in figures.values()))
+    print(json.dumps({"checkpoint": args.checkpoint, **out}))
+
+
+if __name__ == "__main__":
+    main()
