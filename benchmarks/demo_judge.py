@@ -2,13 +2,14 @@
 
 Decodes the held-out judge rows (runs/demo/data/judge.jsonl, shown as spark.trainer's evaluation shows them:
 final answer, template variant 0) with a checkpoint, greedily and at temperature 1, and parses each response
-"47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ. \\boxed{No}" into:
+"47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \\boxed{No}" into:
   recompute  the judge's own result is the gold answer
   copy       the number after "vs" is the candidate shown
   compare    the digit pairs are what spark.demo.digit_pairs says for the two numbers it wrote
-  read_off   balanced accuracy of a verdict read off the comparison (Yes iff no "differ")
+  summary    the word after "so" follows from its pairs ("different" iff a pair differs, else "equal")
+  read_off   balanced accuracy of a verdict read off that word (Yes iff "equal")
   verdict    balanced accuracy of the verdict it gave
-  p_no_same / p_no_differ   how often it says No after an all-"same" / a "differ" comparison
+  p_no_equal / p_no_different   how often it says No after "so equal" / "so different"
 
     PYTHONPATH=. .venv/bin/python benchmarks/demo_judge.py [--checkpoint runs/demo/warmup]
 
@@ -31,7 +32,7 @@ from spark.demo import digit_pairs, prompt_ids
 from spark.models import load_model
 from spark.sampler import SamplingParams, generate
 
-RESPONSE = re.compile(r"(\d+) vs (\d+): (.*?)\. \\boxed\{(\w+)\}")
+RESPONSE = re.compile(r"(\d+) vs (\d+): (.*?), so (\w+)\. \\boxed\{(\w+)\}")
 
 
 def balanced(right: dict[str, list[bool]]) -> float:
@@ -39,28 +40,28 @@ def balanced(right: dict[str, list[bool]]) -> float:
 
 
 def probe(rows: list[dict], responses: list[str]) -> dict[str, float]:
-    counts = {"parsed": 0, "recompute": 0, "copy": 0, "compare": 0}
+    counts = {"parsed": 0, "recompute": 0, "copy": 0, "compare": 0, "summary": 0}
     read_off, verdict = {"Yes": [], "No": []}, {"Yes": [], "No": []}
-    says_no = {"same": [], "differ": []}
+    says_no = {"equal": [], "different": []}
     for row, response in zip(rows, responses):
         match = RESPONSE.search(response)
         if not match:
             read_off[row["label"]].append(False)
             verdict[row["label"]].append(False)
             continue
-        own, copied, comparison, said = match.groups()
+        own, copied, comparison, agreement, said = match.groups()
         counts["parsed"] += 1
         counts["recompute"] += own == str(result(*parse_question(row["question"])))
         counts["copy"] += copied == row["answer"]
         counts["compare"] += comparison == digit_pairs(own, copied)
-        all_same = "differ" not in comparison
-        read_off[row["label"]].append(all_same == (row["label"] == "Yes"))
+        counts["summary"] += agreement == ("different" if "differ" in comparison else "equal")
+        read_off[row["label"]].append((agreement == "equal") == (row["label"] == "Yes"))
         verdict[row["label"]].append(said == row["label"])
-        says_no["same" if all_same else "differ"].append(said == "No")
+        if agreement in says_no:
+            says_no[agreement].append(said == "No")
     figures = {name: count / len(rows) for name, count in counts.items()}
     figures.update(read_off=balanced(read_off), verdict=balanced(verdict),
-                   p_no_same=sum(says_no["same"]) / max(len(says_no["same"]), 1),
-                   p_no_differ=sum(says_no["differ"]) / max(len(says_no["differ"]), 1))
+                   **{f"p_no_{word}": sum(no) / max(len(no), 1) for word, no in says_no.items()})
     return {name: round(value, 3) for name, value in figures.items()}
 
 

@@ -6,14 +6,18 @@ Before RL, a short supervised warm-up on chat-templated (prompt, response) pairs
 - policy:      worked answers ("47+38: 7+8=15, 4+3+1=8. \boxed{85}"), stopped early so the policy is well
                short of mastery;
 - pointwise:   the judge recomputes the result, sets it beside the candidate, compares them digit by digit,
-               then gives a verdict ("47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ. \boxed{No}").
-               The verdicts are coin flips, so the comparison is learnt but not the judgement: the judge
-               starts at chance. RL then has to learn that a "differ" means No, and gets better at the
-               recomputation it shares with the policy. Digit by digit, because this model does not learn
-               whether two whole numbers are equal ("85 vs 86: different") within the warm-up: it wrote
-               "different" beside equal numbers too, and the judge stayed at chance. Known gap: the
-               comparison is now learnt (benchmarks/demo_judge.py), but 30 RL steps do not tie the
-               coin-flip verdict to it, so the judge still ends at chance (README, "The CPU demo");
+               says whether they are equal, then gives a verdict
+               ("47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \boxed{No}").
+               The verdicts are noisy and lenient (VERDICT_YES_SHARE): Yes after 80% of "equal" comparisons and
+               after 60% of "different" ones. So the greedy judge says Yes to everything and starts at chance
+               (balanced accuracy .50), but its verdict leans, weakly, on its own comparison; RL has to turn the
+               lean into a judgement (No after "different") and improves the recomputation it shares with the
+               policy. Digit by digit, because this model does not learn within the warm-up whether two whole
+               numbers are equal ("85 vs 86: different"). A weak lean rather than coin flips, because coin-flip
+               verdicts teach the verdict to ignore the comparison, and 30 RL steps at this scale did not build
+               that dependence from nothing (judge .50 at every evaluation, whatever the learning rate or task
+               weight): as for the policy, RL sharpens what the warm-up left. benchmarks/demo_judge.py measures
+               each part of the judge's response;
 - pairwise:    the same working, then a coin-flip letter;
 - reflection:  the worked answer of the question.
 
@@ -74,6 +78,9 @@ WARMUP_MIX = {"policy": 0.25, "pointwise": 0.6, "pairwise": 0.05, "reflection": 
 # Share of warm-up judge candidates that are wrong. One half: "same" and "differ" are then equally frequent,
 # and the model has to compare rather than lean to the commoner word.
 WRONG_CANDIDATE_SHARE = 0.5
+# How often a warm-up judge says Yes after its comparison found the numbers equal / different: a lenient judge
+# whose verdict leans weakly on the comparison, and which says Yes to everything when decoded greedily.
+VERDICT_YES_SHARE = {"equal": 0.8, "different": 0.6}
 
 
 # --------------------------------------------------------------------------- tokenizer and checkpoint
@@ -122,10 +129,13 @@ def digit_pairs(number: str, other: str) -> str:
 
 def judge_response(question: str, candidate: str, verdict: str) -> str:
     r"""A pointwise judge's response: recompute, set the result beside the candidate and compare them digit by
-    digit, then the verdict: "47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ. \boxed{No}"."""
+    digit, say whether they are equal, then the verdict:
+    "47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \boxed{No}"."""
     a, op, b = parse_question(question)
     gold = str(result(a, op, b))
-    return f"{worked_steps(a, op, b)}. {gold} vs {candidate}: {digit_pairs(gold, candidate)}. \\boxed{{{verdict}}}"
+    comparison = digit_pairs(gold, candidate)
+    agreement = "different" if "differ" in comparison else "equal"
+    return f"{worked_steps(a, op, b)}. {gold} vs {candidate}: {comparison}, so {agreement}. \\boxed{{{verdict}}}"
 
 
 def pairwise_response(question: str, letter: str) -> str:
@@ -142,8 +152,8 @@ def warmup_examples(problems: list[Sample], seed: int) -> list[tuple[str, str]]:
     """(user message, response) pairs over `problems`, one task per problem drawn with WARMUP_MIX.
 
     Judge candidates are the gold answer or a plausible wrong one (see WRONG_CANDIDATE_SHARE), shown as a
-    final answer or inside a worked answer (half each), with a random template variant. Verdicts and letters are
-    coin flips, independent of correctness."""
+    final answer or inside a worked answer (half each), with a random template variant. Verdicts are drawn with
+    VERDICT_YES_SHARE; pairwise letters are coin flips."""
     rng = random.Random(seed)
     examples = []
     for sample in problems:
@@ -158,7 +168,8 @@ def warmup_examples(problems: list[Sample], seed: int) -> list[tuple[str, str]]:
         elif task == "pointwise":
             prompt = prompts.pointwise_prompt(question, shown_answer(question, candidate, cot), cot=cot,
                                               variant=variant)
-            examples.append((prompt, judge_response(question, candidate, rng.choice(["Yes", "No"]))))
+            yes_share = VERDICT_YES_SHARE["equal" if candidate == sample.gold else "different"]
+            examples.append((prompt, judge_response(question, candidate, "Yes" if rng.random() < yes_share else "No")))
         elif task == "pairwise":
             pair = [shown_answer(question, sample.gold, cot), shown_answer(question, wrong, cot)]
             rng.shuffle(pair)
@@ -263,8 +274,10 @@ def plot_metrics(metrics_jsonl: str | Path, png_path: str | Path, ablation_jsonl
 @dataclass
 class DemoSetup:
     """Sizes of the demo's data and warm-up. The digit-by-digit comparison needs a long warm-up (1,700 steps of 16;
-    benchmarks/demo_judge.py measures what it learnt); the policy stays well short of mastery and the verdicts
-    at chance."""
+    benchmarks/demo_judge.py measures what it learnt); the policy stays well short of mastery and the greedy
+    judge at chance. The comparison is learnt late and abruptly, at a step that depends on rounding: `make demo`
+    warms up on one thread, where it is learnt by step 1,700; on two threads (other rounding, faster) it was
+    not, and the judge then did not learn under RL (its verdict leans on a comparison that is wrong)."""
 
     num_train: int = 8000  # RL training problems (the warm-up draws from the same set)
     num_heldout: int = 256  # held-out policy problems
@@ -348,9 +361,10 @@ def main(overrides: list[str]) -> dict[str, float]:
     config = load_config(TrainConfig, CONFIG, overrides)
     checkpoint = Path(config.model.path)
     if not checkpoint.exists():
-        warmed = prepare(checkpoint.parent)  # batches of full sequences: here two threads beat one
+        torch.set_num_threads(1)  # see DemoSetup
+        warmed = prepare(checkpoint.parent)
         print("warm-up:", json.dumps({k: v for k, v in warmed.items() if isinstance(v, float)}), flush=True)
-    # RL's many small decode steps are another matter: on a busy 2-core machine one thread beat two.
+    # RL's many small decode steps: on a busy 2-core machine one thread beat two.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     Trainer(config).train()
     out_dir = Path(config.run.out_dir)

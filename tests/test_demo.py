@@ -73,7 +73,7 @@ def checkpoint(tmp_path_factory):
 def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     texts = [prompts.math_prompt("What is 47+38?"), demo.judge_response("What is 83-38?", "46", "No")]
-    assert texts[1] == "83-38: 13-8=5, 8-3-1=4. 45 vs 46: 4 4 same, 5 6 differ. \\boxed{No}"
+    assert texts[1] == "83-38: 13-8=5, 8-3-1=4. 45 vs 46: 4 4 same, 5 6 differ, so different. \\boxed{No}"
     assert demo.digit_pairs("135", "99") == "1 0 differ, 3 9 differ, 5 9 differ"
     texts += [prompts.pointwise_prompt("What is 47+38?", "85", cot=cot, variant=v) for cot in (0, 1) for v in range(3)]
     texts += [prompts.pairwise_prompt("What is 47+38?", "85", "86", variant=v) for v in range(3)]
@@ -88,12 +88,19 @@ def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
         assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
 
 
-def test_warmup_examples_teach_formats_without_verdict_signal():
-    examples = demo.warmup_examples(arithmetic.make_problems(2000, seed=0), seed=0)
-    verdicts = [(parse_judgment(r, "pointwise"), p) for p, r in examples if r.endswith(("{Yes}", "{No}"))]
-    assert abs(len(verdicts) / len(examples) - demo.WARMUP_MIX["pointwise"]) < 0.05
-    yes_rate = sum(v == "Yes" for v, _ in verdicts) / len(verdicts)
-    assert 0.45 < yes_rate < 0.55
+def test_warmup_examples_teach_formats_and_a_lenient_weak_verdict():
+    examples = demo.warmup_examples(arithmetic.make_problems(4000, seed=0), seed=0)
+    verdicts = {"equal": [], "different": []}
+    for prompt, response in examples:
+        if response.endswith(("{Yes}", "{No}")):
+            agreement = re.search(r", so (\w+)\. ", response).group(1)
+            verdicts[agreement].append(parse_judgment(response, "pointwise") == "Yes")
+    num_verdicts = sum(len(v) for v in verdicts.values())
+    assert abs(num_verdicts / len(examples) - demo.WARMUP_MIX["pointwise"]) < 0.05
+    assert abs(len(verdicts["different"]) / num_verdicts - demo.WRONG_CANDIDATE_SHARE) < 0.05
+    for agreement, says_yes in verdicts.items():
+        share = demo.VERDICT_YES_SHARE[agreement]
+        assert abs(sum(says_yes) / len(says_yes) - share) < 4 * (share * (1 - share) / len(says_yes)) ** 0.5, agreement
     for prompt, response in examples[:50]:
         assert "\\boxed{" in response and "\\boxed{" in prompt
 
