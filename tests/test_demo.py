@@ -91,7 +91,7 @@ def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
 def test_warmup_examples_teach_formats_and_a_lenient_weak_verdict():
     examples = demo.warmup_examples(arithmetic.make_problems(4000, seed=0), seed=0)
     verdicts = {"equal": [], "different": []}
-    for prompt, response in examples:
+    for _, response in examples:
         if response.endswith(("{Yes}", "{No}")):
             agreement = re.search(r", so (\w+)\. ", response).group(1)
             verdicts[agreement].append(parse_judgment(response, "pointwise") == "Yes")
