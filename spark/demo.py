@@ -124,7 +124,8 @@ def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
 def digit_pairs(number: str, other: str) -> str:
     """"85", "86" -> "8 8 same, 5 6 differ": aligned on the units, the shorter number padded with zeros."""
     width = max(len(number), len(other))
-    return ", ".join(f"{x} {y} {'same' if x == y else 'differ'}" for x, y in zip(number.zfill(width), other.zfill(width)))
+    pairs = zip(number.zfill(width), other.zfill(width))
+    return ", ".join(f"{x} {y} {'same' if x == y else 'differ'}" for x, y in pairs)
 
 
 def judge_response(question: str, candidate: str, verdict: str) -> str:
@@ -133,9 +134,9 @@ def judge_response(question: str, candidate: str, verdict: str) -> str:
     "47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \boxed{No}"."""
     a, op, b = parse_question(question)
     gold = str(result(a, op, b))
-    comparison = digit_pairs(gold, candidate)
-    agreement = "different" if "differ" in comparison else "equal"
-    return f"{worked_steps(a, op, b)}. {gold} vs {candidate}: {comparison}, so {agreement}. \\boxed{{{verdict}}}"
+    agreement = "equal" if candidate == gold else "different"
+    return (f"{worked_steps(a, op, b)}. {gold} vs {candidate}: {digit_pairs(gold, candidate)}, so {agreement}. "
+            f"\\boxed{{{verdict}}}")
 
 
 def pairwise_response(question: str, letter: str) -> str:

@@ -131,9 +131,9 @@ def check_prompts(prompts: list[list[int]], max_new_tokens: list[int]) -> None:
 def column_major_weights(model: nn.Module) -> Iterator[None]:
     """On CPU, hold every weight matrix column-major (same shape, same values) for the duration.
 
-    Decoding multiplies a few rows by each weight: x [B, in] @ W.T. MKL runs these skinny products
-    markedly faster when W.T is contiguous, and large ones (prefill, training) about equally fast either way. The weights take twice their memory
-    during the call; the original tensors are put back afterwards.
+    Decoding multiplies a few rows by each weight: x [B, in] @ W.T. MKL runs these skinny products faster
+    when W.T is contiguous, and large ones (prefill, training) about equally fast either way. The weights
+    take twice their memory during the call; the original tensors are put back afterwards.
     """
     if model.lm_head.weight.device.type != "cpu":
         yield
