@@ -19,7 +19,12 @@ Before RL, a short supervised warm-up on chat-templated (prompt, response) pairs
                weight): as for the policy, RL sharpens what the warm-up left. benchmarks/demo_judge.py measures
                each part of the judge's response;
 - pairwise:    the same working, then a coin-flip letter;
-- reflection:  the worked answer of the question.
+- reflection:  the worked answer of the question;
+- comparison drills: each problem's result beside a variant of it, compared digit by digit
+               ("Compare 85 and 35 digit by digit." -> "85 vs 35: 8 3 differ, 5 5 same, so different."). Within
+               the judge examples, where few digit pairs differ, the comparison was learnt late and abruptly, at a
+               step that changed with rounding (one thread or two); the short drills, half their pairs different,
+               have it learnt well before the warm-up ends.
 
 The tokenizer is trained on the prompt templates and responses with the digits removed, so that every
 digit stays its own token (as in Qwen's tokenizer) and template words become single tokens.
@@ -55,7 +60,7 @@ from spark.arithmetic import (
 )
 from spark.config import TrainConfig, load_config
 from spark.data import Sample
-from spark.models import load_model, save_model
+from spark.models import Packing, load_model, save_model
 from spark.tiny import build_tokenizer, make_tiny_checkpoint
 from spark.trainer import Trainer
 
@@ -78,6 +83,8 @@ WARMUP_MIX = {"policy": 0.25, "pointwise": 0.6, "pairwise": 0.05, "reflection": 
 # Share of warm-up judge candidates that are wrong. One half: "same" and "differ" are then equally frequent,
 # and the model has to compare rather than lean to the commoner word.
 WRONG_CANDIDATE_SHARE = 0.5
+# The comparison drill's user message (comparison_drill).
+COMPARISON_PROMPT = "Compare {} and {} digit by digit."
 # How often a warm-up judge says Yes after its comparison found the numbers equal / different: a lenient judge
 # whose verdict leans weakly on the comparison, and which says Yes to everything when decoded greedily.
 VERDICT_YES_SHARE = {"equal": 0.8, "different": 0.6}
@@ -92,7 +99,8 @@ def tokenizer_corpus() -> list[str]:
     question, solution = f"What is {a}{op}{b}?", worked_answer(a, op, b)
     texts = ["user\n", "assistant\n", prompts.math_prompt(question), solution,
              judge_response(question, "86", "No"), judge_response(question, "85", "Yes"),
-             pairwise_response(question, "A"), pairwise_response(question, "B")]
+             pairwise_response(question, "A"), pairwise_response(question, "B"),
+             *comparison_drill("85", random.Random(0))]
     for cot in (False, True):
         shown = solution if cot else "85"
         for variant in range(max(prompts.NUM_VARIANTS.values())):
@@ -128,15 +136,24 @@ def digit_pairs(number: str, other: str) -> str:
     return ", ".join(f"{x} {y} {'same' if x == y else 'differ'}" for x, y in pairs)
 
 
+def comparison(number: str, other: str) -> str:
+    """"85", "86" -> "85 vs 86: 8 8 same, 5 6 differ, so different"."""
+    return f"{number} vs {other}: {digit_pairs(number, other)}, so {'equal' if number == other else 'different'}"
+
+
 def judge_response(question: str, candidate: str, verdict: str) -> str:
     r"""A pointwise judge's response: recompute, set the result beside the candidate and compare them digit by
     digit, say whether they are equal, then the verdict:
     "47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \boxed{No}"."""
     a, op, b = parse_question(question)
-    gold = str(result(a, op, b))
-    agreement = "equal" if candidate == gold else "different"
-    return (f"{worked_steps(a, op, b)}. {gold} vs {candidate}: {digit_pairs(gold, candidate)}, so {agreement}. "
-            f"\\boxed{{{verdict}}}")
+    return f"{worked_steps(a, op, b)}. {comparison(str(result(a, op, b)), candidate)}. \\boxed{{{verdict}}}"
+
+
+def comparison_drill(number: str, rng: random.Random) -> tuple[str, str]:
+    """A (user message, response) pair that drills the judge's comparison on its own: `number` beside a variant
+    of it whose every digit is kept or changed with equal odds ("Compare 85 and 35 digit by digit.")."""
+    other = str(int("".join(d if rng.random() < 0.5 else rng.choice("0123456789".replace(d, "")) for d in number)))
+    return COMPARISON_PROMPT.format(number, other), f"{comparison(number, other)}."
 
 
 def pairwise_response(question: str, letter: str) -> str:
@@ -150,7 +167,8 @@ def shown_answer(question: str, answer: str, cot: bool) -> str:
 
 
 def warmup_examples(problems: list[Sample], seed: int) -> list[tuple[str, str]]:
-    """(user message, response) pairs over `problems`, one task per problem drawn with WARMUP_MIX.
+    """(user message, response) pairs over `problems`: for each problem, one task drawn with WARMUP_MIX and a
+    comparison drill of its result.
 
     Judge candidates are the gold answer or a plausible wrong one (see WRONG_CANDIDATE_SHARE), shown as a
     final answer or inside a worked answer (half each), with a random template variant. Verdicts are drawn with
@@ -180,6 +198,7 @@ def warmup_examples(problems: list[Sample], seed: int) -> list[tuple[str, str]]:
             prompt = prompts.reflection_prompt(question, shown_answer(question, wrong, cot), cot=cot,
                                                variant=variant)
             examples.append((prompt, worked_answer(a, op, b)))
+        examples.append(comparison_drill(sample.gold, rng))
     return examples
 
 
@@ -193,20 +212,20 @@ def encode_example(tokenizer: PreTrainedTokenizerFast, prompt: str, response: st
     return context + completion, len(context)
 
 
-def response_nll(model: nn.Module, batch: list[tuple[list[int], int]], pad_id: int) -> torch.Tensor:
-    """Mean negative log-likelihood of the response tokens of right-padded sequences.
+def response_nll(model: nn.Module, batch: list[tuple[list[int], int]]) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens of `batch`, packed into one stream (no padding: the
+    comparison drills are a third the length of the judge examples).
 
     loss = -sum_{b, t in response_b} log p(x_{b,t} | x_{b,<t}) / #response tokens
     """
-    T = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)  # [B, T]
-    is_target = torch.zeros(len(batch), T, dtype=torch.bool)  # [B, T]: response tokens
-    for row, (ids, num_prompt) in enumerate(batch):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        is_target[row, num_prompt:len(ids)] = True
-    logits = model(input_ids)[:, :-1]  # [B, T-1, V]: causal, so right padding never leaks into the tokens
-    targets = input_ids[:, 1:].masked_fill(~is_target[:, 1:], -100)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    input_ids = torch.tensor([token for ids, _ in batch for token in ids])[None]  # [1, N]
+    targets = torch.full_like(input_ids, -100)  # [1, N]: the next token where it is a response token
+    start = 0
+    for ids, num_prompt in batch:
+        targets[0, start + num_prompt - 1:start + len(ids) - 1] = torch.tensor(ids[num_prompt:])
+        start += len(ids)
+    logits = model(input_ids, packing=Packing.from_lengths([len(ids) for ids, _ in batch]))  # [1, N, V]
+    return F.cross_entropy(logits[0].float(), targets[0], ignore_index=-100)
 
 
 def warm_up(model: nn.Module, tokenizer: PreTrainedTokenizerFast, examples: list[tuple[str, str]], *,
@@ -221,7 +240,7 @@ def warm_up(model: nn.Module, tokenizer: PreTrainedTokenizerFast, examples: list
     model.train()
     losses = []
     for _ in range(steps):
-        loss = response_nll(model, rng.sample(encoded, batch_size), tokenizer.pad_token_id)
+        loss = response_nll(model, rng.sample(encoded, batch_size))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -274,17 +293,15 @@ def plot_metrics(metrics_jsonl: str | Path, png_path: str | Path, ablation_jsonl
 
 @dataclass
 class DemoSetup:
-    """Sizes of the demo's data and warm-up. The digit-by-digit comparison needs a long warm-up (1,700 steps of 16;
-    benchmarks/demo_judge.py measures what it learnt); the policy stays well short of mastery and the greedy
-    judge at chance. The comparison is learnt late and abruptly, at a step that depends on rounding: `make demo`
-    warms up on one thread, where it is learnt by step 1,700; on two threads (other rounding, faster) it was
-    not, and the judge then did not learn under RL (its verdict leans on a comparison that is wrong)."""
+    """Sizes of the demo's data and warm-up: 1,300 steps of 32 examples (about half of them comparison drills)
+    leave the policy well short of mastery and the greedy judge at chance, with the digit comparison learnt
+    (benchmarks/demo_judge.py measures what the judge learnt)."""
 
     num_train: int = 8000  # RL training problems (the warm-up draws from the same set)
     num_heldout: int = 256  # held-out policy problems
     num_judge: int = 256  # held-out pointwise judge rows, half Yes and half No, from other held-out problems
-    warmup_steps: int = 1700
-    warmup_batch: int = 16
+    warmup_steps: int = 1300
+    warmup_batch: int = 32
     warmup_lr: float = 2e-3
     seed: int = 0
 
@@ -313,8 +330,9 @@ def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoMode
     }
     tokenizer = PreTrainedTokenizerFast.from_pretrained(paths["init"])
     policy = load_model(paths["init"])
-    losses = warm_up(policy, tokenizer, warmup_examples(train, setup.seed), steps=setup.warmup_steps,
-                     batch_size=setup.warmup_batch, lr=setup.warmup_lr, seed=setup.seed)
+    examples = warmup_examples(train, setup.seed)
+    losses = warm_up(policy, tokenizer, examples, steps=setup.warmup_steps, batch_size=setup.warmup_batch,
+                     lr=setup.warmup_lr, seed=setup.seed)
     # Written aside and renamed, so that an interrupted warm-up is redone rather than trained from.
     save_model(policy, run_dir / "warmup.tmp")
     (run_dir / "warmup.tmp").rename(paths["warmup"])
@@ -355,15 +373,14 @@ def plot_runs(run_dirs: list[Path]) -> None:
 
 
 def main(overrides: list[str]) -> dict[str, float]:
-    """Warm up the tiny checkpoint (once: skipped while model.path exists), train with configs/tiny.toml and
-    `overrides`, plot the held-out accuracies (with the policy-only ablation dashed when it has run) and print
-    the summary as the last line."""
+    """Warm up the tiny checkpoint into model.path's parent (once: skipped while model.path exists), train with
+    configs/tiny.toml and `overrides`, plot the held-out accuracies (with the policy-only ablation dashed when it
+    has run) and print the summary as the last line."""
     started = time.time()
     config = load_config(TrainConfig, CONFIG, overrides)
     checkpoint = Path(config.model.path)
     if not checkpoint.exists():
-        torch.set_num_threads(1)  # see DemoSetup
-        warmed = prepare(checkpoint.parent)
+        warmed = prepare(checkpoint.parent, DemoSetup(seed=config.data.seed))  # data.seed=1: another demo
         print("warm-up:", json.dumps({k: v for k, v in warmed.items() if isinstance(v, float)}), flush=True)
     # RL's many small decode steps: on a busy 2-core machine one thread beat two.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
