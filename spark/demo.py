@@ -379,7 +379,7 @@ def main(overrides: list[str]) -> dict[str, float]:
     started = time.time()
     config = load_config(TrainConfig, CONFIG, overrides)
     checkpoint = Path(config.model.path)
-    if not checkpoint.exists():
+    if not checkpoint.exists():  # the warm-up's batches of 32 use torch's default threads (both cores here)
         warmed = prepare(checkpoint.parent, DemoSetup(seed=config.data.seed))  # data.seed=1: another demo
         print("warm-up:", json.dumps({k: v for k, v in warmed.items() if isinstance(v, float)}), flush=True)
     # RL's many small decode steps: on a busy 2-core machine one thread beat two.
