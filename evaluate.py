@@ -17,7 +17,7 @@ from spark.evaluation import EvalConfig, evaluate_checkpoint
 from spark.evaluation.loaders import BUILTIN
 from spark.tts import Sampling
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "eval"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from spark import verifier
 from spark.verifier import extract_answer, is_correct, score_batch
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL = REPO / ".." / "shared" / "data" / "eval"
+EVAL = REPO / "data" / "eval"
 CASES = REPO / "tests" / "verifier_cases.jsonl"
 BATCH = 512  # a trainer's rollout batch
 TEMPLATE = (

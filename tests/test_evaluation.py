@@ -18,8 +18,7 @@ from spark.evaluation.scoring import best_of_n_correct, markdown_table, pairwise
 from spark.prompts import math_prompt, pointwise_prompt, rating_prompt, vl_rewardbench_prompt
 from tests.test_tts import ScriptedModel, boxed
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
-needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"benchmark files not found in {DATA_DIR}")
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "eval"
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -30,7 +29,6 @@ def write_jsonl(path: Path, rows: list) -> Path:
 # ----------------------------------------------------------------------------- loaders, real files
 
 
-@needs_data
 @pytest.mark.parametrize("name, rows, first_gold", [
     ("gsm8k", 1319, "18"), ("math500", 500, "\\left( 3, \\frac{\\pi}{2} \\right)"), ("aime24", 30, "204"),
     ("amc23", 40, "27"), ("minerva_math", 272, "1.6"), ("mmlu_stem", 3018, "C"),
@@ -45,7 +43,6 @@ def test_builtin_loaders_parse_every_row(name, rows, first_gold):
     assert [s.meta["index"] for s in bench.items] == list(range(rows))
 
 
-@needs_data
 def test_gold_normalisation_on_real_rows():
     gsm8k = parse_spec("gsm8k", DATA_DIR).items
     assert all("," not in s.gold and "#" not in s.gold for s in gsm8k)

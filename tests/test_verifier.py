@@ -14,7 +14,7 @@ from spark import verifier
 from spark.verifier import extract_answer, is_correct, parse_judgment, score_batch, verifier_stats
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL = REPO / ".." / "shared" / "data" / "eval"
+EVAL = REPO / "data" / "eval"
 CASES = [json.loads(line) for line in (REPO / "tests" / "verifier_cases.jsonl").read_text().splitlines() if line]
 CATEGORIES = sorted({case["category"] for case in CASES})
 

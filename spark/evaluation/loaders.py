@@ -3,7 +3,7 @@
 Three kinds of benchmark, each a list of items whose position is the row index (resume and sharding
 key on it):
 - "math": `Sample`s (prompt = math_prompt(question), gold = the normalised gold answer). Built-in
-  loaders for the files in ../shared/data/eval/ and a generic JSONL/Parquet loader with a field mapping
+  loaders for the files in data/eval/ and a generic JSONL/Parquet loader with a field mapping
   for the vision benchmarks (MathVista, MathVerse, WeMath, DynaMath, LogicVista, MMK12, MathVision).
 - "rb2": RewardBench2 rows (prompt, chosen: list, rejected: list, subset) -> `BestOfNItem`.
 - "vlrb": VL-RewardBench rows (id, query, response: [2], human_ranking, image) -> `PairItem`.
