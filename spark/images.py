@@ -1,4 +1,9 @@
-"""Images for Qwen2.5-VL: loading with pillow and the checkpoint's own preprocessing.
+"""Images for Qwen2.5-VL: where rows keep them, loading with pillow, and the checkpoint's own preprocessing.
+
+A row's image field holds images as datasets ship them (`image_sources`): paths relative to the data
+file, encoded bytes, the `datasets` Image feature's `{bytes, path}` struct, or a list of these. Every
+image is decoded once when its file is loaded (`check_images`), so a corrupt one fails the load, naming
+the file, row and field.
 
 `preprocess` reproduces transformers' Qwen2-VL image processor (`Qwen2VLImageProcessorPil`) bit for
 bit: resize (bicubic, in uint8) to sides that are multiples of patch * merge with the pixel count in
@@ -8,8 +13,12 @@ bit: resize (bicubic, in uint8) to sides that are multiples of patch * merge wit
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,6 +31,10 @@ from spark.data import DataError
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_PAD = "<|image_pad|>"
+
+# One image as rows carry it once loaded: an image file's path, or the encoded image itself (PNG / JPEG
+# bytes, as the hub's Parquet files embed them).
+ImageSource = str | bytes
 
 
 @dataclass(frozen=True)
@@ -69,17 +82,80 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, *, source: str | Path | None = None, line: int | None = None) -> Image.Image:
-    """Open an image as RGB (`to_rgb`), upright per its EXIF orientation. Errors (DataError) name the
-    image and, given `source` / `line`, the data row that refers to it."""
+def _open(source: ImageSource) -> Image.Image:
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def load_image(source: ImageSource, *, where: tuple[str | Path, int | None, str] | None = None) -> Image.Image:
+    """Open an image (a file path or the encoded bytes) as RGB (`to_rgb`), upright per its EXIF
+    orientation. Errors are DataErrors naming the image and, given `where` = (data file, line, field),
+    the data row that holds it."""
     try:
-        with Image.open(path) as image:
+        with _open(source) as image:
             return to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         reason = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read the image ({e})"
-        if source is None:
-            raise DataError(path, None, None, reason) from None
-        raise DataError(source, line, "image", f"{path}: {reason}") from None
+        if where is None:
+            raise DataError(image_label(source), None, None, reason) from None
+        path, line, key = where
+        raise DataError(path, line, key, f"{image_label(source)}: {reason}") from None
+
+
+def image_label(source: ImageSource) -> str:
+    """How an image is named in errors, logs and saved records: its path, or for embedded bytes their
+    size and a content hash (equal images, equal labels)."""
+    if isinstance(source, bytes):
+        return f"<embedded image, {len(source)} bytes, sha1 {hashlib.sha1(source).hexdigest()[:12]}>"
+    return str(source)
+
+
+def image_sources(value: object, base: Path, *, path: str | Path, line: int, key: str) -> list[ImageSource]:
+    """A row's image field -> its images in order. The field may hold null (no image), a path (relative
+    to `base`, the data file's folder), the encoded bytes, a `{bytes, path}` struct as the `datasets`
+    Image feature stores an image in Parquet (the bytes win; `path` is then only the original file's
+    name), or a list of any of these. Paths must exist; anything else is a DataError."""
+    values = value if isinstance(value, list | tuple) else [] if value is None else [value]
+    sources: list[ImageSource] = []
+    for i, item in enumerate(values):
+        what = f"image {i + 1} of {len(values)}" if isinstance(value, list | tuple) else "image"
+        if isinstance(item, dict) and item.get("bytes") is not None:
+            item = item["bytes"]
+        elif isinstance(item, dict) and item.get("path"):
+            item = item["path"]
+        if isinstance(item, bytes | bytearray):
+            sources.append(bytes(item))
+        elif isinstance(item, str) and item.strip():
+            file = (base / item).resolve()
+            if not file.is_file():
+                raise DataError(path, line, key, f"{what}: image file not found: {file}")
+            sources.append(str(file))
+        else:
+            raise DataError(path, line, key, f"{what}: expected a path, image bytes or a {{bytes, path}} struct, "
+                                             f"got {type(item).__name__}")
+    return sources
+
+
+def _decode_error(source: ImageSource) -> str | None:
+    """Why `source` cannot be decoded (pillow's message), or None when it decodes."""
+    try:
+        with _open(source) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def check_images(rows: list[tuple[list[ImageSource], str | Path, int, str]], threads: int = 8) -> None:
+    """Decode every image of every row, (sources, data file, line, field), up front: a corrupt image is
+    a DataError naming its file, row and field when the data is loaded, not when the step that draws its
+    row comes. Pillow decodes outside the GIL, so threads run the decodes in parallel."""
+    jobs = [(row, i, source) for row in rows for i, source in enumerate(row[0])]
+    with ThreadPoolExecutor(max(1, min(threads, os.cpu_count() or 1))) as pool:
+        errors = list(pool.map(lambda job: _decode_error(job[2]), jobs))
+    for ((sources, path, line, key), i, source), error in zip(jobs, errors):
+        if error is not None:
+            what = f"image {i + 1} of {len(sources)}" if len(sources) > 1 else "image"
+            raise DataError(path, line, key, f"{what} ({image_label(source)}) cannot be decoded: {error}")
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

@@ -1,5 +1,7 @@
 """Image loading and preprocessing against transformers' Qwen2-VL image processor."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,15 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from spark.data import DataError
-from spark.images import ImageConfig, expand_image_pads, load_image, preprocess, smart_resize
+from spark.images import (
+    ImageConfig,
+    check_images,
+    expand_image_pads,
+    image_sources,
+    load_image,
+    preprocess,
+    smart_resize,
+)
 from spark.tiny import make_tiny_vl_checkpoint
 
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 80
@@ -73,21 +83,68 @@ def test_load_image_applies_exif_orientation(tmp_path):
     exif = image.getexif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     image.save(tmp_path / "rotated.jpg", exif=exif)
-    loaded = load_image(tmp_path / "rotated.jpg")
+    loaded = load_image(str(tmp_path / "rotated.jpg"))
     assert loaded.mode == "RGB" and loaded.size == (20, 50)
 
 
 def test_load_image_composites_transparency_onto_white(tmp_path):
     Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(tmp_path / "clear.png")
-    assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(str(tmp_path / "clear.png")).getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_unreadable_images_name_the_file_and_row(tmp_path):
     with pytest.raises(DataError, match=r"missing\.png: file not found"):
-        load_image(tmp_path / "missing.png")
+        load_image(str(tmp_path / "missing.png"))
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"train\.jsonl, line 7, field 'image': .*broken\.jpg: cannot read"):
-        load_image(tmp_path / "broken.jpg", source="train.jsonl", line=7)
+        load_image(str(tmp_path / "broken.jpg"), where=("train.jsonl", 7, "image"))
+    with pytest.raises(DataError, match=r"line 2, field 'images': <embedded image, 3 bytes, sha1 \w+>: cannot"):
+        load_image(b"abc", where=("train.parquet", 2, "images"))
+
+
+def png_bytes(height: int, width: int, seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    random_image(height, width, seed=seed).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_sources_accept_paths_bytes_structs_and_lists(tmp_path):
+    random_image(30, 40).save(tmp_path / "a.png")
+    embedded = png_bytes(20, 50, seed=1)
+    where = {"path": "rows.parquet", "line": 3, "key": "images"}
+    assert image_sources(None, tmp_path, **where) == []
+    assert image_sources("a.png", tmp_path, **where) == [str((tmp_path / "a.png").resolve())]
+    assert image_sources(embedded, tmp_path, **where) == [embedded]
+    # The datasets Image feature: bytes win over the original file name; a struct without bytes is a path.
+    assert image_sources({"bytes": embedded, "path": "gone.png"}, tmp_path, **where) == [embedded]
+    assert image_sources({"bytes": None, "path": "a.png"}, tmp_path, **where) == [str(tmp_path / "a.png")]
+    both = image_sources([{"bytes": embedded, "path": None}, "a.png"], tmp_path, **where)
+    assert both == [embedded, str(tmp_path / "a.png")]
+    assert load_image(both[0]).size == (50, 20) and load_image(both[1]).size == (40, 30)
+    pixels, grids = preprocess([load_image(s) for s in both], ImageConfig(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS))
+    reference = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)(
+        [Image.open(io.BytesIO(embedded)), Image.open(tmp_path / "a.png")], return_tensors="pt")
+    assert torch.equal(pixels, reference["pixel_values"]) and torch.equal(grids, reference["image_grid_thw"])
+
+
+@pytest.mark.parametrize("value,message", [
+    ("gone.png", r"rows\.parquet, line 3, field 'images': image: image file not found: .*gone\.png"),
+    ([b"x", 5], r"field 'images': image 2 of 2: expected a path, image bytes or a \{bytes, path\} struct, got int"),
+    ({"bytes": None, "path": None}, r"image: expected a path, .* got dict"),
+])
+def test_image_sources_name_the_row_and_field(tmp_path, value, message):
+    with pytest.raises(DataError, match=message):
+        image_sources(value, tmp_path, path="rows.parquet", line=3, key="images")
+
+
+def test_check_images_decodes_every_image_and_names_the_bad_one(tmp_path):
+    good, truncated = png_bytes(30, 30), png_bytes(30, 30, seed=2)[:-40]
+    check_images([([good], "rows.parquet", 1, "images"), ([good, good], "rows.parquet", 2, "images")])
+    rows = [([good], "rows.parquet", 1, "images"), ([good, truncated], "rows.parquet", 2, "images"),
+            ([b"not a png"], "rows.parquet", 3, "images")]
+    with pytest.raises(DataError, match=r"rows\.parquet, line 2, field 'images': image 2 of 2 \(<embedded image, "
+                                        r"\d+ bytes, sha1 \w+>\) cannot be decoded"):
+        check_images(rows)
 
 
 def test_expand_image_pads():
