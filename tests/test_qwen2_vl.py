@@ -221,3 +221,26 @@ def test_freeze_vision(checkpoint, images, prompts):
     assert all(p.requires_grad for p in model.model.parameters())
     model(torch.tensor(prompts[:1]), **row_images(images, [0])).sum().backward()
     assert model.model.embed_tokens.weight.grad is not None
+
+
+def test_each_distinct_image_goes_through_the_vision_tower_once(model, images, prompts):
+    """Rollouts repeat their prompt's images: with image_index the tower encodes each distinct image once,
+    and logits and greedy samples equal those of the batch that carries every copy."""
+    pixel_values, grid = images
+    rows, own = [prompts[0], prompts[2], prompts[0], prompts[2]], [[0], [1, 2], [0], [1, 2]]
+    copies = [row_images(images, images_of_row) for images_of_row in own]
+    every_copy = {"pixel_values": torch.cat([c["pixel_values"] for c in copies]),
+                  "image_grid_thw": torch.cat([c["image_grid_thw"] for c in copies])}
+    once = {"pixel_values": pixel_values, "image_grid_thw": every_copy["image_grid_thw"],
+            "image_index": torch.tensor([0, 1, 2, 0, 1, 2])}
+    encoded = []
+    hook = model.visual.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    try:
+        input_ids, _ = right_pad(rows)
+        with torch.no_grad():
+            assert torch.equal(model(input_ids, **once), model(input_ids, **every_copy))
+        params = SamplingParams(max_new_tokens=6, temperature=0)
+        assert generate(model, rows, params, **once).tokens == generate(model, rows, params, **every_copy).tokens
+    finally:
+        hook.remove()
+    assert encoded == [len(pixel_values), 2 * len(pixel_values)] * 2

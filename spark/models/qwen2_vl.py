@@ -11,6 +11,8 @@ How an image reaches the language model:
     token of the language model's width;
   * the prompt holds `<|vision_start|>` + one `<|image_pad|>` per merged token + `<|vision_end|>`; the
     embeddings of the pads are replaced by the image's tokens, in order;
+  * rows that repeat an image (the n rollouts of a prompt) may pass it once, with `image_index` saying
+    which distinct image each image of the batch is: the tower then encodes it once (`image_tokens`);
   * positions are multimodal (M-RoPE, [3, B, T]): see `mrope_positions`.
 
 Positions, by caller:
@@ -313,15 +315,15 @@ class Qwen2_5_VL(Qwen2):
                 for s, grids in zip(sequences, self.images_of(sequences, image_grid_thw, unit))]
 
     def prefill_positions(self, input_ids: torch.Tensor, prompt_lens: torch.Tensor | list[int] | None = None, *,
-                          image_grid_thw: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+                          image_grid_thw: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                          image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions [3, B, T] of right-padded prompts and their rope deltas [B].
 
         Row b's real tokens are `input_ids[b, :prompt_lens[b]]`; its pads continue as text. The next
         token of row b sits at position `prompt_lens[b] + rope_deltas[b]` (and so on while decoding):
         rope_delta = (last prompt position + 1) - prompt length, negative after images.
-        `pixel_values` is accepted so the sampler can pass its model inputs through; positions depend
-        on the grids alone.
+        `pixel_values` and `image_index` are accepted so the sampler can pass its model inputs through;
+        positions depend on the grids alone.
         """
         B, T = input_ids.shape
         lengths = [T] * B if prompt_lens is None else torch.as_tensor(prompt_lens).tolist()
@@ -342,8 +344,29 @@ class Qwen2_5_VL(Qwen2):
         sequences = split_packed(input_ids, packing)
         return torch.cat(self.sequence_positions(sequences, image_grid_thw, "packed sequence"), dim=1)[:, None]
 
+    def image_tokens(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
+                     image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The language-model tokens of every image [sum_i t_i * h_i * w_i / merge^2, hidden], image after
+        image. With `image_index` [I], `pixel_values` holds each distinct image once (image i of the
+        batch is distinct image image_index[i]; `image_grid_thw` stays one row per image i): the vision
+        tower runs once per distinct image, e.g. once for the n rollouts of a prompt, and its tokens are
+        repeated for every image that is it."""
+        if image_index is None:
+            return self.visual(pixel_values, image_grid_thw)
+        index = image_index.tolist()
+        first = {d: i for i, d in reversed(list(enumerate(index)))}  # distinct image -> its first image i
+        if sorted(first) != list(range(len(first))):
+            raise ValueError(f"image_index must number the distinct images 0, 1, ..., got {sorted(first)}")
+        grids = image_grid_thw[[first[d] for d in range(len(first))]]
+        counts = (grids.prod(-1) // self.visual.config.spatial_merge_size**2).tolist()
+        offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
+        tokens = self.visual(pixel_values, grids)  # [sum over distinct images, hidden]
+        rows = torch.cat([torch.arange(offsets[d], offsets[d + 1]) for d in index]).to(tokens.device)
+        return tokens[rows]
+
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-              image_grid_thw: torch.Tensor | None, packing: Packing | None) -> torch.Tensor:
+              image_grid_thw: torch.Tensor | None, packing: Packing | None,
+              image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings [B, T, hidden] with each `<|image_pad|>` replaced by its image token."""
         embeds = self.model.embed_tokens(input_ids)
         if pixel_values is None:
@@ -354,12 +377,12 @@ class Qwen2_5_VL(Qwen2):
             self.images_of(list(input_ids), image_grid_thw, "row")
         else:
             self.images_of(split_packed(input_ids, packing), image_grid_thw, "packed sequence")
-        image_tokens = self.visual(pixel_values, image_grid_thw).to(embeds.dtype)
+        image_tokens = self.image_tokens(pixel_values, image_grid_thw, image_index).to(embeds.dtype)
         return embeds.masked_scatter((input_ids == self.image_token_id)[..., None], image_tokens)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
                 pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
-                packing: Packing | None = None, decoding: Decoding | None = None, last_only: bool = False,
+                image_index: torch.Tensor | None = None, packing: Packing | None = None, decoding: Decoding | None = None, last_only: bool = False,
                 return_hidden: bool = False) -> torch.Tensor:
         """input_ids [B, T] (B == 1 with `packing`) -> logits [B, T, vocab] (or hidden states, see Qwen2).
 
@@ -371,6 +394,6 @@ class Qwen2_5_VL(Qwen2):
                 raise ValueError("decoding needs explicit positions: prefill_positions(), then cache_lens + rope_deltas")
             positions = (self.packed_positions(input_ids, packing, image_grid_thw) if packing is not None
                          else self.prefill_positions(input_ids, image_grid_thw=image_grid_thw)[0])
-        embeds = self.embed(input_ids, pixel_values, image_grid_thw, packing)
+        embeds = self.embed(input_ids, pixel_values, image_grid_thw, packing, image_index)
         return super().forward(input_ids, positions, packing=packing, decoding=decoding, inputs_embeds=embeds,
                                last_only=last_only, return_hidden=return_hidden)
