@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q math-verify
 	PYTHONPATH=. $(PY) benchmarks/sampler.py
 	PYTHONPATH=. $(PY) benchmarks/verifier.py
+	PYTHONPATH=. $(PY) benchmarks/vl_rollout.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
