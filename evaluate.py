@@ -3,8 +3,9 @@
     python evaluate.py --model CKPT_DIR --bench gsm8k,math500 --limit 20 --out runs/eval
     python evaluate.py --model CKPT_DIR --bench mmlu_stem --judge            # + self-judgment P/R/F1
     python evaluate.py --model CKPT_DIR --bench aime24 --n 8 --temperature 1  # mean@8 / pass@8
-    python evaluate.py --model CKPT_DIR --bench 'file:mathvista.jsonl:question=question,answer=answer,image=image,choices=choices'
-    python evaluate.py --model CKPT_DIR --bench rb2:rewardbench2.jsonl,vlrb:vl_rewardbench.jsonl
+    python evaluate.py --model CKPT_DIR --bench 'mathvista:data/MathVista/data/testmini-*.parquet,mmk12:data/MMK12/data/test-*.parquet'
+    python evaluate.py --model CKPT_DIR --bench 'file:mine.jsonl:question=q,answer=a,image=img,choices=opts'
+    python evaluate.py --model CKPT_DIR --bench rb2:rewardbench2.parquet,vlrb:vl_rewardbench.parquet
     torchrun --nproc-per-node 2 evaluate.py --model CKPT_DIR --bench gsm8k --tts
 """
 
@@ -14,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from spark.evaluation import EvalConfig, evaluate_checkpoint
-from spark.evaluation.loaders import BUILTIN
+from spark.evaluation.loaders import BUILTIN, HUB
 from spark.sampler import Sampling
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
@@ -24,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--bench", required=True, action="append",
-                        help=f"comma-separated specs: {', '.join(BUILTIN)}, file:PATH[:question=F,answer=F,"
-                             "image=F,choices=F,name=N], rb2:PATH, vlrb:PATH (repeatable)")
+                        help=f"comma-separated specs: {', '.join(BUILTIN)}; NAME:PATH[:name=N] with NAME one of "
+                             f"{', '.join(HUB)}, rb2, vlrb (the hub's Parquet, PATH may be a glob); "
+                             "file:PATH[:question=F,answer=F,image=F,choices=F,name=N] (repeatable)")
     parser.add_argument("--limit", type=int, help="only the first N rows of each benchmark")
     parser.add_argument("--out", type=Path, help="output directory (resumes what is already there)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the built-in files are")

@@ -1,6 +1,6 @@
 """Test-time scaling on one problem, shown turn by turn: answer, self-judgment, reflection (spark.tts).
 
-    python tts.py --model CKPT_DIR --question "What is 17 * 23?" [--gold 391] [--image fig.png]
+    python tts.py --model CKPT_DIR --question "What is 17 * 23?" [--gold 391] [--image fig.png [--image fig2.png]]
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--question", required=True)
-    parser.add_argument("--image", help="image file for a vision-language checkpoint")
+    parser.add_argument("--image", action="append", default=[],
+                        help="image file for a vision-language checkpoint (repeatable: shown in order, or at the "
+                             "question's <image> placeholders)")
     parser.add_argument("--gold", help="gold answer: each answer is then marked correct or wrong")
     parser.add_argument("--max-rounds", type=int, default=2, help="judge -> reflect rounds")
     parser.add_argument("--max-new-tokens", type=int, default=1024)

@@ -5,11 +5,12 @@ go through the checkpoint's chat template (`render`), the sampler runs (`complet
 path), completions come back decoded with their token ids and finish reasons, so that training and
 evaluation see the same ids.
 
-With a Qwen2.5-VL checkpoint a user message may come with an image: the template turns it into
-`<|vision_start|><|image_pad|><|vision_end|>`, the pad is repeated once per merged patch of the
-preprocessed image (as transformers' processor does), and the image's `pixel_values` / `image_grid_thw`
-travel with the ids (`ChatPrompt`; `image_inputs` concatenates them for a batch). The vision tokens
-are never sampled.
+With a Qwen2.5-VL checkpoint a user message may come with images (`spark.images.ImageSource`s: paths
+or encoded bytes): the template turns each into `<|vision_start|><|image_pad|><|vision_end|>`, where
+the message's `<image>` placeholders are (one per image, in order) or else before the text; each pad is
+repeated once per merged patch of its preprocessed image (as transformers' processor does), and the
+images' `pixel_values` / `image_grid_thw` travel with the ids (`ChatPrompt`; `image_inputs` concatenates
+them for a batch, passing the images that rows share only once). The vision tokens are never sampled.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from spark.images import ImageConfig, expand_image_pads, load_image, preprocess
+from spark.images import (
+    IMAGE_PLACEHOLDER,
+    ImageConfig,
+    ImageSource,
+    expand_image_pads,
+    image_label,
+    load_image,
+    preprocess,
+)
 from spark.models import Qwen2_5_VL, load_model
 from spark.sampler import Sampling, SamplingParams, generate
 
@@ -51,8 +60,8 @@ class Completion:
 @dataclass
 class ChatPrompt:
     """A user message rendered for the model: token ids ending with the assistant header, and the model
-    inputs of its image (`pixel_values` [patches, C * temporal * patch^2], `image_grid_thw` [1, 3]; empty
-    for a text message)."""
+    inputs of its images (`pixel_values` [patches, C * temporal * patch^2], `image_grid_thw` [images, 3],
+    the images in prompt order; empty for a text message)."""
 
     ids: list[int]
     images: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -60,11 +69,39 @@ class ChatPrompt:
 
 def image_inputs(images: Iterable[dict[str, torch.Tensor]], device: torch.device | str) -> dict[str, torch.Tensor]:
     """The model inputs of a batch or packed stream whose sequences hold `images` (`ChatPrompt.images`, in
-    sequence order): pixel_values and image_grid_thw concatenated, {} when no sequence has an image."""
+    sequence order): pixel_values and image_grid_thw concatenated, {} when no sequence has an image.
+    A prompt's images that several sequences share (the same dict: its n rollouts) are passed once, with
+    `image_index` saying which distinct image each image of the batch is, so the vision tower encodes
+    them once."""
     images = [i for i in images if i]
     if not images:
         return {}
-    return {key: torch.cat([i[key] for i in images]).to(device) for key in ("pixel_values", "image_grid_thw")}
+    first: dict[int, int] = {}  # id of a prompt's dict -> number of its first image among the distinct ones
+    distinct, index = [], []
+    for group in images:
+        if id(group) not in first:
+            first[id(group)] = sum(len(g["image_grid_thw"]) for g in distinct)
+            distinct.append(group)
+        index += range(first[id(group)], first[id(group)] + len(group["image_grid_thw"]))
+    inputs = {"pixel_values": torch.cat([g["pixel_values"] for g in distinct]),
+              "image_grid_thw": torch.cat([g["image_grid_thw"] for g in images])}
+    if len(distinct) < len(images):
+        inputs["image_index"] = torch.tensor(index)
+    return {key: value.to(device) for key, value in inputs.items()}
+
+
+def user_content(prompt: str, num_images: int) -> list[dict]:
+    """The chat-template parts of a user message with images: each of the first `num_images`
+    `<image>` placeholders becomes an image part, in order; a prompt without any shows its images first."""
+    if IMAGE_PLACEHOLDER not in prompt:
+        return [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
+    pieces = prompt.split(IMAGE_PLACEHOLDER, num_images)
+    if len(pieces) != num_images + 1:
+        raise ValueError(f"the prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders for {num_images} images")
+    content = [{"type": "text", "text": pieces[0]}]
+    for piece in pieces[1:]:
+        content += [{"type": "image"}, {"type": "text", "text": piece}]
+    return [part for part in content if part["type"] == "image" or part["text"]]
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, path: Path) -> tuple[int, ...]:
@@ -94,31 +131,31 @@ class ChatModel:
         vocab = tokenizer.get_vocab()
         self.banned_token_ids = tuple(sorted(vocab[t] for t in VISION_TOKENS if t in vocab)) if image_config else ()
 
-    def render(self, prompts: list[str], images: list[str | None] | None = None, *,
+    def render(self, prompts: list[str], images: list[list[ImageSource]] | None = None, *,
                image_config: ImageConfig | None = None) -> list[ChatPrompt]:
-        """User messages (each with an optional image path) -> chat-templated prompts. Each image is loaded
-        and preprocessed once, with `image_config` (default: the checkpoint's), e.g. a larger max_pixels."""
-        images = images if images is not None else [None] * len(prompts)
+        """User messages (each with its list of images, maybe empty) -> chat-templated prompts. Each image
+        is loaded and preprocessed once, with `image_config` (default: the checkpoint's), e.g. a larger
+        max_pixels."""
+        images = images if images is not None else [[]] * len(prompts)
         if len(images) != len(prompts):
-            raise ValueError(f"ChatModel: {len(images)} images for {len(prompts)} prompts")
-        return [self.render_one(prompt, image, image_config or self.image_config)
-                for prompt, image in zip(prompts, images)]
+            raise ValueError(f"ChatModel: image lists for {len(images)} prompts, but {len(prompts)} prompts")
+        return [self.render_one(prompt, own, image_config or self.image_config)
+                for prompt, own in zip(prompts, images)]
 
-    def render_one(self, prompt: str, image: str | None, image_config: ImageConfig | None) -> ChatPrompt:
-        if image is None:
+    def render_one(self, prompt: str, images: list[ImageSource], image_config: ImageConfig | None) -> ChatPrompt:
+        if not images:
             return ChatPrompt(self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False))
         if image_config is None:
-            raise NotImplementedError(f"{image}: images need a Qwen2.5-VL checkpoint")
-        pixel_values, image_grid_thw = preprocess([load_image(image)], image_config)
-        content = [{"type": "image"}, {"type": "text", "text": prompt}]
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+            raise NotImplementedError(f"{image_label(images[0])}: images need a Qwen2.5-VL checkpoint")
+        pixel_values, image_grid_thw = preprocess([load_image(image) for image in images], image_config)
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": user_content(prompt, len(images))}],
                                                   add_generation_prompt=True, tokenize=False)
         text = expand_image_pads(text, image_grid_thw, image_config.merge_size)
         return ChatPrompt(self.tokenizer(text, add_special_tokens=False)["input_ids"],
                           {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw})
 
-    def encode(self, prompts: list[str], images: list[str | None] | None = None) -> list[list[int]]:
+    def encode(self, prompts: list[str], images: list[list[ImageSource]] | None = None) -> list[list[int]]:
         """User messages -> chat-templated token ids, ending with the assistant turn's header."""
         return [prompt.ids for prompt in self.render(prompts, images)]
 
@@ -141,9 +178,9 @@ class ChatModel:
                             for text, tokens, reason, logprobs in zip(texts, out.tokens, out.finish_reasons, out.logprobs)]
         return [completions[i:i + n] for i in range(0, len(completions), n)]
 
-    def generate(self, prompts: list[str], images: list[str | None] | None = None, *, n: int = 1, seed: int = 0,
-                 image_config: ImageConfig | None = None, **sampling) -> list[list[Completion]]:
-        """prompts: user messages (the chat template is applied here), images: a path or None per prompt.
+    def generate(self, prompts: list[str], images: list[list[ImageSource]] | None = None, *, n: int = 1,
+                 seed: int = 0, image_config: ImageConfig | None = None, **sampling) -> list[list[Completion]]:
+        """prompts: user messages (the chat template is applied here), images: each prompt's images.
         One list of n completions per prompt. `sampling` are `spark.sampler.Sampling` fields; temperature
         defaults to 0 (greedy) here. `image_config` overrides the checkpoint's image preprocessing (e.g.
         max_pixels) for this call."""

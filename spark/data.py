@@ -1,12 +1,14 @@
 """Verifiable prompts and the files they come from.
 
 A `Sample` is one prompt whose answer a rule can check: a policy question with its gold answer,
-or a recycled judge / reflection prompt with its label. Rows are read from JSONL or Parquet; a bad
-row is a `DataError` naming the file, the line (1-based) and the field.
+or a recycled judge / reflection prompt with its label, with the images it shows. Rows are read from
+JSONL or Parquet (file lists may hold glob patterns); a bad row is a `DataError` naming the file, the
+line (1-based) and the field.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,8 +39,23 @@ class Sample:
     prompt: str  # the user message, before the chat template
     gold: str
     task: str = "policy"  # one of TASKS
-    image: str | None = None  # path of the image, travels with recycled prompts
+    images: list[str | bytes] = field(default_factory=list)  # spark.images.ImageSource, in order; recycled prompts carry them
     meta: dict = field(default_factory=dict)  # provenance: source file/line, group id, variant
+
+
+def expand_paths(patterns: list[str]) -> list[str]:
+    """Data files named by paths or glob patterns (`data/ViRL39K/*.parquet`), each pattern's matches in
+    sorted order; a pattern that matches nothing is a DataError."""
+    files = []
+    for pattern in patterns:
+        if not glob.has_magic(pattern):
+            files.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise DataError(pattern, None, None, "no file matches this pattern")
+        files += matches
+    return files
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -82,22 +99,27 @@ def require_str(row: dict, key: str, path: str | Path, line: int) -> str:
 
 def load_questions(paths: list[str], *, question_field: str = "question", answer_field: str = "answer",
                    image_field: str = "image", prompt: Callable[[str], str] = lambda q: q) -> list[Sample]:
-    """Training rows {question, answer, image?} as policy Samples. `prompt` turns the question into the
-    user message (e.g. spark.prompts.math_prompt); the raw question stays in `meta["question"]` for the
-    recycling templates. Image paths are relative to their data file and must exist."""
-    samples = []
-    for path in paths:
+    """Training rows {question, answer, images?} as policy Samples; `paths` may hold glob patterns.
+    `prompt` turns the question into the user message (e.g. spark.prompts.math_prompt); the raw question
+    stays in `meta["question"]` for the recycling templates. The image field holds what
+    `spark.images.image_sources` accepts (paths relative to the data file, embedded images, lists); a
+    question may mark where its images go with `<image>`, one per image (ViRL39K does). Every image is
+    decoded here, so a corrupt one fails the load, not the step that draws its row."""
+    # Imported here: spark.images imports DataError from this module.
+    from spark.images import check_images, check_placeholders, image_sources
+
+    samples, image_rows = [], []
+    for path in expand_paths(paths):
         for line, row in read_records(path):
             question = require_str(row, question_field, path, line)
-            image = row.get(image_field)
-            if image is not None:
-                image = str((Path(path).parent / require_str(row, image_field, path, line)).resolve())
-                if not Path(image).exists():
-                    raise DataError(path, line, image_field, f"image file not found: {image}")
+            images = image_sources(row.get(image_field), Path(path).parent, path=path, line=line, key=image_field)
+            check_placeholders(question, len(images), path=path, line=line, key=question_field)
+            image_rows.append((images, path, line, image_field))
             samples.append(Sample(prompt=prompt(question), gold=require_str(row, answer_field, path, line),
-                                  image=image, meta={"question": question, "source": f"{path}:{line}"}))
+                                  images=images, meta={"question": question, "source": f"{path}:{line}"}))
     if not samples:
         raise DataError(", ".join(paths) or "<no files>", None, None, "no training rows")
+    check_images(image_rows)
     return samples
 
 

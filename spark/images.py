@@ -35,6 +35,8 @@ IMAGE_PAD = "<|image_pad|>"
 # One image as rows carry it once loaded: an image file's path, or the encoded image itself (PNG / JPEG
 # bytes, as the hub's Parquet files embed them).
 ImageSource = str | bytes
+# Where a question puts an image (ViRL39K's convention); a question without one shows its images first.
+IMAGE_PLACEHOLDER = "<image>"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,15 @@ def image_sources(value: object, base: Path, *, path: str | Path, line: int, key
             raise DataError(path, line, key, f"{what}: expected a path, image bytes or a {{bytes, path}} struct, "
                                              f"got {type(item).__name__}")
     return sources
+
+
+def check_placeholders(text: str, num_images: int, *, path: str | Path, line: int, key: str) -> None:
+    """A question marks where its images go with one `<image>` per image, or not at all; any other count
+    is a DataError."""
+    markers = text.count(IMAGE_PLACEHOLDER)
+    if markers and markers != num_images:
+        raise DataError(path, line, key, f"{markers} {IMAGE_PLACEHOLDER} placeholders for {num_images} images "
+                                         f"(one per image, or none to show the images first)")
 
 
 def _decode_error(source: ImageSource) -> str | None:

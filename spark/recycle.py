@@ -139,7 +139,7 @@ def recycle(
 ) -> tuple[list[Sample], dict[str, float]]:
     """Recycled samples (shuffled) and stats for one step's rollout groups; the rules are in the module doc.
 
-    Each sample carries the group's image, a template variant drawn from spark.prompts, and in `meta` the
+    Each sample carries all the group's images, a template variant drawn from spark.prompts, and in `meta` the
     group's meta plus its provenance: `group` (index in `groups`), `rollouts` (indices, in display
     order), `variant` and `content` ("answer" or "cot"). Stats: group outcomes, samples per kind,
     samples skipped or dropped, and `pointwise_yes_frac` / `pairwise_a_frac` when those kinds are present.
@@ -288,7 +288,7 @@ def _render(pick: _Pick, group: RolloutGroup, answers: list[str | None], rng: ra
         "variant": variant,
         "content": "cot" if pick.cot else "answer",
     }
-    return Sample(prompt=prompt, gold=gold, task=pick.task, image=group.sample.image, meta=meta)
+    return Sample(prompt=prompt, gold=gold, task=pick.task, images=group.sample.images, meta=meta)
 
 
 def _label_stats(judges: list[_Pick], reflections: list[_Pick]) -> dict[str, float]:

@@ -59,7 +59,7 @@ class Rollouts:
     def render(self, samples: list[Sample]) -> list[ChatPrompt]:
         """Chat-templated prompts with their image inputs, each image at its task's resolution; a prompt
         over `max_prompt_tokens` is a DataError naming its source row."""
-        prompts = [self.chat.render([s.prompt], [s.image], image_config=self.image_configs[s.task])[0]
+        prompts = [self.chat.render([s.prompt], [s.images], image_config=self.image_configs[s.task])[0]
                    for s in samples]
         for sample, prompt in zip(samples, prompts):
             if len(prompt.ids) > self.max_prompt_tokens:

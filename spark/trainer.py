@@ -39,6 +39,7 @@ from spark.distributed import (
     reduce_metrics,
     shard_model,
 )
+from spark.images import image_label
 from spark.losses import group_advantages, grpo_loss
 from spark.metrics import MetricsLogger, PhaseTimer
 from spark.models import load_model
@@ -316,7 +317,8 @@ class Trainer:
         shown = {}
         for e in experiences:
             shown.setdefault(e.sample.task, e)
-        self.metrics.log_samples(self.step, [{"task": e.sample.task, "prompt": e.sample.prompt, "image": e.sample.image,
+        self.metrics.log_samples(self.step, [{"task": e.sample.task, "prompt": e.sample.prompt,
+                                              "images": [image_label(i) for i in e.sample.images],
                                               "response": e.response, "gold": e.sample.gold, "reward": e.reward}
                                              for e in shown.values()])
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from spark.images import ImageSource, image_label
 from spark.prompts import math_prompt, pointwise_prompt, reflection_prompt
 from spark.sampler import Sampling
 from spark.verifier import extract_answer, parse_judgment, score_batch
@@ -27,7 +28,7 @@ ANSWER_ROLES = ("answer", "reflect")
 class Problem:
     question: str  # the bare question (with its options), shown again to the judge and the reflection
     gold: str | None = None  # None: nothing is scored (a question typed at the terminal)
-    image: str | None = None
+    images: list[ImageSource] = field(default_factory=list)  # shown with every turn of the exchange
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Trace:
         return cls(problem, [Turn(**turn) for turn in data["turns"]])
 
 
-def _generate(model, prompts: list[str], images: list[str | None], sampling: Sampling, seed: int, n: int = 1):
+def _generate(model, prompts: list[str], images: list[list[ImageSource]], sampling: Sampling, seed: int, n: int = 1):
     return model.generate(prompts, images, n=n, seed=seed, **asdict(sampling))
 
 
@@ -86,7 +87,7 @@ def _answer_turns(role: str, rounds: list[int], problems: list[Problem], prompts
 def answer(model, problems: list[Problem], *, sampling: Sampling, seed: int = 0, n: int = 1) -> list[list[Trace]]:
     """o_0 (eq. 9): n traces per problem, each starting with one sampled answer."""
     prompts = [math_prompt(p.question) for p in problems]
-    outputs = _generate(model, prompts, [p.image for p in problems], sampling, seed, n=n)
+    outputs = _generate(model, prompts, [p.images for p in problems], sampling, seed, n=n)
     completions = [c for samples in outputs for c in samples]  # problem k's samples at k * n ... k * n + n - 1
     each_sample = [(p, prompt) for p, prompt in zip(problems, prompts) for _ in range(n)]
     turns = _answer_turns("answer", [0] * len(completions), [p for p, _ in each_sample],
@@ -98,7 +99,7 @@ def judge(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) -> l
     """r_t (eq. 10): each trace's model judges its latest answer, reasoning included. Appends a judge turn
     to every trace; returns the verdicts ("Yes" / "No" / None when none could be parsed)."""
     prompts = [pointwise_prompt(t.problem.question, t.final.response, cot=True) for t in traces]
-    outputs = _generate(model, prompts, [t.problem.image for t in traces], sampling, seed)
+    outputs = _generate(model, prompts, [t.problem.images for t in traces], sampling, seed)
     verdicts = []
     for trace, prompt, (completion,) in zip(traces, prompts, outputs):
         verdict = parse_judgment(completion.text, "pointwise")
@@ -111,7 +112,7 @@ def judge(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) -> l
 def reflect(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) -> None:
     """o_{t+1} (eq. 11, rejected branch): a revised solution from a prompt that shows the judged one."""
     prompts = [reflection_prompt(t.problem.question, t.final.response, cot=True) for t in traces]
-    outputs = _generate(model, prompts, [t.problem.image for t in traces], sampling, seed)
+    outputs = _generate(model, prompts, [t.problem.images for t in traces], sampling, seed)
     rounds = [t.final.round + 1 for t in traces]
     turns = _answer_turns("reflect", rounds, [t.problem for t in traces], prompts, [c for (c,) in outputs])
     for trace, turn in zip(traces, turns):
@@ -188,8 +189,7 @@ def tts_statistics(traces: list[Trace], max_rounds: int) -> dict:
 def format_trace(trace: Trace, *, show_prompts: bool = False) -> str:
     """The exchange as terminal text: each turn under a rule naming its round and role, then its outcome."""
     lines = [f"Question: {trace.problem.question}"]
-    if trace.problem.image:
-        lines.append(f"Image: {trace.problem.image}")
+    lines += [f"Image: {image_label(image)}" for image in trace.problem.images]
     for turn in trace.turns:
         title = {"answer": "answer", "judge": "self-judgment", "reflect": "reflection"}[turn.role]
         lines += ["", f"── round {turn.round} · {title} " + "─" * 40]

@@ -56,6 +56,6 @@ def test_small_batches_give_the_same_greedy_completions(chat, monkeypatch):
 
 def test_images_need_the_vl_model(chat):
     with pytest.raises(NotImplementedError, match="Qwen2.5-VL"):
-        chat.generate(PROMPTS, images=["a.png", None])
-    with pytest.raises(ValueError, match="1 images for 2 prompts"):
-        chat.generate(PROMPTS, images=[None])
+        chat.generate(PROMPTS, images=[["a.png"], []])
+    with pytest.raises(ValueError, match="image lists for 1 prompts, but 2 prompts"):
+        chat.generate(PROMPTS, images=[[]])

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from spark.data import DataError
 from spark.evaluation import EvalConfig, Shard, evaluate, parse_spec, split_specs
@@ -39,7 +40,7 @@ def test_builtin_loaders_parse_every_row(name, rows, first_gold):
     first = bench.items[0]
     assert first.gold == first_gold
     assert first.prompt == math_prompt(first.meta["question"]) and first.meta["index"] == 0
-    assert all(s.gold.strip() and s.image is None for s in bench.items)
+    assert all(s.gold.strip() and s.images == [] for s in bench.items)
     assert [s.meta["index"] for s in bench.items] == list(range(rows))
 
 
@@ -66,7 +67,7 @@ def test_canonical_number():
 @pytest.fixture
 def vl_file(tmp_path):
     (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "a.png").write_bytes(b"png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
     rows = [
         {"q": "Which shape?", "a": "circle", "img": "img/a.png", "opts": ["square", "circle"]},
         {"q": "How many?", "a": 3.0, "img": "img/a.png", "opts": None},
@@ -81,7 +82,7 @@ def test_generic_loader_with_field_mapping(vl_file):
     bench = parse_spec(spec, "unused")
     assert (bench.name, bench.kind) == ("mini", "math")
     assert [s.gold for s in bench.items] == ["B", "3", "A", "B"]
-    assert bench.items[0].image == str(vl_file.parent / "img" / "a.png") and bench.items[2].image is None
+    assert bench.items[0].images == [str(vl_file.parent / "img" / "a.png")] and bench.items[2].images == []
     assert bench.items[0].meta["question"].startswith("Which shape?\n(A) square\n(B) circle\n")
     assert bench.items[1].meta["question"] == "How many?"
 
@@ -108,7 +109,7 @@ def test_reward_loaders(tmp_path):
     ])
     items = load_rb2(rb2)
     assert (items[0].chosen, items[0].rejected, items[1].subset) == (["good"], ["b1", "b2", "b3"], "Ties")
-    (tmp_path / "i.png").write_bytes(b"png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "i.png")
     vlrb = write_jsonl(tmp_path / "vlrb.jsonl", [
         {"id": "mathverse_12", "query": "q", "response": ["r0", "r1"], "human_ranking": [1, 0], "image": "i.png"},
         {"id": "RLAIF-V_3", "query": "q", "response": ["r0", "r1"], "human_ranking": [0, 1], "image": None},
@@ -116,7 +117,7 @@ def test_reward_loaders(tmp_path):
     ])
     pairs = load_vlrb(vlrb)
     assert [(p.better, p.subset) for p in pairs] == [(1, "reasoning"), (0, "hallucination"), (0, "s")]
-    assert pairs[0].image == str(tmp_path / "i.png")
+    assert pairs[0].images == [str(tmp_path / "i.png")]
     assert vlrb_subset("wildvision-battle_1") == "general" and vlrb_subset("vlfeedback_9") == "general"
 
 
@@ -300,7 +301,7 @@ def test_reward_benchmarks_with_the_model_as_judge(tmp_path):
     ratings = {"good": "\\boxed{8}", "bad": "\\boxed{3}", "bad2": "\\boxed{2}", "bad3": "no rating", "tie": "\\boxed{8}"}
     replies = {rating_prompt(f"p{i}", text): rating for i in range(3) for text, rating in ratings.items()}
 
-    (tmp_path / "i.png").write_bytes(b"png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "i.png")
     vlrb = Benchmark("vlrb", "vlrb", load_vlrb(write_jsonl(tmp_path / "vlrb.jsonl", [
         {"id": "mathverse_0", "query": "q0", "response": ["right", "wrong"], "human_ranking": [0, 1], "image": "i.png"},
         {"id": "mathverse_1", "query": "q1", "response": ["wrong", "right"], "human_ranking": [1, 0], "image": None},

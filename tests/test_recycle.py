@@ -16,10 +16,10 @@ def wrong(k: int) -> str:
     return f"2 + 3 = {6 + k}, so the answer is \\boxed{{{6 + k}}}."
 
 
-def group(rewards: list[int], image: str | None = None, responses: list[str] | None = None) -> RolloutGroup:
+def group(rewards: list[int], images: list[str] = (), responses: list[str] | None = None) -> RolloutGroup:
     if responses is None:
         responses = [CORRECT if r else wrong(i) for i, r in enumerate(rewards)]
-    sample = Sample(prompt=f"{QUESTION}\n...", gold="5", image=image, meta={"question": QUESTION, "line": 7})
+    sample = Sample(prompt=f"{QUESTION}\n...", gold="5", images=list(images), meta={"question": QUESTION, "line": 7})
     return RolloutGroup(sample, responses, [float(r) for r in rewards])
 
 
@@ -123,11 +123,12 @@ def test_max_per_kind_caps_each_kind_then_keeps_the_ratio():
 
 def test_image_travels_with_every_recycled_sample():
     rng = random.Random(0)
-    groups = [group([1, 0, 0, 1], image="img/0.png"), group([0, 0], image="img/1.png"), group([1, 1])]
+    groups = [group([1, 0, 0, 1], images=["img/0.png", "img/0b.png"]), group([0, 0], images=["img/1.png"]),
+              group([1, 1])]
     samples, _ = recycle(groups, UNBALANCED, rng)
     assert samples
     for s in samples:
-        assert s.image == groups[s.meta["group"]].sample.image
+        assert s.images == groups[s.meta["group"]].sample.images
 
 
 def test_content_kinds():
@@ -196,7 +197,7 @@ def test_bad_input_is_an_error():
 
 def test_queue_is_fifo_and_round_trips_through_state_dict():
     queue = RecycleQueue()
-    samples, _ = recycle([group([1, 0, 0], image="img/0.png")] * 3, RecycleConfig(), random.Random(0))
+    samples, _ = recycle([group([1, 0, 0], images=["img/0.png"])] * 3, RecycleConfig(), random.Random(0))
     queue.push(samples)
     assert queue.pop(1) == samples[:1] and len(queue) == len(samples) - 1
 

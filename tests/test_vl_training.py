@@ -63,7 +63,7 @@ def warm_up(chat: ChatModel, rows: list[dict], folder: Path, steps: int = 40) ->
     r"""Supervised steps on `\boxed{answer}` with the images, so that sampled answers vary and groups mix."""
     model, tokenizer = chat.model, chat.tokenizer
     prompts = chat.render([math_prompt(row["question"]) for row in rows],
-                          [str(folder / row["image"]) if row["image"] else None for row in rows])
+                          [[str(folder / row["image"])] if row["image"] else [] for row in rows])
     answers = [tokenizer(f"\\boxed{{{row['answer']}}}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                for row in rows]
     T = max(len(p.ids) + len(a) for p, a in zip(prompts, answers))
@@ -119,7 +119,7 @@ def test_render_matches_the_transformers_processor(vl_files):
         tokenizer=chat.tokenizer, chat_template=chat.tokenizer.chat_template)
     for i in range(len(PICTURES)):
         path = data.parent / f"shapes_{i}.png"
-        prompt = chat.render([QUESTION], [str(path)])[0]
+        prompt = chat.render([QUESTION], [[str(path)]])[0]
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         reference = processor(text=[text], images=[Image.open(path)], return_tensors="pt")
@@ -129,9 +129,10 @@ def test_render_matches_the_transformers_processor(vl_files):
         assert torch.equal(prompt.images["image_grid_thw"], reference["image_grid_thw"])
     # A text row renders as the text template, and a smaller max_pixels gives fewer image tokens.
     assert chat.render([QUESTION])[0].ids == chat.encode([QUESTION])[0]
-    small = chat.render([QUESTION], [str(data.parent / "shapes_0.png")],
+    small = chat.render([QUESTION], [[str(data.parent / "shapes_0.png")]],
                         image_config=dataclasses.replace(chat.image_config, max_pixels=JUDGE_MAX_PIXELS))[0]
-    assert small.ids.count(image_pad) < chat.render([QUESTION], [str(data.parent / "shapes_0.png")])[0].ids.count(image_pad)
+    full = chat.render([QUESTION], [[str(data.parent / "shapes_0.png")]])[0]
+    assert small.ids.count(image_pad) < full.ids.count(image_pad)
 
 
 def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
@@ -145,7 +146,7 @@ def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
     with torch.no_grad():
         chat.model.lm_head.weight.copy_(head.weight)
         chat.model.lm_head.bias.zero_()[sorted(vision)] = 100.0
-    prompts = chat.render([QUESTION, "What is 1 + 2?"], [str(data.parent / "shapes_1.png"), None])
+    prompts = chat.render([QUESTION, "What is 1 + 2?"], [[str(data.parent / "shapes_1.png")], []])
     ids, inputs = [p.ids for p in prompts], image_inputs((p.images for p in prompts), "cpu")
     free = generate(chat.model, ids, SamplingParams(max_new_tokens=5), seed=0, **inputs)
     assert all(set(row) <= vision for row in free.tokens)
@@ -155,7 +156,7 @@ def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
     # ChatModel.generate bans them itself.
     seen = []
     monkeypatch.setattr(spark.chat, "generate", lambda *args, **kwargs: seen.append(args[2]) or generate(*args, **kwargs))
-    chat.generate([QUESTION], [str(data.parent / "shapes_1.png")], max_new_tokens=3, temperature=1.0)
+    chat.generate([QUESTION], [[str(data.parent / "shapes_1.png")]], max_new_tokens=3, temperature=1.0)
     assert seen[0].banned_token_ids == chat.banned_token_ids
 
 
@@ -167,9 +168,9 @@ def test_trainer_gives_recycled_prompts_their_pixels_and_packs_images(vl_files, 
     _, checkpoint, data = vl_files
     trainer = Trainer(vl_config(checkpoint, data, tmp_path / "run"))
     policy = trainer.questions[0]
-    recycled = Sample("Is this right?", "No", task="pointwise", image=policy.image)
+    recycled = Sample("Is this right?", "No", task="pointwise", images=policy.images)
     text = trainer.questions[-1]
-    assert policy.image and text.image is None
+    assert len(policy.images) == 1 and text.images == []
     prompts = trainer.rollouts.render([policy, recycled, text])
     assert prompts[1].images["image_grid_thw"].prod() * 14 * 14 <= JUDGE_MAX_PIXELS
     assert prompts[0].images["image_grid_thw"].prod() > prompts[1].images["image_grid_thw"].prod()
@@ -201,8 +202,8 @@ def test_spark_steps_on_pictures_with_recycling(vl_files, tmp_path):
         assert m["recycle/pointwise"] + m["recycle/reflection"] > 0
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     recycled = [s for s in samples if s["task"] != "policy"]
-    assert recycled and all(Path(s["image"]).parent == data.parent for s in recycled if s["image"])
-    assert any(s["image"] for s in recycled), "recycled prompts carry their group's image"
+    assert recycled and all(Path(i).parent == data.parent for s in recycled for i in s["images"])
+    assert any(s["images"] for s in recycled), "recycled prompts carry their group's image"
     # The export is a Qwen2.5-VL checkpoint whose language model and vision tower both moved.
     before, after = load_model(checkpoint), load_model(out / "export")
     assert isinstance(after, Qwen2_5_VL) and (out / "export" / "preprocessor_config.json").exists()

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 from spark.data import Sample
 from spark.evaluation.loaders import BestOfNItem, PairItem
-from spark.evaluation.scoring import best_of_n_correct, pairwise_correct, parse_rating
+from spark.evaluation.scoring import best_of_n_correct, pairwise_correct, parse_rating, rounds_to
+from spark.images import ImageSource, image_label
 from spark.prompts import rating_prompt, vl_rewardbench_prompt
 from spark.sampler import Sampling
 from spark.tts import Problem, answer, judge, refine
@@ -30,27 +31,32 @@ class EvalConfig:
 
 
 def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:
-    problems = [Problem(s.meta["question"], s.gold, s.image) for s in samples]
+    problems = [Problem(s.meta["question"], s.gold, s.images) for s in samples]
     rows = answer(model, problems, sampling=cfg.sampling, seed=cfg.seed, n=cfg.n)
     traces = [trace for row in rows for trace in row]
     if cfg.tts:
         refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling, seed=cfg.seed)
     elif cfg.judge:
         judge(model, traces, sampling=cfg.sampling, seed=cfg.seed)
+    for sample, row in zip(samples, rows):
+        if "precision" in sample.meta:  # MathVista's floats: a prediction counts once rounded to the gold's decimals
+            for turn in (turn for trace in row for turn in trace.answers):
+                turn.correct = turn.correct or rounds_to(turn.extracted, sample.gold, sample.meta["precision"])
     return [
-        {"question": p.question, "gold": p.gold, "image": p.image, "traces": [t.to_dict() for t in row]}
+        {"question": p.question, "gold": p.gold, "images": [image_label(i) for i in p.images],
+         "traces": [t.to_dict() for t in row]}
         for p, row in zip(problems, rows)
     ]
 
 
-def _first_completions(model, prompts: list[str], images: list[str | None], cfg: EvalConfig) -> list:
+def _first_completions(model, prompts: list[str], images: list[list[ImageSource]], cfg: EvalConfig) -> list:
     return [completions[0] for completions in model.generate(prompts, images, n=1, seed=cfg.seed, **asdict(cfg.sampling))]
 
 
 def run_rb2(model, items: list[BestOfNItem], cfg: EvalConfig) -> list[dict]:
     candidates = [item.chosen + item.rejected for item in items]
     prompts = [rating_prompt(item.prompt, c) for item, cs in zip(items, candidates) for c in cs]
-    outputs = iter(_first_completions(model, prompts, [None] * len(prompts), cfg))
+    outputs = iter(_first_completions(model, prompts, [[]] * len(prompts), cfg))
     records = []
     for item, cs in zip(items, candidates):
         judgments = [next(outputs) for _ in cs]
@@ -73,7 +79,7 @@ def run_vlrb(model, items: list[PairItem], cfg: EvalConfig) -> list[dict]:
     for item in items:
         first, second = item.responses
         prompts += [vl_rewardbench_prompt(item.query, first, second), vl_rewardbench_prompt(item.query, second, first)]
-        images += [item.image, item.image]
+        images += [item.images, item.images]
     outputs = _first_completions(model, prompts, images, cfg)
     records = []
     for k, item in enumerate(items):

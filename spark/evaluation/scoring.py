@@ -16,6 +16,14 @@ def parse_rating(response: str) -> float | None:
     return float(number.group()) if number else None
 
 
+def rounds_to(prediction: str | None, gold: str, precision: int) -> bool:
+    """MathVista's rule for float answers: round(prediction, precision) == gold ('1.456' -> 1.46)."""
+    try:
+        return round(float(prediction), precision) == round(float(gold), precision)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def best_of_n_correct(chosen: list[float | None], rejected: list[float | None]) -> bool:
     """RewardBench2 best-of-4: correct iff every chosen response is rated strictly above every rejected
     one. A tie is wrong; an unparsed chosen rating is wrong, an unparsed rejected rating loses."""
@@ -57,7 +65,7 @@ def summarize_math(records: list[dict], *, tts_rounds: int | None = None) -> dic
     """accuracy: mean correctness of the final answers over all samples (mean@n; greedy accuracy when
     n = 1); pass@n: rows with any correct sample; unanswered: samples without an extractable answer,
     counted as wrong. With judge turns: self-judgment; with tts_rounds: the loop's statistics."""
-    rows = [[Trace.from_dict(Problem(r["question"], r["gold"], r["image"]), t) for t in r["traces"]] for r in records]
+    rows = [[Trace.from_dict(Problem(r["question"], r["gold"], r["images"]), t) for t in r["traces"]] for r in records]
     traces = [trace for row in rows for trace in row]
     summary = {
         "accuracy": rate(sum(bool(t.final.correct) for t in traces), len(traces)),
