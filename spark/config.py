@@ -119,10 +119,10 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    train_files: list[str] = field(default_factory=list)  # JSONL / Parquet rows {question, answer, image?}
+    train_files: list[str] = field(default_factory=list)  # JSONL / Parquet rows {question, answer, images?}; globs allowed
     question_field: str = "question"
     answer_field: str = "answer"
-    image_field: str = "image"  # image path, relative to the data file; absent or null for text rows
+    image_field: str = "image"  # path(s) relative to the data file or embedded image(s); absent or null for text rows
     prompts_per_step: int = 64  # global batch of questions per step (split over ranks)
     epochs: int = 2
     max_prompt_tokens: int = 2048  # longer prompts are an error naming the row

@@ -7,12 +7,14 @@ import math
 import random
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
-from transformers import Qwen2_5_VLProcessor
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 import spark.chat
@@ -22,7 +24,7 @@ from spark.models import Qwen2_5_VL, load_model, save_model
 from spark.packing import pack
 from spark.prompts import math_prompt
 from spark.rollout import Experience
-from spark.sampler import SamplingParams, generate
+from spark.sampler import Sampling, SamplingParams, generate
 from spark.tiny import make_tiny_vl_checkpoint
 from spark.trainer import Trainer
 from tests.test_trainer import torchrun
@@ -135,6 +137,65 @@ def test_render_matches_the_transformers_processor(vl_files):
     assert small.ids.count(image_pad) < full.ids.count(image_pad)
 
 
+def test_two_image_prompt_matches_the_transformers_processor_and_model(vl_files):
+    """A question with two images, one embedded (PNG bytes) and one a path, placed by `<image>` markers:
+    the same ids and pixels as Qwen2_5_VLProcessor, the same logits as Qwen2_5_VLForConditionalGeneration."""
+    checkpoint, _, data = vl_files
+    chat = load_chat_model(str(checkpoint))
+    processor = ImageOnlyProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=chat.image_config.min_pixels,
+                                                 max_pixels=chat.image_config.max_pixels),
+        tokenizer=chat.tokenizer, chat_template=chat.tokenizer.chat_template)
+    left, right = data.parent / "shapes_1.png", data.parent / "shapes_3.png"
+    prompt = chat.render(["<image>Left.\n<image>Right. Which has more shapes?"],
+                         [[left.read_bytes(), str(right)]])[0]
+    content = [{"type": "image"}, {"type": "text", "text": "Left.\n"}, {"type": "image"},
+               {"type": "text", "text": "Right. Which has more shapes?"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+    reference = processor(text=[text], images=[Image.open(left), Image.open(right)], return_tensors="pt")
+    assert prompt.ids == reference["input_ids"][0].tolist()
+    assert torch.equal(prompt.images["pixel_values"], reference["pixel_values"])
+    assert torch.equal(prompt.images["image_grid_thw"], reference["image_grid_thw"])
+    assert len(prompt.images["image_grid_thw"]) == 2 and "<image>" not in chat.tokenizer.decode(prompt.ids)
+    hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint).eval()
+    input_ids = torch.tensor([prompt.ids])
+    with torch.no_grad():
+        ours = chat.model(input_ids, **image_inputs([prompt.images], "cpu"))
+        theirs = hf_model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                          mm_token_type_ids=reference["mm_token_type_ids"], pixel_values=reference["pixel_values"],
+                          image_grid_thw=reference["image_grid_thw"]).logits
+    assert (ours - theirs).abs().max() < 1e-4
+    # Without markers the images come first, in order; markers must match the images in number.
+    first = chat.render(["Which has more shapes?"], [[str(left), str(right)]])[0]
+    content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which has more shapes?"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert first.ids == processor(text=[text], images=[Image.open(left), Image.open(right)])["input_ids"][0]
+    with pytest.raises(ValueError, match="1 <image> placeholders for 2 images"):
+        chat.render(["<image> only one mark"], [[str(left), str(right)]])
+
+
+def test_rollouts_of_a_prompt_encode_its_images_once(vl_files):
+    """ChatModel.complete samples the n copies of a prompt with its images passed once (image_index)."""
+    checkpoint, _, data = vl_files
+    chat = load_chat_model(str(checkpoint))
+    prompts = chat.render([QUESTION, "What is 1 + 2?", QUESTION],
+                          [[str(data.parent / "shapes_1.png")], [], [str(data.parent / f"shapes_{i}.png") for i in (2, 3)]])
+    rows = [p for p in prompts for _ in range(4)]
+    inputs = image_inputs((row.images for row in rows), "cpu")
+    assert inputs["image_index"].tolist() == [0] * 4 + [1, 2] * 4
+    assert len(inputs["image_grid_thw"]) == 12
+    assert len(inputs["pixel_values"]) == sum(len(p.images["pixel_values"]) for p in prompts if p.images)
+    encoded = []
+    hook = chat.model.visual.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    try:
+        chat.complete(prompts, Sampling(max_new_tokens=2), n=4)
+    finally:
+        hook.remove()
+    assert encoded == [len(inputs["pixel_values"])]
+
+
 def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
     checkpoint, _, data = vl_files
     chat = load_chat_model(str(checkpoint))
@@ -210,6 +271,44 @@ def test_spark_steps_on_pictures_with_recycling(vl_files, tmp_path):
     changed = {name.split(".")[0] for (name, a), b in zip(after.named_parameters(), before.parameters())
                if (a - b).abs().max() > 0}
     assert changed == {"model", "visual", "lm_head"}
+
+
+def write_virl39k(folder: Path) -> Path:
+    """The pictures as ViRL39K's hub Parquet ships rows (answer, category, qid, images: a list of embedded
+    images, problem with one `<image>` per image, id): one-picture and two-picture rows."""
+    images = pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    schema = pa.schema([("answer", pa.string()), ("category", pa.string()), ("qid", pa.string()),
+                        ("images", images), ("problem", pa.string()), ("id", pa.int64())])
+    pictures = [(folder / f"shapes_{i}.png").read_bytes() for i in range(len(PICTURES))]
+    rows = [{"answer": str(PICTURES[i][0]), "images": [{"bytes": pictures[i], "path": f"{i}.png"}],
+             "problem": f"<image>{QUESTION}"} for i in range(3)]
+    rows += [{"answer": str(PICTURES[i][0] + PICTURES[i + 1][0]),
+              "images": [{"bytes": pictures[i], "path": None}, {"bytes": pictures[i + 1], "path": None}],
+              "problem": "<image>\n<image>\nHow many shapes are in the two pictures?"} for i in (3, 4)]
+    rows = [row | {"category": "(GradeSchool) Spatial", "qid": str(k), "id": k} for k, row in enumerate(rows)]
+    (folder / "ViRL39K").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "ViRL39K" / "train-00000-of-00001.parquet")
+    return folder / "ViRL39K"
+
+
+def test_spark_steps_on_virl39k_parquet_with_multi_image_rows(vl_files, tmp_path):
+    _, checkpoint, data = vl_files
+    virl = write_virl39k(data.parent)
+    out = tmp_path / "run"
+    config = vl_config(checkpoint, data, out, f"data.train_files=[{json.dumps(str(virl / '*.parquet'))}]",
+                       'data.question_field="problem"', 'data.image_field="images"', "data.prompts_per_step=5", "rollout.n=2",
+                       "run.max_steps=1")
+    trainer = Trainer(config)
+    assert [len(q.images) for q in trainer.questions] == [1, 1, 1, 2, 2]
+    two = trainer.rollouts.render([trainer.questions[3]])[0]
+    assert len(two.images["image_grid_thw"]) == 2
+    trainer.train()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1]
+    assert math.isfinite(metrics[0]["loss"]) and math.isfinite(metrics[0]["recycled/loss"])
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    recycled = [s for s in samples if s["task"] != "policy"]
+    assert recycled and all(image.startswith("<embedded image") for s in samples for image in s["images"])
 
 
 @pytest.mark.slow
