@@ -15,7 +15,7 @@ def _rate(count: int, total: int) -> float:
 
 def parse_rating(response: str) -> float | None:
     """The judge's rating: the first number in its \\boxed{} ('\\boxed{8}', '\\boxed{7/10}' -> 7.0)."""
-    boxed = extract_answer(response)
+    boxed = extract_answer(response, "strict")
     number = re.search(r"-?\d+(?:\.\d+)?", boxed or "")
     return float(number.group()) if number else None
 
