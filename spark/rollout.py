@@ -79,10 +79,11 @@ class Rollouts:
                 for c in completions]
 
 
-def score(experiences: list[Experience]) -> None:
-    """Set each experience's reward: the rule verifier on its response against its sample's gold."""
+def score(experiences: list[Experience], answer_mode: str) -> None:
+    """Set each experience's reward: the rule verifier on its response against its sample's gold, the
+    final answer found as `answer_mode` says (spark.verifier.ANSWER_MODES)."""
     rewards = score_batch([e.response for e in experiences], [e.sample.gold for e in experiences],
-                          kinds=[VERIFIER_KIND[e.sample.task] for e in experiences])
+                          kinds=[VERIFIER_KIND[e.sample.task] for e in experiences], mode=answer_mode)
     for experience, reward in zip(experiences, rewards):
         experience.reward = reward
 

@@ -182,7 +182,8 @@ class Trainer:
 
         if self.recycle_rules is not None:
             rng = random.Random(self.seed(Salt.RECYCLE))
-            recycled, stats = recycle(rollout_groups(experiences), self.recycle_rules, rng)
+            recycled, stats = recycle(rollout_groups(experiences), self.recycle_rules, rng,
+                                     answer_mode=self.config.reward.answer_mode)
             self.queue.push(recycled)
             metrics.update(label_balance(reduce_metrics(label_counts(stats))))
             if config.spark.schedule == "separate":
@@ -210,7 +211,7 @@ class Trainer:
             copy_full_weights(self.policy, self.rollouts.chat.model)
             experiences = self.rollouts.sample(samples, self.config.rollout, self.config.rollout.n, self.seed(salt))
         with timer("reward"):
-            score(experiences)
+            score(experiences, self.config.reward.answer_mode)
         self.assign_advantages(experiences)
         return experiences
 
@@ -298,7 +299,7 @@ class Trainer:
         tallies = {}
         for task, rows in self.eval_sets.items():
             experiences = self.rollouts.sample(rows[self.world.rank::self.world.size], greedy, 1, seed=0)
-            score(experiences)
+            score(experiences, self.config.reward.answer_mode)
             for label in ("Yes", "No") if task == "pointwise" else ("",):
                 mine = [e.reward for e in experiences if label in ("", e.sample.gold)]
                 tallies[f"{task}{label}/right"], tallies[f"{task}{label}/rows"] = sum(mine), len(mine)

@@ -36,11 +36,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Literal, get_args
 
 MAX_ANSWER_CHARS = 1000  # longer answers are rejected unseen: no gold answer is near this long
 MAX_NESTING = 24  # deeper bracket nesting is rejected before any recursive parsing
 JUDGE_KINDS = ("pointwise", "pairwise")
-ANSWER_MODES = ("strict", "lenient")  # see extract_answer
+AnswerMode = Literal["strict", "lenient"]  # see extract_answer
+ANSWER_MODES: tuple[str, ...] = get_args(AnswerMode)
 
 # --------------------------------------------------------------------------- extraction
 
