@@ -117,3 +117,33 @@ def rollout_metrics(experiences: list[Experience]) -> dict[str, float]:
     responses = max(totals["responses"], 1)
     return {**metrics, "response_len/mean": totals["response_tokens"] / responses, "response_len/max": longest,
             "truncation_rate": totals["truncated"] / responses, "generated_tokens": totals["response_tokens"]}
+
+
+def heldout_metrics(rollouts: Rollouts, eval_sets: dict[str, list[Sample]], greedy: Sampling, answer_mode: str, *,
+                    rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """Greedy held-out policy accuracy (`eval_sets["policy"]`) and balanced pointwise judge accuracy (the mean
+    of the Yes-row and No-row accuracies, `eval_sets["pointwise"]`), each rank on every world_size-th row."""
+    tallies = {}
+    for task, rows in eval_sets.items():
+        experiences = rollouts.sample(rows[rank::world_size], greedy, 1, seed=0)
+        score(experiences, answer_mode)
+        for label in ("Yes", "No") if task == "pointwise" else ("",):
+            mine = [e.reward for e in experiences if label in ("", e.sample.gold)]
+            tallies[f"{task}{label}/right"], tallies[f"{task}{label}/rows"] = sum(mine), len(mine)
+    totals = reduce_metrics(tallies)
+    metrics = {}
+    if eval_sets["policy"]:
+        metrics["eval/policy_acc"] = totals["policy/right"] / totals["policy/rows"]
+    if eval_sets["pointwise"]:
+        metrics["eval/judge_acc"] = 0.5 * sum(totals[f"pointwise{label}/right"] /
+                                              max(totals[f"pointwise{label}/rows"], 1) for label in ("Yes", "No"))
+    return metrics
+
+
+def first_of_each_task(experiences: list[Experience]) -> list[dict]:
+    """One completion per task, as the text rows of samples.jsonl."""
+    shown: dict[str, Experience] = {}
+    for e in experiences:
+        shown.setdefault(e.sample.task, e)
+    return [{"task": e.sample.task, "prompt": e.sample.prompt, "image": e.sample.image, "response": e.response,
+             "gold": e.sample.gold, "reward": e.reward} for e in shown.values()]
