@@ -31,7 +31,7 @@ from torch.distributed.tensor import DTensor
 from spark.chat import load_chat_model
 from spark.checkpointing import Checkpointer, check_same_run, export_model
 from spark.config import TrainConfig
-from spark.data import load_judge_rows, load_questions, step_prompts
+from spark.data import Sample, load_judge_rows, load_questions, step_prompts
 from spark.distributed import (
     all_gather_objects,
     copy_full_weights,
@@ -207,7 +207,7 @@ class Trainer:
 
     # ---- rollout, reward, advantages ----------------------------------------------------------------
 
-    def rollout(self, samples: list, salt: Salt, timer: PhaseTimer) -> list[Experience]:
+    def rollout(self, samples: list[Sample], salt: Salt, timer: PhaseTimer) -> list[Experience]:
         """n scored responses per sample from the current policy, with their advantages."""
         with timer("rollout"):
             copy_full_weights(self.policy, self.rollouts.chat.model)
