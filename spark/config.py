@@ -21,6 +21,7 @@ from spark.data import Task
 from spark.losses import AdvantageScale, Aggregation, KLKind
 from spark.recycle import Mode, RecycleConfig
 from spark.sampler import Sampling
+from spark.verifier import AnswerMode
 
 T = TypeVar("T")
 
@@ -172,6 +173,13 @@ class LossSettings:
 
 
 @dataclass
+class RewardSettings:
+    # strict: the answer is the last \boxed{}, the format the prompt asks for, so the policy is rewarded for
+    # following it; lenient: found as a human grader would (the default of evaluation and TTS)
+    answer_mode: AnswerMode = "strict"
+
+
+@dataclass
 class OptimSettings:
     lr: float = 5e-7
     betas: tuple[float, float] = (0.9, 0.95)
@@ -212,6 +220,7 @@ class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
     loss: LossSettings = field(default_factory=LossSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)

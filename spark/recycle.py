@@ -14,8 +14,8 @@ samples are kept at `judge_to_reflection` : 1 by subsampling the larger kind, an
 are dealt out evenly.
 
 A sample shows a rollout's final answer (answer-based) or its whole response (CoT-based): judges as
-`content` says, reflections CoT-based with probability `reflection_cot_prob`. Rollouts without an
-extractable final answer are never shown answer-based; a sample with no rollout it can show is not made
+`content` says, reflections CoT-based with probability `reflection_cot_prob`. Rollouts without a final
+answer (found as the reward finds it: `answer_mode`) are never shown answer-based; a sample with no rollout it can show is not made
 (counted in `skipped_no_answer`). Recycled prompts are scored by the same rule verifier as policy prompts
 (`VERIFIER_KIND`).
 """
@@ -135,7 +135,7 @@ class _Pick:
 
 
 def recycle(
-    groups: list[RolloutGroup], config: RecycleConfig, rng: random.Random
+    groups: list[RolloutGroup], config: RecycleConfig, rng: random.Random, *, answer_mode: str = "strict"
 ) -> tuple[list[Sample], dict[str, float]]:
     """Recycled samples (shuffled) and stats for one step's rollout groups; the rules are in the module doc.
 
@@ -149,7 +149,7 @@ def recycle(
     outcomes = {"groups_all_correct": 0, "groups_all_wrong": 0, "groups_mixed": 0}
     for index, group in enumerate(groups):
         _check_group(group, index)
-        answers.append([extract_answer(response) for response in group.responses])
+        answers.append([extract_answer(response, answer_mode) for response in group.responses])
         has_answer = [answer is not None for answer in answers[index]]
         correct = [i for i, reward in enumerate(group.rewards) if reward == 1]
         wrong = [i for i, reward in enumerate(group.rewards) if reward == 0]

@@ -16,7 +16,7 @@ import torch
 from spark.chat import ChatModel, ChatPrompt
 from spark.data import TASKS, DataError, Sample
 from spark.distributed import reduce_metrics
-from spark.images import ImageConfig
+from spark.images import ImageConfig, image_label
 from spark.recycle import VERIFIER_KIND, RolloutGroup
 from spark.sampler import Sampling
 from spark.verifier import score_batch
@@ -79,10 +79,11 @@ class Rollouts:
                 for c in completions]
 
 
-def score(experiences: list[Experience]) -> None:
-    """Set each experience's reward: the rule verifier on its response against its sample's gold."""
+def score(experiences: list[Experience], answer_mode: str) -> None:
+    """Set each experience's reward: the rule verifier on its response against its sample's gold, the
+    final answer found as `answer_mode` says (spark.verifier.ANSWER_MODES)."""
     rewards = score_batch([e.response for e in experiences], [e.sample.gold for e in experiences],
-                          kinds=[VERIFIER_KIND[e.sample.task] for e in experiences])
+                          kinds=[VERIFIER_KIND[e.sample.task] for e in experiences], mode=answer_mode)
     for experience, reward in zip(experiences, rewards):
         experience.reward = reward
 
@@ -116,3 +117,33 @@ def rollout_metrics(experiences: list[Experience]) -> dict[str, float]:
     responses = max(totals["responses"], 1)
     return {**metrics, "response_len/mean": totals["response_tokens"] / responses, "response_len/max": longest,
             "truncation_rate": totals["truncated"] / responses, "generated_tokens": totals["response_tokens"]}
+
+
+def heldout_metrics(rollouts: Rollouts, eval_sets: dict[str, list[Sample]], greedy: Sampling, answer_mode: str, *,
+                    rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """Greedy held-out policy accuracy (`eval_sets["policy"]`) and balanced pointwise judge accuracy (the mean
+    of the Yes-row and No-row accuracies, `eval_sets["pointwise"]`), each rank on every world_size-th row."""
+    tallies = {}
+    for task, rows in eval_sets.items():
+        experiences = rollouts.sample(rows[rank::world_size], greedy, 1, seed=0)
+        score(experiences, answer_mode)
+        for label in ("Yes", "No") if task == "pointwise" else ("",):
+            mine = [e.reward for e in experiences if label in ("", e.sample.gold)]
+            tallies[f"{task}{label}/right"], tallies[f"{task}{label}/rows"] = sum(mine), len(mine)
+    totals = reduce_metrics(tallies)
+    metrics = {}
+    if eval_sets["policy"]:
+        metrics["eval/policy_acc"] = totals["policy/right"] / totals["policy/rows"]
+    if eval_sets["pointwise"]:
+        metrics["eval/judge_acc"] = 0.5 * sum(totals[f"pointwise{label}/right"] /
+                                              max(totals[f"pointwise{label}/rows"], 1) for label in ("Yes", "No"))
+    return metrics
+
+
+def first_of_each_task(experiences: list[Experience]) -> list[dict]:
+    """One completion per task, as the text rows of samples.jsonl."""
+    shown: dict[str, Experience] = {}
+    for e in experiences:
+        shown.setdefault(e.sample.task, e)
+    return [{"task": e.sample.task, "prompt": e.sample.prompt, "images": [image_label(i) for i in e.sample.images],
+             "response": e.response, "gold": e.sample.gold, "reward": e.reward} for e in shown.values()]

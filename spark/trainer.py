@@ -31,7 +31,7 @@ from torch.distributed.tensor import DTensor
 from spark.chat import load_chat_model
 from spark.checkpointing import Checkpointer, check_same_run, export_model
 from spark.config import TrainConfig
-from spark.data import load_judge_rows, load_questions, step_prompts
+from spark.data import Sample, load_judge_rows, load_questions, step_prompts
 from spark.distributed import (
     all_gather_objects,
     copy_full_weights,
@@ -39,7 +39,6 @@ from spark.distributed import (
     reduce_metrics,
     shard_model,
 )
-from spark.images import image_label
 from spark.losses import group_advantages, grpo_loss
 from spark.metrics import MetricsLogger, PhaseTimer
 from spark.models import load_model
@@ -50,6 +49,8 @@ from spark.rollout import (
     Experience,
     Rollouts,
     by_group,
+    first_of_each_task,
+    heldout_metrics,
     rollout_groups,
     rollout_metrics,
     score,
@@ -183,7 +184,8 @@ class Trainer:
 
         if self.recycle_rules is not None:
             rng = random.Random(self.seed(Salt.RECYCLE))
-            recycled, stats = recycle(rollout_groups(experiences), self.recycle_rules, rng)
+            recycled, stats = recycle(rollout_groups(experiences), self.recycle_rules, rng,
+                                     answer_mode=self.config.reward.answer_mode)
             self.queue.push(recycled)
             metrics.update(label_balance(reduce_metrics(label_counts(stats))))
             if config.spark.schedule == "separate":
@@ -197,7 +199,7 @@ class Trainer:
         metrics["time/step"] = time.perf_counter() - started
         metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["time/step"]
         if config.run.sample_every and self.step % config.run.sample_every == 0:
-            self.log_samples(experiences)
+            self.metrics.log_samples(self.step, first_of_each_task(experiences))
         return metrics
 
     def seed(self, salt: Salt) -> int:
@@ -205,13 +207,13 @@ class Trainer:
 
     # ---- rollout, reward, advantages ----------------------------------------------------------------
 
-    def rollout(self, samples: list, salt: Salt, timer: PhaseTimer) -> list[Experience]:
+    def rollout(self, samples: list[Sample], salt: Salt, timer: PhaseTimer) -> list[Experience]:
         """n scored responses per sample from the current policy, with their advantages."""
         with timer("rollout"):
             copy_full_weights(self.policy, self.rollouts.chat.model)
             experiences = self.rollouts.sample(samples, self.config.rollout, self.config.rollout.n, self.seed(salt))
         with timer("reward"):
-            score(experiences)
+            score(experiences, self.config.reward.answer_mode)
         self.assign_advantages(experiences)
         return experiences
 
@@ -287,40 +289,15 @@ class Trainer:
         grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
         return {**per_token, "loss": totals["loss"], "grad_norm": float(grad_norm), "tokens": counts["tokens"]}
 
-    # ---- evaluation and logging ---------------------------------------------------------------------
+    # ---- held-out evaluation ------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy held-out policy accuracy and balanced pointwise judge accuracy (mean of the Yes-row and
-        No-row accuracies), each rank on every world_size-th row."""
         copy_full_weights(self.policy, self.rollouts.chat.model)
         greedy = dataclasses.replace(self.config.rollout, temperature=0.0,
                                      max_new_tokens=self.config.run.eval_max_new_tokens)
-        tallies = {}
-        for task, rows in self.eval_sets.items():
-            experiences = self.rollouts.sample(rows[self.world.rank::self.world.size], greedy, 1, seed=0)
-            score(experiences)
-            for label in ("Yes", "No") if task == "pointwise" else ("",):
-                mine = [e.reward for e in experiences if label in ("", e.sample.gold)]
-                tallies[f"{task}{label}/right"], tallies[f"{task}{label}/rows"] = sum(mine), len(mine)
-        totals = reduce_metrics(tallies)
-        metrics = {}
-        if self.eval_sets["policy"]:
-            metrics["eval/policy_acc"] = totals["policy/right"] / totals["policy/rows"]
-        if self.eval_sets["pointwise"]:
-            metrics["eval/judge_acc"] = 0.5 * sum(totals[f"pointwise{label}/right"] /
-                                                  max(totals[f"pointwise{label}/rows"], 1) for label in ("Yes", "No"))
-        return metrics
-
-    def log_samples(self, experiences: list[Experience]) -> None:
-        """The first completion of each task, as text."""
-        shown = {}
-        for e in experiences:
-            shown.setdefault(e.sample.task, e)
-        self.metrics.log_samples(self.step, [{"task": e.sample.task, "prompt": e.sample.prompt,
-                                              "images": [image_label(i) for i in e.sample.images],
-                                              "response": e.response, "gold": e.sample.gold, "reward": e.reward}
-                                             for e in shown.values()])
+        return heldout_metrics(self.rollouts, self.eval_sets, greedy, self.config.reward.answer_mode,
+                               rank=self.world.rank, world_size=self.world.size)
 
     # ---- checkpoints --------------------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""Packing experiences into micro-batches, and grouping them by their explicit group ids: pure, no FSDP."""
+"""Packing experiences into micro-batches, grouping them by their explicit group ids, held-out metrics: no FSDP."""
 
 import torch
 
 from spark.data import Sample
+from spark.distributed import init_distributed
 from spark.packing import Filler, pack, split_by_tokens
-from spark.rollout import Experience, by_group, rollout_groups
+from spark.rollout import Experience, by_group, heldout_metrics, rollout_groups
+from spark.sampler import Sampling
 
 WEIGHTS = {"policy": 1.0, "pointwise": 0.5, "pairwise": 1.0, "reflection": 2.0}
 
@@ -51,3 +53,25 @@ def test_groups_follow_their_ids_not_the_list_order():
     groups = rollout_groups(experiences + [judge])
     assert [g.rewards for g in groups] == [[0.0, 1.0], [1.0, 0.0]]
     assert groups[0].responses == ["r[2]", "r[2]"]
+
+
+class ScriptedRollouts:
+    """Rollouts whose response to each prompt is scripted."""
+
+    def __init__(self, replies: dict[str, str]):
+        self.replies = replies
+
+    def sample(self, samples, sampling, n, seed):
+        return [Experience(s, [1], [2], self.replies[s.prompt], 0.0, False, group=i) for i, s in enumerate(samples)]
+
+
+def test_heldout_metrics_are_policy_accuracy_and_balanced_judge_accuracy():
+    init_distributed()
+    policy = [Sample(f"q{i}", "4") for i in range(3)]
+    judge = [Sample("j0", "Yes", task="pointwise"), Sample("j1", "Yes", task="pointwise"),
+             Sample("j2", "No", task="pointwise")]
+    replies = {"q0": "\\boxed{4}", "q1": "\\boxed{5}", "q2": "so \\boxed{4}",
+               "j0": "\\boxed{Yes}", "j1": "\\boxed{No}", "j2": "\\boxed{No}"}
+    metrics = heldout_metrics(ScriptedRollouts(replies), {"policy": policy, "pointwise": judge}, Sampling(), "strict")
+    assert metrics == {"eval/policy_acc": 2 / 3, "eval/judge_acc": 0.5 * (1 / 2 + 1 / 1)}
+    assert heldout_metrics(ScriptedRollouts(replies), {"policy": [], "pointwise": []}, Sampling(), "strict") == {}

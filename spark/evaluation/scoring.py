@@ -11,7 +11,7 @@ from spark.verifier import extract_answer
 
 def parse_rating(response: str) -> float | None:
     """The judge's rating: the first number in its \\boxed{} ('\\boxed{8}', '\\boxed{7/10}' -> 7.0)."""
-    boxed = extract_answer(response)
+    boxed = extract_answer(response, "strict")
     number = re.search(r"-?\d+(?:\.\d+)?", boxed or "")
     return float(number.group()) if number else None
 
