@@ -22,6 +22,7 @@ answer (found as the reward finds it: `answer_mode`) are never shown answer-base
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import random
@@ -338,7 +339,18 @@ class RecycleQueue:
         return len(self._samples)
 
     def state_dict(self) -> dict:
-        return {"samples": [dataclasses.asdict(sample) for sample in self._samples]}
+        """Plain JSON: embedded images (bytes) are written as {"base64": ...}."""
+        return {"samples": [{**dataclasses.asdict(sample), "images": [_image_to_json(i) for i in sample.images]}
+                            for sample in self._samples]}
 
     def load_state_dict(self, state: dict) -> None:
-        self._samples = deque(Sample(**sample) for sample in state["samples"])
+        self._samples = deque(Sample(**{**sample, "images": [_image_from_json(i) for i in sample["images"]]})
+                              for sample in state["samples"])
+
+
+def _image_to_json(image: str | bytes) -> str | dict:
+    return {"base64": base64.b64encode(image).decode("ascii")} if isinstance(image, bytes) else image
+
+
+def _image_from_json(image: str | dict) -> str | bytes:
+    return base64.b64decode(image["base64"]) if isinstance(image, dict) else image

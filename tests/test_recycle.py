@@ -206,3 +206,13 @@ def test_queue_is_fifo_and_round_trips_through_state_dict():
     assert len(restored) == len(queue)
     assert restored.pop(100) == queue.pop(100) == samples[1:]
     assert restored.pop(1) == [] and len(restored) == 0
+
+
+def test_queue_state_dict_carries_embedded_images_as_json():
+    png = b"\x89PNG\r\n\x1a\n\x00\xff"
+    queue = RecycleQueue()
+    samples, _ = recycle([group([1, 0, 0], images=[png, "img/1.png"])] * 2, RecycleConfig(), random.Random(0))
+    queue.push(samples)
+    restored = RecycleQueue()
+    restored.load_state_dict(json.loads(json.dumps(queue.state_dict())))
+    assert restored.pop(100) == samples and samples[0].images == [png, "img/1.png"]
