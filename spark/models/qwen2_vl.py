@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from spark.models.attention import packed_attention
 from spark.models.qwen2 import MLP, Decoding, ModelConfig, Packing, Qwen2, RMSNorm, apply_rotary
@@ -205,9 +206,11 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = PatchMerger(cfg)
 
-    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, checkpointing: bool = False
+                ) -> torch.Tensor:
         """pixel_values [N, C * 2 * 14 * 14], image_grid_thw [I, 3] -> image tokens [N / merge^2, out_hidden],
-        image after image in processor order."""
+        image after image in processor order. `checkpointing` recomputes each block in backward (a
+        micro-batch of images keeps ~1.9 MB of activations per patch in the 7B's tower otherwise)."""
         cfg, device = self.config, pixel_values.device
         grids = image_grid_thw.tolist()
         unit = cfg.spatial_merge_size**2
@@ -221,7 +224,11 @@ class VisionTransformer(nn.Module):
         cos, sin = to_windows(cos), to_windows(sin)
         x = to_windows(self.patch_embed(pixel_values))
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, frames if i in cfg.fullatt_block_indexes else windows)
+            segments = frames if i in cfg.fullatt_block_indexes else windows
+            if checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, segments, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, segments)
         return self.merger(x)[torch.argsort(order)]
 
 
@@ -354,7 +361,8 @@ class Qwen2_5_VL(Qwen2):
             self.images_of(list(input_ids), image_grid_thw, "row")
         else:
             self.images_of(split_packed(input_ids, packing), image_grid_thw, "packed sequence")
-        image_tokens = self.visual(pixel_values, image_grid_thw).to(embeds.dtype)
+        # The decoder's activation-checkpointing switch covers the vision tower too.
+        image_tokens = self.visual(pixel_values, image_grid_thw, self.model.activation_checkpointing).to(embeds.dtype)
         return embeds.masked_scatter((input_ids == self.image_token_id)[..., None], image_tokens)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
