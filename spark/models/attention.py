@@ -11,8 +11,8 @@ Backends (`attention_backend` picks one from the tensors' device and dtype; `des
 line a run prints at its start):
   * "flash-attn": the flash-attn package, when importable, on CUDA in fp16 / bf16;
   * "torch-varlen": otherwise PyTorch's own flash kernel, `torch.nn.attention.varlen.varlen_attn`
-    (torch >= 2.10), on CUDA in fp16 / bf16, for packed sequences and vision windows, and for decode
-    where the torch version takes `seqused_k` (2.12+);
+    (torch >= 2.10), on CUDA in fp16 / bf16, for packed sequences, vision windows and prefill, and for
+    decode where the torch version takes `seqused_k` (2.12+);
   * "sdpa": everything else (CPU, fp32, a torch without varlen_attn): F.scaled_dot_product_attention.
     Packed sequences go into one padded SDPA call on an accelerator, never a Python loop per sequence;
     on CPU they go one call per sequence (no padding, and the path the CPU figures were measured on).
@@ -218,6 +218,10 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: K
     if T > 1:
         k_cache[:, :T] = k
         v_cache[:, :T] = v
+        if backend == TORCH_VARLEN:  # the B padded rows as B packed sequences of T tokens
+            starts = torch.arange(0, B * T + 1, T, device=q.device, dtype=torch.int32)
+            out = torch_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), starts, starts, T, T, causal=True)
+            return out.view(q.shape)
         return causal_attention(q, k, v)
     rows = torch.arange(B, device=q.device)
     k_cache[rows, cache_lens] = k[:, 0]
