@@ -15,7 +15,7 @@ from pathlib import Path
 
 from spark.evaluation import EvalConfig, evaluate_checkpoint
 from spark.evaluation.loaders import BUILTIN
-from spark.tts import Sampling
+from spark.sampler import Sampling
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
 
@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = build_parser().parse_args(argv)
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        top_k=args.top_k, seed=args.seed)
-    cfg = EvalConfig(sampling=sampling, n=args.n, judge=args.judge, tts=args.tts, max_rounds=args.max_rounds,
+                        top_k=args.top_k)
+    cfg = EvalConfig(sampling=sampling, seed=args.seed, n=args.n, judge=args.judge, tts=args.tts, max_rounds=args.max_rounds,
                      batch_size=args.batch_size)
     return evaluate_checkpoint(args.model, ",".join(args.bench), cfg, data_dir=args.data_dir, limit=args.limit,
                                out_dir=args.out, dtype=args.dtype)

@@ -9,7 +9,8 @@ import argparse
 
 import torch
 
-from spark.tts import Problem, Sampling, format_trace, run_tts
+from spark.sampler import Sampling
+from spark.tts import Problem, format_trace, run_tts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +34,9 @@ def main(argv: list[str] | None = None) -> str:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = load_chat_model(args.model, device=device, dtype=dtype)
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=args.max_rounds,
-                       sampling=sampling)
+                       sampling=sampling, seed=args.seed)
     text = format_trace(trace, show_prompts=args.show_prompts)
     print(text)
     return text

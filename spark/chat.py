@@ -1,8 +1,9 @@
 """Text in, text out: a checkpoint's model and tokenizer behind one `generate` call.
 
-Evaluation, test-time scaling and the trainer's demo talk to the policy through this: user messages
-go through the checkpoint's chat template, the sampler runs, completions come back decoded. The
-trainer renders prompts with `ChatModel.render` so that training and evaluation see the same ids.
+Evaluation, test-time scaling and the trainer's rollouts talk to the policy through this: user messages
+go through the checkpoint's chat template (`render`), the sampler runs (`complete`, the one generation
+path), completions come back decoded with their token ids and finish reasons, so that training and
+evaluation see the same ids.
 
 With a Qwen2.5-VL checkpoint a user message may come with an image: the template turns it into
 `<|vision_start|><|image_pad|><|vision_end|>`, the pad is repeated once per merged patch of the
@@ -13,6 +14,7 @@ are never sampled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from spark.images import ImageConfig, expand_image_pads, load_image, preprocess
 from spark.models import Qwen2_5_VL, load_model
-from spark.sampler import SamplingParams, generate
+from spark.sampler import Sampling, SamplingParams, generate
 
 # Qwen's end-of-turn and end-of-text tokens: a completion stops at either, whatever the config says.
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -35,8 +37,15 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|imag
 @dataclass
 class Completion:
     text: str  # decoded response, special tokens stripped
-    num_tokens: int  # generated tokens (incl. the stop token if one was produced)
+    token_ids: list[int]  # generated ids (incl. the stop token if one was produced)
     finish_reason: str  # "stop" | "length"
+    # [len(token_ids)] the sampler's log-prob of each token (spark.sampler); equal completions may differ
+    # in rounding here, so it is left out of ==
+    logprobs: torch.Tensor | None = field(default=None, compare=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass
@@ -74,13 +83,14 @@ class ChatModel:
     """A checkpoint's model + tokenizer (+ image preprocessing for VL) behind one generate call.
 
     `image_config` is the checkpoint's image preprocessing (None for a text model); `max_batch_rows`
-    bounds the rows (prompts x n) sampled together, which bounds the KV cache.
+    bounds the rows (prompts x n) sampled together, which bounds the KV cache; `compile` compiles the
+    decode step (spark.sampler.SamplingParams.compile).
     """
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, stop_token_ids: tuple[int, ...],
-                 *, image_config: ImageConfig | None = None, max_batch_rows: int = 256):
+                 *, image_config: ImageConfig | None = None, max_batch_rows: int = 256, compile: bool = False):
         self.model, self.tokenizer, self.stop_token_ids = model, tokenizer, stop_token_ids
-        self.image_config, self.max_batch_rows = image_config, max_batch_rows
+        self.image_config, self.max_batch_rows, self.compile = image_config, max_batch_rows, compile
         vocab = tokenizer.get_vocab()
         self.banned_token_ids = tuple(sorted(vocab[t] for t in VISION_TOKENS if t in vocab)) if image_config else ()
 
@@ -112,33 +122,39 @@ class ChatModel:
         """User messages -> chat-templated token ids, ending with the assistant turn's header."""
         return [prompt.ids for prompt in self.render(prompts, images)]
 
-    def generate(self, prompts: list[str], images: list[str | None] | None = None, *,
-                 max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, n: int = 1, seed: int = 0, image_config: ImageConfig | None = None
+    def complete(self, prompts: list[ChatPrompt], sampling: Sampling, *, n: int = 1, seed: int = 0
                  ) -> list[list[Completion]]:
-        """prompts: user messages (the chat template is applied here), images: a path or None per prompt.
-        One list of n completions per prompt. temperature == 0 means greedy. `image_config` overrides
-        the checkpoint's image preprocessing (e.g. max_pixels) for this call."""
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                top_k=top_k, stop_token_ids=self.stop_token_ids,
-                                banned_token_ids=self.banned_token_ids)
-        rendered = self.render(prompts, images, image_config=image_config)
-        rows = [prompt for prompt in rendered for _ in range(n)]  # n copies of each prompt
+        """n completions of each rendered prompt (one list per prompt). The n copies of a prompt are
+        consecutive rows; rows are sampled `max_batch_rows` at a time, chunk k seeded with seed + k."""
+        knobs = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(Sampling)}  # also of a subclass
+        params = SamplingParams(**knobs, stop_token_ids=self.stop_token_ids, banned_token_ids=self.banned_token_ids,
+                                compile=self.compile)
+        rows = [prompt for prompt in prompts for _ in range(n)]
         device = self.model.lm_head.weight.device
         completions: list[Completion] = []
         for chunk, start in enumerate(range(0, len(rows), self.max_batch_rows)):
             batch = rows[start:start + self.max_batch_rows]
-            rollouts = generate(self.model, [row.ids for row in batch], params, seed=seed + chunk,
-                                **image_inputs((row.images for row in batch), device))
-            completions += [Completion(self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), reason)
-                            for tokens, reason in zip(rollouts.tokens, rollouts.finish_reasons)]
+            out = generate(self.model, [row.ids for row in batch], params, seed=seed + chunk,
+                           **image_inputs((row.images for row in batch), device))
+            texts = self.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
+            completions += [Completion(text, tokens, reason, logprobs)
+                            for text, tokens, reason, logprobs in zip(texts, out.tokens, out.finish_reasons, out.logprobs)]
         return [completions[i:i + n] for i in range(0, len(completions), n)]
 
+    def generate(self, prompts: list[str], images: list[str | None] | None = None, *, n: int = 1, seed: int = 0,
+                 image_config: ImageConfig | None = None, **sampling) -> list[list[Completion]]:
+        """prompts: user messages (the chat template is applied here), images: a path or None per prompt.
+        One list of n completions per prompt. `sampling` are `spark.sampler.Sampling` fields; temperature
+        defaults to 0 (greedy) here. `image_config` overrides the checkpoint's image preprocessing (e.g.
+        max_pixels) for this call."""
+        sampling = Sampling(**{"temperature": 0.0, **sampling})
+        return self.complete(self.render(prompts, images, image_config=image_config), sampling, n=n, seed=seed)
 
-def load_chat_model(path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ChatModel:
+
+def load_chat_model(path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32, **engine) -> ChatModel:
     """The model and tokenizer (and, for Qwen2.5-VL, the image preprocessing in preprocessor_config.json)
-    of a Hugging Face checkpoint directory (local files only)."""
+    of a Hugging Face checkpoint directory (local files only). `engine`: ChatModel's max_batch_rows, compile."""
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = load_model(path, device=device, dtype=dtype)
     image_config = ImageConfig.from_pretrained(path) if isinstance(model, Qwen2_5_VL) else None
-    return ChatModel(model, tokenizer, stop_token_ids(tokenizer, Path(path)), image_config=image_config)
+    return ChatModel(model, tokenizer, stop_token_ids(tokenizer, Path(path)), image_config=image_config, **engine)

@@ -1,8 +1,8 @@
-"""Training checkpoints with `torch.distributed.checkpoint` (DCP), saved atomically.
+"""Training checkpoints with `torch.distributed.checkpoint` (DCP), saved atomically, and the Hugging Face export.
 
 A checkpoint is a folder `step_00000010/` holding the sharded model and optimizer state (DCP reshards
-them on load, so a run can resume on a different number of ranks) and `trainer.json` (step, data
-cursor, recycle queue, seed). It is written as `step_00000010.tmp/` and renamed only when complete, so a
+them on load, so a run can resume on a different number of ranks) and `trainer.json` (step, recycle
+queue, and what makes the run the run it is: `check_same_run` compares that at resume). It is written as `step_00000010.tmp/` and renamed only when complete, so a
 run killed mid-save keeps its previous checkpoint; stale `.tmp` folders are removed on the next start.
 """
 
@@ -21,6 +21,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from spark.distributed import copy_full_weights
+from spark.models import save_model
 
 TRAINER_STATE = "trainer.json"
 
@@ -58,14 +61,39 @@ class Checkpointer:
         dist.barrier()
         return final
 
-    def load(self, path: Path, model: nn.Module, optimizer) -> dict:
-        """Collective: restore model and optimizer in place; returns the trainer state."""
+    def load(self, path: Path, model: nn.Module, optimizer) -> None:
+        """Collective: restore model and optimizer in place."""
         state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
         dcp.load(state, checkpoint_id=path)
         set_model_state_dict(model, state["model"])
         set_optimizer_state_dict(model, optimizer, state["optim"])
+
+    def trainer_state(self, path: Path) -> dict:
+        """The trainer's own state saved with the checkpoint (step, recycle queues, run identity)."""
         return json.loads((path / TRAINER_STATE).read_text())
 
     def remove_stale(self) -> None:
         for tmp in self.folder.glob("step_*.tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_same_run(saved: dict, current: dict, checkpoint: Path, *, force: bool) -> None:
+    """A checkpoint resumes only the run that wrote it: `saved` and `current` name what a run's steps mean
+    (seed, model, data files, group size, prompts per step). A difference is an error unless `force`."""
+    changed = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in current.items() if saved.get(key) != value]
+    if changed and not force:
+        raise ValueError(f"{checkpoint} is of another run ({'; '.join(changed)}); resume it with run.resume=force, "
+                         "or write this run to another run.out_dir")
+
+
+def export_model(sharded: nn.Module, plain: nn.Module, folder: Path) -> None:
+    """Collective: the sharded model as a Hugging Face directory (config, weights, tokenizer, chat template),
+    through its plain copy `plain`; written to `folder.tmp` and renamed, so a reader never sees half of it."""
+    copy_full_weights(sharded, plain)
+    if dist.get_rank() == 0:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(plain, tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    dist.barrier()

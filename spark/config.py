@@ -2,8 +2,9 @@
 
 `TrainConfig` (at the end) is the schema of a training run, one dataclass per TOML table.
 
-`load_config(cls, path, overrides)` fills a dataclass tree from TOML tables. Unknown keys and values
-of the wrong type are errors that name the file and the key; a missing key takes its default.
+`load_config(cls, path, overrides)` fills a dataclass tree from TOML tables. Unknown keys, values of the
+wrong type and values outside a `Literal[...]` (a misspelt mode) are errors that name the file, the key,
+the value and what is allowed, raised before anything else happens; a missing key takes its default.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from spark.recycle import RecycleConfig
+from spark.data import Task
+from spark.losses import AdvantageScale, Aggregation, KLKind
+from spark.recycle import Mode, RecycleConfig
+from spark.sampler import Sampling
 
 T = TypeVar("T")
 
@@ -64,7 +68,10 @@ def from_dict(cls: type[T], raw: dict, source: str, prefix: str) -> T:
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = coerce(hints[name], value, source, prefix + name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a dataclass's own range checks (__post_init__)
+        raise ConfigError(f"{source}: [{prefix.rstrip('.') or 'top level'}] {e}") from None
 
 
 def coerce(hint: Any, value: Any, source: str, key: str) -> Any:
@@ -78,6 +85,11 @@ def coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{source}: '{key}' = {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin in (list, tuple):
@@ -87,14 +99,12 @@ def coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a table, got {value!r}")
-        return dict(value)
+        key_hint, value_hint = typing.get_args(hint)
+        return {coerce(key_hint, k, source, f"{key} key"): coerce(value_hint, v, source, f"{key}.{k}")
+                for k, v in value.items()}
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
     return value
-
-
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
 
 
 # ---- The training run's settings: every field appears in configs/*.toml -------------------------------
@@ -124,30 +134,41 @@ class DataSettings:
 
 
 @dataclass
-class RolloutSettings:
-    n: int = 8  # rollouts per prompt (group size)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
+class RolloutSettings(Sampling):
+    """The sampling knobs (spark.sampler.Sampling: max_new_tokens, temperature, top_p, top_k) and the engine."""
+
     max_new_tokens: int = 768
+    n: int = 8  # rollouts per prompt (group size)
     batch_size: int = 256  # sequences per sampler call
     compile: bool = False  # torch.compile the decode step (CUDA graphs)
+
+    def __post_init__(self):
+        if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("n, batch_size and max_new_tokens must be >= 1")
 
 
 @dataclass
 class LossSettings:
     kl_coef: float = 0.001  # lambda of the KL to the frozen reference, in the loss
-    kl_kind: str = "k3"  # k1 | k2 | k3
+    kl_kind: KLKind = "k3"  # k1 | k2 | k3
     clip_low: float = 0.2
     clip_high: float = 0.2  # > clip_low is clip-higher
     dual_clip: float = 0.0  # > 1 enables dual-clip; 0 = off
-    aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean
-    advantage_scale: str = "group"  # group | batch | none (Dr. GRPO)
+    aggregation: Aggregation = "token-mean"  # token-mean | seq-mean-token-mean
+    advantage_scale: AdvantageScale = "group"  # group | batch | none (Dr. GRPO)
     advantage_eps: float = 1e-6
     mask_truncated: bool = False  # responses cut at max_new_tokens carry no loss
     ppo_epochs: int = 1  # passes over each batch; > 1 recomputes old log-probs first
     micro_batch_tokens: int = 8192  # packed tokens per forward/backward
     logprob_chunk: int = 1024  # tokens per fp32 logits chunk
+
+    def __post_init__(self):
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.dual_clip and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be 0 (off) or > 1, got {self.dual_clip}")
+        if self.ppo_epochs < 1 or self.micro_batch_tokens < 1 or self.logprob_chunk < 1:
+            raise ValueError("ppo_epochs, micro_batch_tokens and logprob_chunk must be >= 1")
 
 
 @dataclass
@@ -162,9 +183,9 @@ class OptimSettings:
 
 @dataclass
 class SparkSettings:
-    mode: str = "spark"  # policy-only | reward-only | policy+reward | spark (the paper's ablation rows)
-    schedule: str = "separate"  # separate: recycled update right after the policy update; mixed: into the next batch
-    task_weights: dict[str, float] = field(
+    mode: Mode = "spark"  # policy-only | reward-only | policy+reward | spark (the paper's ablation rows)
+    schedule: Literal["separate", "mixed"] = "separate"  # separate: recycled update right after the policy update; mixed: into the next batch
+    task_weights: dict[Task, float] = field(
         default_factory=lambda: {"policy": 1.0, "pointwise": 1.0, "pairwise": 1.0, "reflection": 1.0})
     recycle: RecycleConfig = field(default_factory=RecycleConfig)  # rules; kinds off/on also follow `mode`
 
@@ -181,6 +202,9 @@ class RunSettings:
     eval_files: list[str] = field(default_factory=list)  # held-out rows {question, answer} for eval_every
     judge_eval_files: list[str] = field(default_factory=list)  # held-out pointwise rows {question, answer, label}
     eval_max_new_tokens: int = 256
+    # auto: resume from the latest checkpoint, which must be of the same run (seed, model, data files, n,
+    # prompts_per_step); force: resume even when those changed
+    resume: Literal["auto", "force"] = "auto"
 
 
 @dataclass

@@ -11,8 +11,13 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
-TASKS = ("policy", "pointwise", "pairwise", "reflection")
+import torch
+
+# A policy prompt, or one of the recycled kinds (spark.recycle).
+Task = Literal["policy", "pointwise", "pairwise", "reflection"]
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 class DataError(ValueError):
@@ -94,3 +99,34 @@ def load_questions(paths: list[str], *, question_field: str = "question", answer
     if not samples:
         raise DataError(", ".join(paths) or "<no files>", None, None, "no training rows")
     return samples
+
+
+def load_judge_rows(paths: list[str], *, render: Callable[[str, str, bool], str]) -> list[Sample]:
+    """Held-out pointwise judge rows {question, answer, label: Yes|No, cot?} as pointwise Samples;
+    `answer` is the candidate shown to the judge (a final answer, or a whole response with cot=true) and
+    `render(question, answer, cot)` builds the judge prompt (spark.prompts.pointwise_prompt)."""
+    samples = []
+    for path in paths:
+        for line, row in read_records(path):
+            label = require_str(row, "label", path, line)
+            if label not in ("Yes", "No"):
+                raise DataError(path, line, "label", f"must be Yes or No, got {label!r}")
+            question, answer = require_str(row, "question", path, line), require_str(row, "answer", path, line)
+            shown = render(question, answer, bool(row.get("cot", False)))
+            samples.append(Sample(shown, label, task="pointwise", meta={"source": f"{path}:{line}"}))
+    return samples
+
+
+def step_prompts(questions: list[Sample], step: int, per_step: int, *, seed: int, rank: int = 0,
+                 world_size: int = 1) -> list[Sample]:
+    """The data cursor, a pure function of the step: this rank's share of the step's prompts, i.e. positions
+    [step * per_step, (step + 1) * per_step) of the concatenated per-epoch permutations (epoch e shuffled
+    with seed + e), every world_size-th from this rank's offset."""
+    orders: dict[int, list[int]] = {}  # epoch -> its permutation, drawn once per call
+    picked = []
+    for position in range(step * per_step + rank, (step + 1) * per_step, world_size):
+        epoch, index = divmod(position, len(questions))
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(len(questions), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        picked.append(questions[orders[epoch][index]])
+    return picked

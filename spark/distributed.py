@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
 
 
 @dataclass
@@ -69,12 +70,23 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
 
-def all_reduce(values: list[float], op: str = "sum") -> list[float]:
-    """Reduce a few Python numbers across ranks (in fp64 on the group's device)."""
+def reduce_metrics(local: dict[str, float | torch.Tensor], op: str = "sum") -> dict[str, float]:
+    """Sum (or max) each named number over the ranks, all in one collective. Every rank must pass the
+    same keys; values are Python numbers or 0-dim tensors on any device (read back once, here)."""
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
-    return tensor.tolist()
+    keys = sorted(local)
+    values = torch.stack([torch.as_tensor(local[k]).detach().to(device, torch.float64) for k in keys])
+    dist.all_reduce(values, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return dict(zip(keys, values.tolist()))
+
+
+@torch.no_grad()
+def copy_full_weights(sharded: nn.Module, plain: nn.Module) -> None:
+    """Copy a sharded model's weights into an unsharded copy of it, gathering one tensor at a time so that
+    a full fp32 copy of the model never exists on top of the plain one (e.g. the policy into the sampler)."""
+    plain_state = plain.state_dict()
+    for name, shard in sharded.state_dict().items():
+        plain_state[name].copy_(shard.full_tensor() if isinstance(shard, DTensor) else shard)
 
 
 def all_gather_objects(obj: object) -> list:

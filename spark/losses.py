@@ -1,4 +1,6 @@
-"""GRPO losses as small pure functions: advantages, token log-probs, the clipped surrogate, KL, aggregation.
+"""GRPO losses as small pure functions: advantages, the clipped surrogate, KL, aggregation.
+
+The token log-probs they take come from the model (`spark.models.logprobs`).
 
 Shapes: B sequences (responses) of T tokens; `mask` [B, T] is 1 on response tokens that count.
 Per-token quantities are returned unreduced; `aggregate` turns them into one scalar.
@@ -6,7 +8,13 @@ Per-token quantities are returned unreduced; `aggregate` turns them into one sca
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
+
+KLKind = Literal["k1", "k2", "k3"]
+Aggregation = Literal["token-mean", "seq-mean-token-mean"]
+AdvantageScale = Literal["group", "batch", "none"]
 
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: beyond it a ratio is an outlier, and exp would overflow soon after
 
@@ -19,8 +27,8 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, scale: str = "gro
     scale="none":  A_i = r_i - mean_g (Dr. GRPO: no std scaling)
     A group whose rewards are all equal gets A = 0.
     """
-    if scale not in ("group", "batch", "none"):
-        raise ValueError(f"group_advantages: scale must be 'group', 'batch' or 'none', got {scale!r}")
+    if scale not in get_args(AdvantageScale):
+        raise ValueError(f"group_advantages: scale must be one of {get_args(AdvantageScale)}, got {scale!r}")
     if rewards.dim() != 2:
         raise ValueError(f"group_advantages: rewards must be [num_groups, n], got {tuple(rewards.shape)}")
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
@@ -31,7 +39,7 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, scale: str = "gro
 
 
 def kl_penalty(
-    logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3", clamp: float = 20.0
+    logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3", clamp: float = LOG_RATIO_CLAMP
 ) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' log-probs (Schulman's k1, k2, k3).
 
@@ -46,86 +54,7 @@ def kl_penalty(
     if kind == "k3":
         log_ratio = (ref_logp - logp).clamp(-clamp, clamp)
         return torch.exp(log_ratio) - log_ratio - 1
-    raise ValueError(f"kl_penalty: kind must be 'k1', 'k2' or 'k3', got {kind!r}")
-
-
-def _chunk_logits(hidden: torch.Tensor, weight32: torch.Tensor, temperature: float) -> torch.Tensor:
-    """logits [chunk, V] = hidden [chunk, H] @ weight32 [V, H]^T / temperature, in fp32."""
-    return (hidden.float() @ weight32.T) / temperature
-
-
-class _ChunkedTokenLogprobs(torch.autograd.Function):
-    """Token log-probs (and entropy) from hidden states, one [chunk, V] fp32 block of logits at a time.
-
-    Forward keeps only the inputs; backward recomputes each chunk's logits and uses
-    d logp_i / d logits_ij = (1[j == t_i] - softmax_ij), so no [N, V] tensor is ever alive.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size, temperature, with_entropy):
-        num_tokens, weight32 = hidden.shape[0], weight.float()
-        logp = torch.empty(num_tokens, dtype=torch.float32, device=hidden.device)
-        entropy = torch.empty_like(logp) if with_entropy else None
-        for start in range(0, num_tokens, chunk_size):
-            end = start + chunk_size
-            logits = _chunk_logits(hidden[start:end], weight32, temperature)
-            log_z = logits.logsumexp(dim=-1)
-            logp[start:end] = logits.gather(-1, targets[start:end, None]).squeeze(-1) - log_z
-            if with_entropy:
-                # H = log Z - sum_j p_j logit_j
-                entropy[start:end] = log_z - (logits.softmax(dim=-1) * logits).sum(dim=-1)
-        ctx.save_for_backward(hidden, weight, targets)
-        ctx.chunk_size, ctx.temperature = chunk_size, temperature
-        if with_entropy:
-            ctx.mark_non_differentiable(entropy)
-        return logp, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp, _grad_entropy):
-        hidden, weight, targets = ctx.saved_tensors
-        weight32 = weight.float()
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            end = start + ctx.chunk_size
-            h = hidden[start:end]
-            logits = _chunk_logits(h, weight32, ctx.temperature)
-            g = grad_logp[start:end, None]
-            # dL/dlogits = g (onehot - softmax); the 1/T of the logits moves into it
-            grad_logits = -logits.softmax(dim=-1).mul_(g)
-            grad_logits.scatter_add_(-1, targets[start:end, None], g)
-            grad_logits.div_(ctx.temperature)
-            if grad_hidden is not None:
-                grad_hidden[start:end] = grad_logits @ weight32
-            if grad_weight is not None:
-                grad_weight += grad_logits.T @ h.float()
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None
-
-
-def token_logprobs(
-    hidden: torch.Tensor,
-    lm_head_weight: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    chunk_size: int = 1024,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(target) under softmax(hidden @ W^T / temperature), and optionally the entropy of that softmax.
-
-    hidden [N, H] (any dtype), lm_head_weight [V, H], targets [N] -> logp [N] fp32, entropy [N] fp32 or None.
-    Logits are computed in fp32, `chunk_size` rows at a time, in forward and in backward, so memory holds
-    [chunk_size, V] fp32 instead of [N, V] (8k tokens x 152k vocab x 4 B = 5 GB). Entropy is a metric:
-    it carries no gradient.
-    """
-    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
-        raise ValueError(
-            f"token_logprobs: expected hidden [N, H] and targets [N], got {tuple(hidden.shape)} and "
-            f"{tuple(targets.shape)}"
-        )
-    return _ChunkedTokenLogprobs.apply(hidden, lm_head_weight, targets, chunk_size, temperature, with_entropy)
+    raise ValueError(f"kl_penalty: kind must be one of {get_args(KLKind)}, got {kind!r}")
 
 
 def policy_loss(
@@ -192,7 +121,43 @@ def aggregate(
         seq_means = values.sum(dim=-1) / seq_lens.clamp(min=1)
         denominator = num_seqs if num_seqs is not None else (seq_lens > 0).sum().clamp(min=1)
         return seq_means.sum() / denominator
-    raise ValueError(f"aggregate: mode must be 'token-mean' or 'seq-mean-token-mean', got {mode!r}")
+    raise ValueError(f"aggregate: mode must be one of {get_args(Aggregation)}, got {mode!r}")
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+    kl_coef: float,
+    kl_kind: str,
+    aggregation: str,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one micro-batch: the clipped surrogate plus kl_coef times the KL to the reference,
+    weighted per sequence by its task weight, aggregated over the (global) batch.
+
+    loss = aggregate(w_i * (policy_loss_it + kl_coef * kl_penalty(logp, ref_logp)_it), mask)
+    logp, old_logp, ref_logp, mask: [S, R]; advantages, weights: [S, 1]. ref_logp None: no KL term.
+    Also returns mask-summed per-token metrics (detached, not normalised): clipped, approx_kl, and kl
+    when there is a reference.
+    """
+    per_token, info = policy_loss(logp, old_logp, advantages, clip_low=clip_low, clip_high=clip_high,
+                                  dual_clip=dual_clip)
+    sums = {"clip_frac": (info["clipped"] * mask).sum(), "approx_kl": (info["approx_kl"] * mask).sum()}
+    if ref_logp is not None:
+        kl = kl_penalty(logp, ref_logp, kl_kind)
+        per_token = per_token + kl_coef * kl
+        sums["kl"] = (kl.detach() * mask).sum()
+    loss = aggregate(per_token * weights, mask, aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+    return loss, sums
 
 
 def mask_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
 CONSOLE_KEYS = ("reward/policy", "reward/pointwise", "reward/pairwise", "reward/reflection", "kl", "entropy",
@@ -51,3 +55,18 @@ class MetricsLogger:
             self.jsonl.close()
             self.samples.close()
             self.writer.close()
+
+
+class PhaseTimer:
+    """Seconds per phase of a step: `with timer("rollout"): ...` adds to `seconds["time/rollout"]`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        if torch.cuda.is_available():  # the GPU's queued work belongs to this phase
+            torch.cuda.synchronize()
+        self.seconds[f"time/{phase}"] += time.perf_counter() - started

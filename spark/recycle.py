@@ -25,9 +25,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import typing
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from spark.data import Sample
 from spark.prompts import NUM_VARIANTS, pairwise_prompt, pointwise_prompt, reflection_prompt
@@ -41,8 +43,30 @@ VERIFIER_KIND: dict[str, str] = {
     "pairwise": "pairwise",
 }
 
-# The paper's ablation rows, see `recycle_config_for`.
-MODES = ("policy-only", "reward-only", "policy+reward", "spark")
+JUDGE_KINDS = ("pointwise", "pairwise")
+RECYCLED_KINDS = (*JUDGE_KINDS, "reflection")
+
+# The paper's ablation rows (`spark.mode`); what each one means is `ABLATIONS`.
+Mode = Literal["policy-only", "reward-only", "policy+reward", "spark"]
+# What the judges see: final answers, whole responses, or half each.
+Content = Literal["answer", "cot", "both"]
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One ablation row: whether the policy prompts' loss is trained, and which kinds are recycled."""
+
+    trains_policy: bool
+    recycles: tuple[str, ...]
+
+
+ABLATIONS: dict[str, Ablation] = {
+    "policy-only": Ablation(trains_policy=True, recycles=()),  # plain GRPO
+    "reward-only": Ablation(trains_policy=False, recycles=JUDGE_KINDS),  # rollouts only feed the judges
+    "policy+reward": Ablation(trains_policy=True, recycles=JUDGE_KINDS),
+    "spark": Ablation(trains_policy=True, recycles=RECYCLED_KINDS),  # the full method
+}
+assert set(ABLATIONS) == set(typing.get_args(Mode))
 
 
 @dataclass
@@ -62,7 +86,7 @@ class RecycleConfig:
     pointwise: bool = True  # judge one rollout: is it correct? (Yes/No)
     pairwise: bool = True  # judge a correct and a wrong rollout: which is correct? (A/B)
     reflection: bool = True  # fix a wrong rollout (label: the gold answer)
-    content: str = "both"  # judges see "answer" (final answers), "cot" (responses) or "both" (half each)
+    content: Content = "both"  # judges see "answer" (final answers), "cot" (responses) or "both" (half each)
     mixed_pairwise_prob: float = 0.7  # a mixed group gives a pairwise sample with this chance, else pointwise
     mixed_pointwise_correct_prob: float = 0.5  # chance a mixed group's pointwise shows a correct rollout
     reflection_cot_prob: float = 0.5  # chance a reflection shows the whole response, else the final answer
@@ -71,8 +95,8 @@ class RecycleConfig:
     max_per_kind: int | None = None  # keep at most this many judge and this many reflection samples per step
 
     def __post_init__(self):
-        if self.content not in ("answer", "cot", "both"):
-            raise ValueError(f"RecycleConfig.content must be 'answer', 'cot' or 'both', got {self.content!r}")
+        if self.content not in typing.get_args(Content):
+            raise ValueError(f"RecycleConfig.content must be one of {typing.get_args(Content)}, got {self.content!r}")
         for name in ("mixed_pairwise_prob", "mixed_pointwise_correct_prob", "reflection_cot_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"RecycleConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -83,18 +107,20 @@ class RecycleConfig:
 
 
 def recycle_config_for(mode: str, **overrides) -> RecycleConfig:
-    """The recycling of one of the paper's ablation rows; `overrides` set other fields (e.g. content="cot").
+    """The recycling rules of one of the paper's ablation rows (`ABLATIONS`): the kinds the mode does not
+    recycle are off; `overrides` set other fields (e.g. content="cot")."""
+    if mode not in ABLATIONS:
+        raise ValueError(f"recycle mode must be one of {tuple(ABLATIONS)}, got {mode!r}")
+    recycles = ABLATIONS[mode].recycles
+    return RecycleConfig(**{**{kind: kind in recycles for kind in RECYCLED_KINDS}, **overrides})
 
-    policy-only:   no recycling (plain GRPO)
-    reward-only:   judge tasks only; the trainer also skips the policy loss, the rollouts only feed the judges
-    policy+reward: policy loss and judge tasks
-    spark:         policy loss, judge and reflection tasks (the full method)
-    """
-    if mode not in MODES:
-        raise ValueError(f"recycle mode must be one of {MODES}, got {mode!r}")
-    judges = mode != "policy-only"
-    config = RecycleConfig(pointwise=judges, pairwise=judges, reflection=mode == "spark")
-    return dataclasses.replace(config, **overrides)
+
+def recycled_kinds(mode: str, rules: RecycleConfig) -> RecycleConfig | None:
+    """`rules` with only the kinds that both the ablation `mode` and the rules switch on; None when nothing
+    is recycled (policy-only)."""
+    recycles = ABLATIONS[mode].recycles
+    kinds = {kind: kind in recycles and getattr(rules, kind) for kind in RECYCLED_KINDS}
+    return dataclasses.replace(rules, **kinds) if any(kinds.values()) else None
 
 
 @dataclass
@@ -274,6 +300,25 @@ def _label_stats(judges: list[_Pick], reflections: list[_Pick]) -> dict[str, flo
     if pairwise:
         stats["pairwise_a_frac"] = pairwise.count("A") / len(pairwise)
     return stats
+
+
+def label_counts(stats: dict) -> dict[str, float]:
+    """A step's recycled sample counts per kind and of Yes / A labels, to be summed over ranks (same keys
+    on every rank)."""
+    counts = {kind: float(stats.get(kind, 0)) for kind in RECYCLED_KINDS}
+    counts["pointwise_yes"] = stats.get("pointwise_yes_frac", 0.0) * counts["pointwise"]
+    counts["pairwise_a"] = stats.get("pairwise_a_frac", 0.0) * counts["pairwise"]
+    return counts
+
+
+def label_balance(counts: dict[str, float]) -> dict[str, float]:
+    """Metrics of (summed) `label_counts`: samples per kind, and the Yes and A fractions where there are any."""
+    metrics = {f"recycle/{kind}": counts[kind] for kind in RECYCLED_KINDS}
+    if counts["pointwise"]:
+        metrics["recycle/yes_frac"] = counts["pointwise_yes"] / counts["pointwise"]
+    if counts["pairwise"]:
+        metrics["recycle/a_frac"] = counts["pairwise_a"] / counts["pairwise"]
+    return metrics
 
 
 class RecycleQueue:

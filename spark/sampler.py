@@ -12,9 +12,9 @@ The KV cache is allocated once, for the longest prompt plus the most new tokens.
 matrices are held column-major during the call (see `column_major_weights`): faster decode matmuls.
 
 Log-probs: for each sampled token we return log_softmax(logits / temperature) at that token (the
-plain log_softmax(logits) when greedy), i.e. before top-k / top-p truncation. At temperature 1 this
-is the policy's own log-prob, which is what the trainer needs as pi_old. Banned tokens
-(`banned_token_ids`) get -inf logits first, so the log-probs are over the other tokens.
+plain log_softmax(logits) when greedy), i.e. before top-k / top-p truncation: the same quantity the
+trainer computes for the update, which logs the gap between the two as `logp_mismatch` (rounding, and
+the banned tokens, which get -inf logits here first, so these log-probs are over the other tokens).
 
 Sampling is by inverse CDF with one uniform per row and step, from a `torch.Generator` on the
 model's device seeded by `seed`: a call is reproducible. (The exponential race of gpt-fast draws V
@@ -42,11 +42,19 @@ from spark.models.qwen2 import Decoding
 
 
 @dataclass
-class SamplingParams:
+class Sampling:
+    """How to sample: the settings a training run, an evaluation or a test-time-scaling call chooses."""
+
     max_new_tokens: int = 1024  # per row; `generate(max_new_tokens=[...])` overrides it row by row
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
     top_k: int = 0  # keep the k most likely tokens; 0 keeps all
+
+
+@dataclass
+class SamplingParams(Sampling):
+    """A sampler call's settings: `Sampling` plus the checkpoint's own stop and banned tokens and the engine."""
+
     stop_token_ids: tuple[int, ...] = ()
     banned_token_ids: tuple[int, ...] = ()  # never sampled (logits set to -inf), e.g. Qwen2.5-VL's vision tokens
     # torch.compile(mode="reduce-overhead") of the decode step (CUDA graphs). Shapes are then static:

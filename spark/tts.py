@@ -17,20 +17,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from spark.prompts import math_prompt, pointwise_prompt, reflection_prompt
+from spark.sampler import Sampling
 from spark.verifier import extract_answer, parse_judgment, score_batch
 
 ANSWER_ROLES = ("answer", "reflect")
-
-
-@dataclass
-class Sampling:
-    """Generation settings of every call in the loop (temperature 0 = greedy)."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
 
 
 @dataclass
@@ -75,8 +65,8 @@ class Trace:
         return cls(problem, [Turn(**turn) for turn in data["turns"]])
 
 
-def _generate(model, prompts: list[str], images: list[str | None], sampling: Sampling, n: int = 1):
-    return model.generate(prompts, images, n=n, **asdict(sampling))
+def _generate(model, prompts: list[str], images: list[str | None], sampling: Sampling, seed: int, n: int = 1):
+    return model.generate(prompts, images, n=n, seed=seed, **asdict(sampling))
 
 
 def _answer_turns(role: str, rounds: list[int], problems: list[Problem], prompts: list[str], completions) -> list[Turn]:
@@ -93,10 +83,10 @@ def _answer_turns(role: str, rounds: list[int], problems: list[Problem], prompts
     ]
 
 
-def answer(model, problems: list[Problem], *, sampling: Sampling, n: int = 1) -> list[list[Trace]]:
+def answer(model, problems: list[Problem], *, sampling: Sampling, seed: int = 0, n: int = 1) -> list[list[Trace]]:
     """o_0 (eq. 9): n traces per problem, each starting with one sampled answer."""
     prompts = [math_prompt(p.question) for p in problems]
-    outputs = _generate(model, prompts, [p.image for p in problems], sampling, n=n)
+    outputs = _generate(model, prompts, [p.image for p in problems], sampling, seed, n=n)
     completions = [c for samples in outputs for c in samples]  # problem k's samples at k * n ... k * n + n - 1
     each_sample = [(p, prompt) for p, prompt in zip(problems, prompts) for _ in range(n)]
     turns = _answer_turns("answer", [0] * len(completions), [p for p, _ in each_sample],
@@ -104,11 +94,11 @@ def answer(model, problems: list[Problem], *, sampling: Sampling, n: int = 1) ->
     return [[Trace(p, [turn]) for turn in turns[k * n : (k + 1) * n]] for k, p in enumerate(problems)]
 
 
-def judge(model, traces: list[Trace], *, sampling: Sampling) -> list[str | None]:
+def judge(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) -> list[str | None]:
     """r_t (eq. 10): each trace's model judges its latest answer, reasoning included. Appends a judge turn
     to every trace; returns the verdicts ("Yes" / "No" / None when none could be parsed)."""
     prompts = [pointwise_prompt(t.problem.question, t.final.response, cot=True) for t in traces]
-    outputs = _generate(model, prompts, [t.problem.image for t in traces], sampling)
+    outputs = _generate(model, prompts, [t.problem.image for t in traces], sampling, seed)
     verdicts = []
     for trace, prompt, (completion,) in zip(traces, prompts, outputs):
         verdict = parse_judgment(completion.text, "pointwise")
@@ -118,35 +108,36 @@ def judge(model, traces: list[Trace], *, sampling: Sampling) -> list[str | None]
     return verdicts
 
 
-def reflect(model, traces: list[Trace], *, sampling: Sampling) -> None:
+def reflect(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) -> None:
     """o_{t+1} (eq. 11, rejected branch): a revised solution from a prompt that shows the judged one."""
     prompts = [reflection_prompt(t.problem.question, t.final.response, cot=True) for t in traces]
-    outputs = _generate(model, prompts, [t.problem.image for t in traces], sampling)
+    outputs = _generate(model, prompts, [t.problem.image for t in traces], sampling, seed)
     rounds = [t.final.round + 1 for t in traces]
     turns = _answer_turns("reflect", rounds, [t.problem for t in traces], prompts, [c for (c,) in outputs])
     for trace, turn in zip(traces, turns):
         trace.turns.append(turn)
 
 
-def refine(model, traces: list[Trace], *, max_rounds: int = 2, sampling: Sampling) -> None:
+def refine(model, traces: list[Trace], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0) -> None:
     """Judge, and reflect on what was not accepted, for up to max_rounds rounds (traces are extended)."""
     open_traces = traces
     for _ in range(max_rounds):
-        verdicts = judge(model, open_traces, sampling=sampling)
+        verdicts = judge(model, open_traces, sampling=sampling, seed=seed)
         open_traces = [trace for trace, verdict in zip(open_traces, verdicts) if verdict != "Yes"]
         if not open_traces:
             return
-        reflect(model, open_traces, sampling=sampling)
+        reflect(model, open_traces, sampling=sampling, seed=seed)
 
 
-def run_tts(model, problems: list[Problem], *, max_rounds: int = 2, sampling: Sampling) -> list[Trace]:
+def run_tts(model, problems: list[Problem], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0) -> list[Trace]:
     """The whole loop for a batch of problems: one trace per problem."""
-    traces = [rows[0] for rows in answer(model, problems, sampling=sampling)]
-    refine(model, traces, max_rounds=max_rounds, sampling=sampling)
+    traces = [rows[0] for rows in answer(model, problems, sampling=sampling, seed=seed)]
+    refine(model, traces, max_rounds=max_rounds, sampling=sampling, seed=seed)
     return traces
 
 
-def _rate(count: int, total: int) -> float:
+def rate(count: int, total: int) -> float:
+    """count / total, 0 when there is nothing to count."""
     return count / total if total else 0.0
 
 
@@ -179,13 +170,13 @@ def tts_statistics(traces: list[Trace], max_rounds: int) -> dict:
     answer_tokens = sum(t.turns[0].num_tokens for t in traces)
     return {
         "accuracy_by_round": [
-            _rate(sum(bool(_held(trace, t).correct) for trace in traces), len(traces)) for t in range(max_rounds + 1)
+            rate(sum(bool(_held(trace, t).correct) for trace in traces), len(traces)) for t in range(max_rounds + 1)
         ],
         "judged": judged_right + judged_wrong,
         "false_accept": false_accept,
-        "false_accept_rate": _rate(false_accept, judged_wrong),
+        "false_accept_rate": rate(false_accept, judged_wrong),
         "false_reject": false_reject,
-        "false_reject_rate": _rate(false_reject, judged_right),
+        "false_reject_rate": rate(false_reject, judged_right),
         "reflections": reflections,
         "fixed": fixed,
         "broke": broke,

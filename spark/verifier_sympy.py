@@ -16,7 +16,8 @@ import re
 
 import sympy
 
-_MAX_EXPONENT = 1000  # a numeric power or factorial beyond this is refused: it would not finish
+from spark.verifier import MAX_EXPONENT
+
 _DIGITS = 50
 _RELATIVE_TOLERANCE = 1e-9
 _ABSOLUTE_TOLERANCE = 1e-40  # round-off of a 50-digit evaluation of a true zero
@@ -35,7 +36,7 @@ _SYMBOL_COMMANDS = set(
     "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi rho sigma "
     "tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega hbar ell odot".split()
 )
-_OPERATOR_COMMANDS = {r"\frac", r"\sqrt", r"\cdot", r"\times", r"\div"}
+_OPERATOR_COMMANDS = {r"\frac", r"\sqrt", r"\cdot", r"\times", r"\div", r"\binom", r"\choose"}
 _CLOSING = {"(": ")", "{": "}", "[": "]"}
 
 _TOKEN = re.compile(
@@ -82,15 +83,21 @@ def _tokens(text: str) -> list[tuple[str, str]]:
 
 
 def _power(base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
-    if base.is_number and exponent.is_number and abs(base) not in (0, 1) and abs(exponent) > _MAX_EXPONENT:
+    if base.is_number and exponent.is_number and abs(base) not in (0, 1) and abs(exponent) > MAX_EXPONENT:
         raise TooLarge(f"power with exponent {exponent}")
     return base**exponent
 
 
 def _factorial(n: sympy.Expr) -> sympy.Expr:
-    if n.is_number and abs(n) > _MAX_EXPONENT:
+    if n.is_number and abs(n) > MAX_EXPONENT:
         raise TooLarge(f"factorial of {n}")
     return sympy.factorial(n)
+
+
+def _binomial(n: sympy.Expr, k: sympy.Expr) -> sympy.Expr:
+    if n.is_number and abs(n) > MAX_EXPONENT:
+        raise TooLarge(f"binomial of {n}")
+    return sympy.binomial(n, k)
 
 
 class _Parser:
@@ -101,8 +108,10 @@ class _Parser:
         signed  := ('-' | '+') signed | power
         power   := postfix ('^' exponent)?
         postfix := atom '!'*
-        atom    := number | symbol ('_' subscript)? | '(' expr ')' | '{' expr '}' | '[' expr ']'
-                 | '|' expr '|' | \frac arg arg | \sqrt ('[' expr ']')? arg | function ('^' exponent)? argument
+        atom    := number | symbol ('_' subscript)? | '(' expr ')' | '{' expr (\choose expr)? '}' | '[' expr ']'
+                 | '|' expr '|' | \frac arg arg | \binom arg arg | \sqrt ('[' expr ']')? arg
+                 | function ('^' exponent)? argument
+        argument := '(' expr ')' | '{' expr '}' | signed power*   (`\cos 2x` is cos(2x), `\sin x \cos x` two)
     """
 
     def __init__(self, text: str):
@@ -130,7 +139,7 @@ class _Parser:
 
     def starts_atom(self) -> bool:
         kind, text = self.peek()
-        return kind in ("number", "letter", "name", "function") or text in ("(", "{", r"\frac", r"\sqrt")
+        return kind in ("number", "letter", "name", "function") or text in ("(", "{", r"\frac", r"\sqrt", r"\binom")
 
     def expr(self) -> sympy.Expr:
         value = self.term()
@@ -209,6 +218,9 @@ class _Parser:
             return self.function(text)
         if text in _CLOSING:
             value = self.expr()
+            if text == "{" and self.peek()[1] == r"\choose":
+                self.take()
+                value = _binomial(value, self.expr())
             self.expect(_CLOSING[text])
             return value
         if text == "|":
@@ -217,6 +229,8 @@ class _Parser:
             return sympy.Abs(value)
         if text == r"\frac":
             return self.argument() / self.argument()
+        if text == r"\binom":
+            return _binomial(self.argument(), self.argument())
         if text == r"\sqrt":
             if self.peek()[1] == "[":
                 self.take()
@@ -248,7 +262,12 @@ class _Parser:
         if self.peek()[1] == "^":
             self.take()
             exponent = self.exponent()
-        argument = self.atom() if self.peek()[1] in ("(", "{") else self.signed()
+        if self.peek()[1] in ("(", "{"):
+            argument = self.atom()
+        else:
+            argument = self.signed()
+            while self.starts_atom() and self.peek()[0] != "function" and self.peek()[1] not in ("(", "{"):
+                argument = argument * self.power()
         value = sympy.log(argument, base) if base is not None else _FUNCTIONS[name](argument)
         return value if exponent is None else _power(value, exponent)
 

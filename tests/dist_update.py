@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spark.data import Sample  # noqa: E402
 from spark.distributed import full_state_dict  # noqa: E402
-from spark.trainer import Experience, Trainer  # noqa: E402
+from spark.rollout import Experience  # noqa: E402
+from spark.trainer import Trainer  # noqa: E402
 from tests.trainer_utils import tiny_config  # noqa: E402
 
 

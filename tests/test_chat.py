@@ -44,7 +44,7 @@ def test_greedy_text_is_the_decoded_sampler_output(chat):
     rollouts = generate(chat.model, chat.encode(PROMPTS),
                         SamplingParams(max_new_tokens=8, temperature=0.0, stop_token_ids=chat.stop_token_ids))
     for group, tokens, reason in zip(out, rollouts.tokens, rollouts.finish_reasons):
-        expected = Completion(chat.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), reason)
+        expected = Completion(chat.tokenizer.decode(tokens, skip_special_tokens=True), tokens, reason)
         assert group == [expected, expected]
 
 

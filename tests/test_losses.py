@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from spark.losses import aggregate, group_advantages, kl_penalty, mask_truncated, policy_loss, token_logprobs
+from spark.losses import aggregate, group_advantages, kl_penalty, mask_truncated, policy_loss
+from spark.models.logprobs import token_logprobs
 
 EPS = 1e-6
 

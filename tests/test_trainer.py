@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from spark.config import ConfigError, TrainConfig, load_config
 from spark.models import load_model
-from spark.recycle import RecycleConfig
-from spark.trainer import Trainer, cosine_lr, recycled_kinds
+from spark.recycle import RecycleConfig, recycled_kinds
+from spark.trainer import Trainer, cosine_lr
 from tests.trainer_utils import make_run_files, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +112,11 @@ def test_resume_reproduces_the_uninterrupted_run(run_files, tmp_path):
     for a, b in zip(uninterrupted[2:], resumed):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["reward/policy"] == b["reward/policy"]
+    # The checkpoint is of this run: another seed or group size is an error before any model loads.
+    with pytest.raises(ValueError, match=r"step_00000004 is of another run \(seed: 0 -> 1\)"):
+        Trainer(tiny_config(checkpoint, data, out, "run.max_steps=4", "spark.schedule=mixed", "data.seed=1"))
+    forced = Trainer(tiny_config(checkpoint, data, out, "run.max_steps=4", "rollout.n=4", "run.resume=force"))
+    assert forced.step == 4
 
 
 def test_one_update_on_two_ranks_equals_one_rank(run_files, tmp_path):

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from spark.prompts import math_prompt, pointwise_prompt, reflection_prompt
-from spark.tts import Problem, Sampling, Trace, format_trace, run_tts, tts_statistics
+from spark.sampler import Sampling
+from spark.tts import Problem, Trace, format_trace, run_tts, tts_statistics
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""Tests of spark.verifier: hand-written cases, bounded time on adversarial input, judge verdicts,
-and every gold answer of the eval sets verifying against itself."""
+"""Tests of spark.verifier: hand-written cases (the boxed forms, and the lenient grader's classes), the
+two answer modes, bounded time on adversarial input, judge verdicts, and every gold answer of the eval
+sets verifying against itself. tests/verifier_holdout.jsonl is deliberately not tested here: it is the
+held-out set benchmarks/verifier.py reports on."""
 
 from __future__ import annotations
 
@@ -11,12 +13,25 @@ from pathlib import Path
 import pytest
 
 from spark import verifier
-from spark.verifier import extract_answer, is_correct, parse_judgment, score_batch, verifier_stats
+from spark.verifier import (
+    ANSWER_MODES,
+    extract_answer,
+    is_correct,
+    parse_judgment,
+    score_batch,
+    verifier_stats,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO / "data" / "eval"
-CASES = [json.loads(line) for line in (REPO / "tests" / "verifier_cases.jsonl").read_text().splitlines() if line]
-CATEGORIES = sorted({case["category"] for case in CASES})
+
+
+def read_cases(name: str) -> list[dict]:
+    return [json.loads(line) for line in (REPO / "tests" / name).read_text().splitlines() if line]
+
+
+CASES = read_cases("verifier_cases.jsonl")
+LENIENT_CASES = read_cases("verifier_cases_lenient.jsonl")
 
 
 def boxed(answer: str) -> str:
@@ -39,13 +54,15 @@ def stats_delta(before: dict[str, int]) -> dict[str, int]:
 # --------------------------------------------------------------------------- the case file
 
 
-def test_case_file_covers_every_form_both_ways():
-    assert len(CASES) >= 150
-    for case in CASES:
+@pytest.mark.parametrize(("cases", "minimum", "per_category"), [(CASES, 150, 1), (LENIENT_CASES, 100, 15)])
+def test_case_files_cover_every_form_both_ways(cases: list[dict], minimum: int, per_category: int):
+    assert len(cases) >= minimum
+    for case in cases:
         assert set(case) == {"response", "gold", "expected", "category"}, case
-    outcomes = Counter((case["category"], case["expected"]) for case in CASES)
-    for category in CATEGORIES:
+    outcomes = Counter((case["category"], case["expected"]) for case in cases)
+    for category in {case["category"] for case in cases}:
         assert outcomes[category, True] and outcomes[category, False], f"{category}: needs true and false cases"
+        assert outcomes[category, True] + outcomes[category, False] >= per_category, category
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +70,41 @@ def case_scores() -> list[float]:
     return score_batch([case["response"] for case in CASES], [case["gold"] for case in CASES])
 
 
+@pytest.fixture(scope="module")
+def lenient_scores() -> list[float]:
+    return score_batch([case["response"] for case in LENIENT_CASES], [case["gold"] for case in LENIENT_CASES])
+
+
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{c['category']}-{i}" for i, c in enumerate(CASES)])
 def test_case(i: int, case_scores: list[float]):
     case = CASES[i]
     assert case_scores[i] == float(case["expected"]), case
+
+
+@pytest.mark.parametrize("i", range(len(LENIENT_CASES)), ids=[f"{c['category']}-{i}" for i, c in enumerate(LENIENT_CASES)])
+def test_lenient_case(i: int, lenient_scores: list[float]):
+    case = LENIENT_CASES[i]
+    assert lenient_scores[i] == float(case["expected"]), case
+
+
+def test_strict_mode_reads_only_the_last_box():
+    boxed_cases = [c for c in CASES if r"\boxed" in c["response"] or r"\fbox" in c["response"]]
+    strict = score_batch([c["response"] for c in boxed_cases], [c["gold"] for c in boxed_cases], mode="strict")
+    assert strict == [float(c["expected"]) for c in boxed_cases]  # the boxed forms grade alike in both modes
+    responses = ["Answer: 12", "The answer is 12.", "#### 12", "<answer>12</answer>", "So it is **12**.",
+                 r"$x = \boxed{3}$ or $x = \boxed{12}$", r"\boxed{10}. Wait, that's wrong: the answer is 12."]
+    assert score_batch(responses, ["12"] * len(responses), mode="strict") == [0, 0, 0, 0, 0, 1, 0]
+    assert score_batch(responses, ["12"] * len(responses), mode="lenient") == [1, 1, 1, 1, 1, 0, 1]
+    assert not is_correct("(A) 3 (B) 12\nAnswer: 12", "B", mode="strict")
+    assert is_correct("(A) 3 (B) 12\nAnswer: 12", "B")
+
+
+def test_unknown_mode_is_an_error():
+    assert ANSWER_MODES == ("strict", "lenient")
+    with pytest.raises(ValueError, match="unknown answer mode 'loose'"):
+        score_batch([boxed("1")], ["1"], mode="loose")
+    with pytest.raises(ValueError, match="unknown answer mode"):
+        extract_answer(boxed("1"), "loose")
 
 
 def test_is_correct_agrees_with_score_batch_on_a_sample():
@@ -78,6 +126,18 @@ def test_is_correct_agrees_with_score_batch_on_a_sample():
         (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
         ("The answer is: $5$.", "5"),
         ("Adding them up.\n#### 1,600", "1,600"),
+        ("Final Answer: The final answer is $\\frac{7}{3}$. I hope it is correct.", r"\frac{7}{3}"),
+        ("**Final Answer:**\n$-6$", "-6"),
+        ("<think>6*7</think><answer> 42 </answer>", "42"),
+        ("La respuesta es 540.", "540"),
+        ("So the total is **96**.", "96"),
+        ("The answer is 12, since 3 times 4 is 12.", "12"),
+        (r"$x = \boxed{2}$ and $x = \boxed{-5}$", "x=2, x=-5"),
+        (r"\boxed{1}, \boxed{3} and \boxed{1}", "1, 3"),
+        (r"First \boxed{3}, but actually \boxed{5}.", "5"),
+        (r"\boxed{18}. Wait, that's wrong: the correct answer is 15.", "15"),
+        (r"\boxed{18}. Let me check: the answer is right.", "18"),
+        (r"\boxed{18}. Hmm, I made a mistake somewhere.", None),
         (r"truncated \boxed{\frac{1}{2}", None),
         ("no answer here", None),
         ("", None),
@@ -87,11 +147,10 @@ def test_extract_answer(response: str, expected: str | None):
     assert extract_answer(response) == expected
 
 
-def test_extract_answer_fallbacks_are_configurable():
-    assert extract_answer("The answer is 5.", fallbacks=()) is None
-    assert extract_answer("#### 5", fallbacks=("answer_is",)) is None
-    with pytest.raises(ValueError, match="unknown fallbacks"):
-        extract_answer("x", fallbacks=("nope",))
+def test_extract_answer_strict_reads_the_last_box_only():
+    assert extract_answer("The answer is 5.", "strict") is None
+    assert extract_answer(r"$x = \boxed{2}$ and $x = \boxed{-5}$", "strict") == "-5"
+    assert extract_answer(r"\boxed{18}. Wait, that's wrong: the answer is 15.", "strict") == "18"
 
 
 # --------------------------------------------------------------------------- judge verdicts
@@ -219,7 +278,7 @@ def eval_golds() -> list[tuple[str, str]]:
     golds = [("math500", row["answer"]) for row in rows("math500")]
     golds += [("aime24", str(row["answer"])) for row in rows("aime24")]
     golds += [("amc23", str(row["answer"])) for row in rows("amc23")]
-    golds += [("minerva_math", extract_answer(row["solution"], fallbacks=())) for row in rows("minerva_math")]
+    golds += [("minerva_math", extract_answer(row["solution"], "strict")) for row in rows("minerva_math")]
     golds += [("gsm8k", row["answer"].split("#### ")[-1].strip()) for row in rows("gsm8k")]
     golds += [("mmlu_stem", "ABCD"[row["answer"]]) for row in rows("mmlu_stem")]
     return golds

@@ -19,10 +19,12 @@ import spark.chat
 from spark.chat import ChatModel, image_inputs, load_chat_model
 from spark.data import Sample
 from spark.models import Qwen2_5_VL, load_model, save_model
+from spark.packing import pack
 from spark.prompts import math_prompt
+from spark.rollout import Experience
 from spark.sampler import SamplingParams, generate
 from spark.tiny import make_tiny_vl_checkpoint
-from spark.trainer import Experience, Trainer
+from spark.trainer import Trainer
 from tests.test_trainer import torchrun
 from tests.trainer_utils import tiny_config
 
@@ -157,6 +159,10 @@ def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
     assert seen[0].banned_token_ids == chat.banned_token_ids
 
 
+def trainer_pack(trainer: Trainer, experiences: list[Experience]):
+    return pack(experiences, filler=trainer.filler, task_weights=trainer.config.spark.task_weights, drop_truncated=False)
+
+
 def test_trainer_gives_recycled_prompts_their_pixels_and_packs_images(vl_files, tmp_path):
     _, checkpoint, data = vl_files
     trainer = Trainer(vl_config(checkpoint, data, tmp_path / "run"))
@@ -164,13 +170,13 @@ def test_trainer_gives_recycled_prompts_their_pixels_and_packs_images(vl_files, 
     recycled = Sample("Is this right?", "No", task="pointwise", image=policy.image)
     text = trainer.questions[-1]
     assert policy.image and text.image is None
-    prompts = trainer.render([policy, recycled, text])
+    prompts = trainer.rollouts.render([policy, recycled, text])
     assert prompts[1].images["image_grid_thw"].prod() * 14 * 14 <= JUDGE_MAX_PIXELS
     assert prompts[0].images["image_grid_thw"].prod() > prompts[1].images["image_grid_thw"].prod()
     assert prompts[2].images == {}
     experiences = [Experience(sample, prompt.ids, [5, 6], "r", 1.0, False, images=prompt.images)
                    for sample, prompt in zip([policy, recycled, text], prompts)]
-    batch = trainer.pack(experiences)
+    batch = trainer_pack(trainer, experiences)
     grids = torch.cat([prompts[0].images["image_grid_thw"], prompts[1].images["image_grid_thw"]])
     assert torch.equal(batch.images["image_grid_thw"], grids)
     assert torch.equal(batch.images["pixel_values"],
@@ -179,7 +185,7 @@ def test_trainer_gives_recycled_prompts_their_pixels_and_packs_images(vl_files, 
     logp, _ = trainer.response_logprobs(trainer.policy, batch)
     assert logp.shape == (3, 2) and torch.isfinite(logp).all()
     # Without images (a text-only or an empty micro-batch) a filler image keeps the vision tower running.
-    for batch in (trainer.pack(experiences[2:]), trainer.pack([])):
+    for batch in (trainer_pack(trainer, experiences[2:]), trainer_pack(trainer, [])):
         assert batch.images["image_grid_thw"].tolist() == [[1, 2, 2]]
         assert torch.isfinite(trainer.response_logprobs(trainer.policy, batch)[0]).all()
 

@@ -13,13 +13,15 @@ from spark.data import Sample
 from spark.evaluation.loaders import BestOfNItem, PairItem
 from spark.evaluation.scoring import best_of_n_correct, pairwise_correct, parse_rating
 from spark.prompts import rating_prompt, vl_rewardbench_prompt
-from spark.tts import Problem, Sampling, answer, judge, refine
+from spark.sampler import Sampling
+from spark.tts import Problem, answer, judge, refine
 from spark.verifier import parse_judgment
 
 
 @dataclass
 class EvalConfig:
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0))
+    seed: int = 0
     n: int = 1  # samples per math question: mean@n and pass@n (the judge benchmarks use one)
     judge: bool = False  # the model also judges each of its answers (self-judgment P/R/F1)
     tts: bool = False  # the test-time loop on each answer (implies judging)
@@ -29,12 +31,12 @@ class EvalConfig:
 
 def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:
     problems = [Problem(s.meta["question"], s.gold, s.image) for s in samples]
-    rows = answer(model, problems, sampling=cfg.sampling, n=cfg.n)
+    rows = answer(model, problems, sampling=cfg.sampling, seed=cfg.seed, n=cfg.n)
     traces = [trace for row in rows for trace in row]
     if cfg.tts:
-        refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling)
+        refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling, seed=cfg.seed)
     elif cfg.judge:
-        judge(model, traces, sampling=cfg.sampling)
+        judge(model, traces, sampling=cfg.sampling, seed=cfg.seed)
     return [
         {"question": p.question, "gold": p.gold, "image": p.image, "traces": [t.to_dict() for t in row]}
         for p, row in zip(problems, rows)
@@ -42,7 +44,7 @@ def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:
 
 
 def _first_completions(model, prompts: list[str], images: list[str | None], cfg: EvalConfig) -> list:
-    return [completions[0] for completions in model.generate(prompts, images, n=1, **asdict(cfg.sampling))]
+    return [completions[0] for completions in model.generate(prompts, images, n=1, seed=cfg.seed, **asdict(cfg.sampling))]
 
 
 def run_rb2(model, items: list[BestOfNItem], cfg: EvalConfig) -> list[dict]:

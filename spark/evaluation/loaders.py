@@ -91,7 +91,7 @@ def gsm8k_gold(solution: str) -> str:
 
 def last_boxed_gold(solution: str) -> str:
     """The gold answer of a worked solution is its last \\boxed{} (Minerva)."""
-    gold = extract_answer(solution)
+    gold = extract_answer(solution, "strict")
     if gold is None:
         raise ValueError("no \\boxed{} answer in the solution")
     return gold

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import re
 
-from spark.tts import Problem, Trace, tts_statistics
+from spark.tts import Problem, Trace, rate, tts_statistics
 from spark.verifier import extract_answer
-
-
-def _rate(count: int, total: int) -> float:
-    return count / total if total else 0.0
 
 
 def parse_rating(response: str) -> float | None:
     """The judge's rating: the first number in its \\boxed{} ('\\boxed{8}', '\\boxed{7/10}' -> 7.0)."""
-    boxed = extract_answer(response)
+    boxed = extract_answer(response, "strict")
     number = re.search(r"-?\d+(?:\.\d+)?", boxed or "")
     return float(number.group()) if number else None
 
@@ -38,13 +34,13 @@ def pairwise_correct(forward: str | None, reverse: str | None, better: int) -> b
 def precision_recall_f1(predicted: list[bool], actual: list[bool]) -> dict:
     """P = TP / (TP + FP), R = TP / (TP + FN), F1 = 2PR / (P + R); positive = "correct" (0 when empty)."""
     tp = sum(p and a for p, a in zip(predicted, actual))
-    precision = _rate(tp, sum(predicted))
-    recall = _rate(tp, sum(actual))
+    precision = rate(tp, sum(predicted))
+    recall = rate(tp, sum(actual))
     return {
         "precision": precision,
         "recall": recall,
-        "f1": _rate(2 * precision * recall, precision + recall),
-        "accuracy": _rate(sum(p == a for p, a in zip(predicted, actual)), len(actual)),
+        "f1": rate(2 * precision * recall, precision + recall),
+        "accuracy": rate(sum(p == a for p, a in zip(predicted, actual)), len(actual)),
         "n": len(actual),
     }
 
@@ -64,14 +60,14 @@ def summarize_math(records: list[dict], *, tts_rounds: int | None = None) -> dic
     rows = [[Trace.from_dict(Problem(r["question"], r["gold"], r["image"]), t) for t in r["traces"]] for r in records]
     traces = [trace for row in rows for trace in row]
     summary = {
-        "accuracy": _rate(sum(bool(t.final.correct) for t in traces), len(traces)),
+        "accuracy": rate(sum(bool(t.final.correct) for t in traces), len(traces)),
         "n": len(records),
         "unanswered": sum(t.final.extracted is None for t in traces),
     }
     samples = len(rows[0]) if rows else 1
     if samples > 1:
         summary[f"mean@{samples}"] = summary["accuracy"]
-        summary[f"pass@{samples}"] = _rate(sum(any(t.final.correct for t in row) for row in rows), len(rows))
+        summary[f"pass@{samples}"] = rate(sum(any(t.final.correct for t in row) for row in rows), len(rows))
     if any(len(t.turns) > 1 for t in traces):
         summary["self_judgment"] = self_judgment(traces)
     if tts_rounds is not None:
@@ -86,10 +82,10 @@ def summarize_judge(records: list[dict], *, math_subset: str) -> dict:
     for r in records:
         subsets.setdefault(r["subset"], []).append(r["correct"])
     summary = {
-        "accuracy": _rate(sum(r["correct"] for r in records), len(records)),
+        "accuracy": rate(sum(r["correct"] for r in records), len(records)),
         "n": len(records),
         "unparsed": sum(r["unparsed"] for r in records),
-        "subsets": {name: {"accuracy": _rate(sum(c), len(c)), "n": len(c)} for name, c in sorted(subsets.items())},
+        "subsets": {name: {"accuracy": rate(sum(c), len(c)), "n": len(c)} for name, c in sorted(subsets.items())},
     }
     if math_subset in subsets:
         summary["math_accuracy"] = summary["subsets"][math_subset]["accuracy"]

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from spark.losses import token_logprobs
 from spark.models.attention import KVCache, cached_attention, causal_attention, packed_attention
+from spark.models.logprobs import token_logprobs
 
 
 @dataclass
@@ -260,7 +260,7 @@ class Qwen2(nn.Module):
                  temperature: float = 1.0, chunk_size: int = 1024, **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and entropies [N] of `targets` [1, N] after each position of `input_ids` [1, N].
 
-        The lm_head runs in fp32 chunks (spark.losses.token_logprobs), so no [N, vocab] tensor is held.
+        The lm_head runs in fp32 chunks (spark.models.logprobs.token_logprobs), so no [N, vocab] tensor is held.
         A method of the model (not a free function) so that FSDP gathers the head's weight for it.
         `model_inputs` (pixel_values, image_grid_thw) go to the forward of vision-language subclasses.
         """

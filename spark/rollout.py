@@ -1,0 +1,118 @@
+"""Rollouts: verifiable prompts -> n sampled responses each, scored by the rule verifier.
+
+Sampling goes through `ChatModel.complete`, the generation path that evaluation and test-time scaling use
+too, so training and evaluation see the same prompt ids. Each response becomes an `Experience` that
+carries its group id (the index of its prompt in the call): advantages are normalised within a group and
+recycling reads a group's responses by that id, whatever the order of the list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from spark.chat import ChatModel, ChatPrompt
+from spark.data import TASKS, DataError, Sample
+from spark.distributed import reduce_metrics
+from spark.images import ImageConfig
+from spark.recycle import VERIFIER_KIND, RolloutGroup
+from spark.sampler import Sampling
+from spark.verifier import score_batch
+
+
+@dataclass
+class Experience:
+    """One sampled response to one prompt, with what the update needs."""
+
+    sample: Sample
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response: str
+    reward: float
+    truncated: bool  # stopped by max_new_tokens, not by a stop token
+    advantage: float = 0.0
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # the prompt's image inputs (ChatPrompt.images)
+    group: int = 0  # responses to the same prompt share it
+    sampler_logprobs: torch.Tensor | None = None  # [len(response_ids)] as the sampler computed them
+
+
+def task_image_configs(checkpoint: ImageConfig | None, *, min_pixels: int = 0, max_pixels: int = 0,
+                       judge_max_pixels: int = 0) -> dict[str, ImageConfig | None]:
+    """Each task's image preprocessing: the checkpoint's, with min_pixels / max_pixels for policy prompts
+    and judge_max_pixels for the recycled (judge and reflection) ones; a setting of 0 changes nothing."""
+    if checkpoint is None:
+        return dict.fromkeys(TASKS)
+    bounds = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+    policy = dataclasses.replace(checkpoint, **{k: v for k, v in bounds.items() if v})
+    recycled = dataclasses.replace(policy, max_pixels=judge_max_pixels or policy.max_pixels)
+    return {task: policy if task == "policy" else recycled for task in TASKS}
+
+
+class Rollouts:
+    """Samples and scores responses to `Sample`s with one chat model (the trainer's sampling copy)."""
+
+    def __init__(self, chat: ChatModel, image_configs: dict[str, ImageConfig | None], max_prompt_tokens: int):
+        self.chat, self.image_configs, self.max_prompt_tokens = chat, image_configs, max_prompt_tokens
+
+    def render(self, samples: list[Sample]) -> list[ChatPrompt]:
+        """Chat-templated prompts with their image inputs, each image at its task's resolution; a prompt
+        over `max_prompt_tokens` is a DataError naming its source row."""
+        prompts = [self.chat.render([s.prompt], [s.image], image_config=self.image_configs[s.task])[0]
+                   for s in samples]
+        for sample, prompt in zip(samples, prompts):
+            if len(prompt.ids) > self.max_prompt_tokens:
+                raise DataError(sample.meta.get("source", "<recycled>"), None, "question",
+                                f"prompt is {len(prompt.ids)} tokens, over data.max_prompt_tokens")
+        return prompts
+
+    def sample(self, samples: list[Sample], sampling: Sampling, n: int, seed: int) -> list[Experience]:
+        """n responses per sample (unscored: reward 0 until `score`), group id = the sample's index."""
+        if not samples:
+            return []
+        prompts = self.render(samples)
+        groups = self.chat.complete(prompts, sampling, n=n, seed=seed)
+        return [Experience(sample, prompt.ids, c.token_ids, c.text, 0.0, c.finish_reason == "length",
+                           images=prompt.images, group=group, sampler_logprobs=c.logprobs)
+                for group, (sample, prompt, completions) in enumerate(zip(samples, prompts, groups))
+                for c in completions]
+
+
+def score(experiences: list[Experience]) -> None:
+    """Set each experience's reward: the rule verifier on its response against its sample's gold."""
+    rewards = score_batch([e.response for e in experiences], [e.sample.gold for e in experiences],
+                          kinds=[VERIFIER_KIND[e.sample.task] for e in experiences])
+    for experience, reward in zip(experiences, rewards):
+        experience.reward = reward
+
+
+def by_group(experiences: list[Experience]) -> list[list[Experience]]:
+    """The experiences of each group, groups in id order, responses in their order within the list."""
+    groups: dict[int, list[Experience]] = {}
+    for experience in experiences:
+        groups.setdefault(experience.group, []).append(experience)
+    return [groups[g] for g in sorted(groups)]
+
+
+def rollout_groups(experiences: list[Experience]) -> list[RolloutGroup]:
+    """The policy prompts' groups, as recycling takes them."""
+    return [RolloutGroup(group[0].sample, [e.response for e in group], [e.reward for e in group])
+            for group in by_group([e for e in experiences if e.sample.task == "policy"])]
+
+
+def rollout_metrics(experiences: list[Experience]) -> dict[str, float]:
+    """Over all ranks: reward per task (policy accuracy, judge accuracies, reflection success), response
+    lengths, truncation rate, generated tokens."""
+    sums = {"response_tokens": sum(len(e.response_ids) for e in experiences), "responses": len(experiences),
+            "truncated": sum(e.truncated for e in experiences)}
+    for task in TASKS:
+        rewards = [e.reward for e in experiences if e.sample.task == task]
+        sums[f"reward/{task}"], sums[f"count/{task}"] = sum(rewards), len(rewards)
+    totals = reduce_metrics(sums)
+    longest = reduce_metrics({"max": max((len(e.response_ids) for e in experiences), default=0)}, op="max")["max"]
+    metrics = {f"reward/{task}": totals[f"reward/{task}"] / totals[f"count/{task}"]
+               for task in TASKS if totals[f"count/{task}"]}
+    responses = max(totals["responses"], 1)
+    return {**metrics, "response_len/mean": totals["response_tokens"] / responses, "response_len/max": longest,
+            "truncation_rate": totals["truncated"] / responses, "generated_tokens": totals["response_tokens"]}

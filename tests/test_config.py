@@ -1,0 +1,57 @@
+"""Config errors are caught when the file is loaded, naming the file, the key, the value and what is allowed."""
+
+import pytest
+
+from spark.checkpointing import check_same_run
+from spark.config import ConfigError, TrainConfig, load_config
+
+
+@pytest.fixture
+def run_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[loss]\nkl_coef = 0.0\n[spark]\nmode = "spark"\n')
+    return path
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("spark.schedule=seperate", "spark.schedule", "'separate', 'mixed'"),
+    ("spark.mode=spak", "spark.mode", "'policy-only', 'reward-only', 'policy+reward', 'spark'"),
+    ("loss.kl_kind=k4", "loss.kl_kind", "'k1', 'k2', 'k3'"),  # caught although kl_coef = 0 in the file
+    ("loss.aggregation=token-sum", "loss.aggregation", "'token-mean', 'seq-mean-token-mean'"),
+    ("loss.advantage_scale=groups", "loss.advantage_scale", "'group', 'batch', 'none'"),
+    ("spark.recycle.content=answers", "spark.recycle.content", "'answer', 'cot', 'both'"),
+    ("run.resume=always", "run.resume", "'auto', 'force'"),
+])
+def test_a_misspelt_choice_names_file_key_value_and_choices(run_file, override, key, allowed):
+    value = override.split("=")[1]
+    with pytest.raises(ConfigError) as error:
+        load_config(TrainConfig, run_file, [override])
+    assert str(error.value) == f"{run_file}: '{key}' = '{value}' is not one of {allowed}"
+
+
+def test_a_misspelt_task_weight_key(run_file):
+    with pytest.raises(ConfigError, match=r"run\.toml: 'spark\.task_weights key' = 'pointwize' is not one of "
+                                          r"'policy', 'pointwise', 'pairwise', 'reflection'"):
+        load_config(TrainConfig, run_file, ["spark.task_weights={policy=1.0, pointwize=0.5}"])
+    weights = load_config(TrainConfig, run_file, ["spark.task_weights={policy=1, pairwise=0.5}"]).spark.task_weights
+    assert weights == {"policy": 1.0, "pairwise": 0.5}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.n=0", r"\[rollout\] n, batch_size and max_new_tokens must be >= 1"),
+    ("loss.dual_clip=0.5", r"\[loss\] dual_clip must be 0 \(off\) or > 1, got 0.5"),
+    ("loss.kl_coef=-1", r"\[loss\] kl_coef must be >= 0, got -1.0"),
+    ("spark.recycle.mixed_pairwise_prob=2", r"\[spark.recycle\] RecycleConfig.mixed_pairwise_prob must be in \[0, 1\]"),
+])
+def test_out_of_range_values_name_the_file_and_table(run_file, override, message):
+    with pytest.raises(ConfigError, match=f"run.toml: {message}"):
+        load_config(TrainConfig, run_file, [override])
+
+
+def test_a_checkpoint_resumes_only_its_own_run(tmp_path):
+    saved = {"seed": 0, "model": "ckpt", "train_files": ["a.jsonl"], "n": 8, "prompts_per_step": 64}
+    check_same_run(saved, dict(saved), tmp_path, force=False)
+    changed = {**saved, "seed": 1, "n": 4}
+    with pytest.raises(ValueError, match=r"of another run \(seed: 0 -> 1; n: 8 -> 4\); resume it with run.resume=force"):
+        check_same_run(saved, changed, tmp_path, force=False)
+    check_same_run(saved, changed, tmp_path, force=True)
