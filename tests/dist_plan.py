@@ -28,7 +28,7 @@ def main(checkpoint: str, data: str, out_dir: str, result: str, *overrides: str)
     trainer = Trainer(tiny_config(Path(checkpoint), Path(data), Path(out_dir), *overrides))
     measured = {"parameter shards": local_bytes(trainer.policy.parameters()),
                 "reference shards": local_bytes(trainer.reference.parameters()) if trainer.reference else 0,
-                "sampler weights": local_bytes(trainer.sampler.parameters())}
+                "sampler weights": local_bytes(trainer.rollouts.chat.model.parameters())}
     step = trainer.optimizer.step
 
     def measuring_step():  # grads exist between backward and zero_grad, state after the first step
