@@ -170,7 +170,7 @@ def vision_activation_bytes(vision: VisionConfig, patches: int, element: int, ch
 
 
 def logprob_chunk_bytes(cfg: ModelConfig, chunk: int) -> int:
-    """spark.losses.token_logprobs: forward holds the head in fp32 and three [chunk, V] fp32 blocks (logits,
+    """spark.models.logprobs.token_logprobs: forward holds the head in fp32 and three [chunk, V] fp32 blocks (logits,
     softmax, their product); backward the head and its gradient in fp32 and two blocks."""
     head, block = cfg.vocab_size * cfg.hidden_size * 4, chunk * cfg.vocab_size * 4
     return max(head + 3 * block, 2 * head + 2 * block)
@@ -201,6 +201,7 @@ class Plan:
     activations_without_checkpointing: int
     activations_with_checkpointing: int
     release_sampler: bool = False  # what-if: the sampler's weights freed for the update
+    checkpoint_max_pixels: int = ImageConfig.max_pixels  # the checkpoint's image bound, when the config sets none
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -306,7 +307,8 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
     items["activations"] = activations[config.model.activation_checkpointing]
     items["log-prob chunk"] = logprob_chunk_bytes(cfg, loss.logprob_chunk)
     notes.append(f"{shapes.count() / 1e9:.2f}B parameters; KV cache of {rows} rows x {length} tokens")
-    return Plan(world_size, gpu_memory_gb * GB, items, activations[False], activations[True], release_sampler, notes)
+    return Plan(world_size, gpu_memory_gb * GB, items, activations[False], activations[True], release_sampler,
+                checkpoint_max_pixels, notes)
 
 
 # ---- what would make it fit ----------------------------------------------------------------------------
@@ -350,6 +352,28 @@ def fitting_settings(config: TrainConfig, model_config: dict, world_size: int, g
     return None
 
 
+def plan_checkpoint(config: TrainConfig, gpus: int, gpu_memory_gb: float, *, release_sampler: bool = False
+                    ) -> tuple[Plan, dict, str]:
+    """The plan of `config` for the checkpoint at config.model.path (its config.json and image preprocessing,
+    or the known sizes of its name); (plan, its config.json dict, where the sizes came from)."""
+    model_config, source = read_model_config(config.model.path)
+    preprocessor = Path(config.model.path) / "preprocessor_config.json"
+    max_pixels = ImageConfig.from_pretrained(config.model.path).max_pixels if preprocessor.exists() \
+        else ImageConfig.max_pixels
+    plan = plan_for(config, model_config, gpus, gpu_memory_gb, release_sampler=release_sampler,
+                    checkpoint_max_pixels=max_pixels)
+    return plan, model_config, source
+
+
+def refusal(plan: Plan, config: TrainConfig, model_config: dict) -> tuple[str, list[str] | None]:
+    """Why a plan that does not fit does not, and the settings that would make it fit (`fitting_settings`)."""
+    fix = fitting_settings(config, model_config, plan.gpus, plan.gpu_memory / GB, release_sampler=plan.release_sampler,
+                           checkpoint_max_pixels=plan.checkpoint_max_pixels)
+    needs = f"{config.model.path} needs {plan.total / GB:.1f} GB per GPU, {plan.usable / GB:.1f} GB are usable"
+    return needs + (f"; it fits with: {' '.join(fix)}" if fix is not None else
+                    f"; no setting of the config makes it fit on {plan.gpus} GPUs (README, 'Memory plan')"), fix
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
@@ -358,22 +382,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB (2**30 bytes) per GPU")
     parser.add_argument("--release-sampler", action="store_true",
                         help="what-if: the sampler's weights freed during the update (the trainer does not yet)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     config = load_config(TrainConfig, args.config, args.overrides)
-    model_config, source = read_model_config(config.model.path)
-    preprocessor = Path(config.model.path) / "preprocessor_config.json"
-    options = {"release_sampler": args.release_sampler,
-               "checkpoint_max_pixels": (ImageConfig.from_pretrained(config.model.path).max_pixels
-                                         if preprocessor.exists() else ImageConfig.max_pixels)}
-    plan = plan_for(config, model_config, args.gpus, args.gpu_memory, **options)
+    plan, model_config, source = plan_checkpoint(config, args.gpus, args.gpu_memory,
+                                                 release_sampler=args.release_sampler)
     print(f"{args.config} on {args.gpus} x {args.gpu_memory:g} GB; model sizes from {source}")
     print(plan.table())
     summary = plan.summary()
     if not plan.fits:
-        fix = fitting_settings(config, model_config, args.gpus, args.gpu_memory, **options)
-        summary["fitting_settings"] = fix
-        print("fits with: " + " ".join(fix) if fix is not None else
-              "no setting of the config makes it fit on these GPUs (see README, 'Memory plan')")
+        message, summary["fitting_settings"] = refusal(plan, config, model_config)
+        print(message)
     print(json.dumps(summary))
 
 

@@ -39,10 +39,13 @@ from spark.distributed import (
     reduce_metrics,
     shard_model,
 )
+from spark.flops import FlopModel, peak_tflops, step_flops, throughput
 from spark.losses import group_advantages, grpo_loss
 from spark.metrics import MetricsLogger, PhaseTimer
 from spark.models import load_model
+from spark.models.attention import describe_attention
 from spark.packing import Filler, MicroBatch, pack, split_by_tokens
+from spark.plan import GB, plan_checkpoint, refusal
 from spark.prompts import math_prompt, pointwise_prompt
 from spark.recycle import ABLATIONS, RecycleQueue, label_balance, label_counts, recycle, recycled_kinds
 from spark.rollout import (
@@ -115,7 +118,11 @@ class Trainer:
                            force=run.resume == "force")
 
         device = self.world.device
-        mixed = config.model.mixed_precision and device.type == "cuda"
+        mixed = config.model.mixed_precision  # bf16 compute on CPU too: FSDP2's MixedPrecisionPolicy works with gloo
+        if self.world.is_main:
+            print(describe_attention(device, torch.bfloat16 if mixed else torch.float32), flush=True)
+        if device.type == "cuda":
+            self.check_memory()
         self.policy = load_model(config.model.path, device=device)
         self.policy.model.activation_checkpointing = config.model.activation_checkpointing
         if config.model.freeze_vision:
@@ -136,11 +143,29 @@ class Trainer:
                                     judge_max_pixels=data.judge_max_pixels)
         self.rollouts = Rollouts(chat, images, data.max_prompt_tokens)
         self.filler = Filler.for_model(chat.model)
+        self.flop_model = FlopModel.of(chat.model)
+        self.peak_tflops = peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+                                       run.peak_tflops)
 
         self.queue = RecycleQueue()
         self.step = 0
         self.metrics = MetricsLogger(self.out_dir, enabled=self.world.is_main)
         self.resume()
+
+    def check_memory(self) -> None:
+        """spark.plan's memory plan of this run, printed once; a config that cannot fit stops here, naming the
+        settings that would make it fit (or, with run.memory_check = "warn", only says so)."""
+        memory = torch.cuda.get_device_properties(self.world.device).total_memory / GB
+        plan, model_config, _ = plan_checkpoint(self.config, self.world.size, memory)
+        if self.world.is_main:
+            print(plan.table(), flush=True)
+        if plan.fits:
+            return
+        message, _ = refusal(plan, self.config, model_config)
+        if self.config.run.memory_check == "refuse":
+            raise ValueError(f"{message}; run.memory_check=warn starts it anyway")
+        if self.world.is_main:
+            print(f"warning: {message}", flush=True)
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -189,12 +214,14 @@ class Trainer:
                 recycled_experiences = self.rollout(self.queue.pop(len(self.queue)), Salt.RECYCLED_ROLLOUT, timer)
                 metrics.update({f"recycled/{k}": v for k, v in self.update(recycled_experiences, timer).items()})
                 experiences += recycled_experiences
+                trained += recycled_experiences
 
         metrics.update(rollout_metrics(experiences))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics.update(timer.seconds)
         metrics["time/step"] = time.perf_counter() - started
         metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["time/step"]
+        metrics.update(self.flop_metrics(trained, experiences, metrics))
         if config.run.sample_every and self.step % config.run.sample_every == 0:
             self.log_samples(experiences)
         return metrics
@@ -285,6 +312,32 @@ class Trainer:
         per_token = {k: v / (counts["tokens"] * cfg.ppo_epochs) for k, v in totals.items() if k != "loss"}
         grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
         return {**per_token, "loss": totals["loss"], "grad_norm": float(grad_norm), "tokens": counts["tokens"]}
+
+    def flop_metrics(self, trained: list[Experience], sampled: list[Experience], times: dict[str, float]
+                     ) -> dict[str, float]:
+        """Model FLOPs per token of the update (with the reference's forward) and of the rollouts, and the
+        TFLOP/s and MFU one GPU achieved in each phase and in the whole step (spark.flops)."""
+        patches = lambda experiences: [int(t * h * w) for e in experiences
+                                       for t, h, w in e.images.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
+        flops = step_flops(self.flop_model, updated=[len(e.prompt_ids) + len(e.response_ids) for e in trained],
+                           generated=[(len(e.prompt_ids), len(e.response_ids)) for e in sampled],
+                           reference=self.reference is not None, ppo_epochs=self.config.loss.ppo_epochs,
+                           updated_patches=patches(trained), generated_patches=patches(sampled),
+                           vision_trained=not self.config.model.freeze_vision)
+        totals = reduce_metrics({**flops, "trained_tokens": sum(len(e.prompt_ids) + len(e.response_ids) for e in trained),
+                                 "sampled_tokens": sum(len(e.prompt_ids) + len(e.response_ids) for e in sampled)})
+        per_gpu = {k: v / self.world.size for k, v in totals.items()}
+        phases = {"update": (per_gpu["update"] + per_gpu["reference"],
+                             times.get("time/update", 0.0) + times.get("time/reference", 0.0)),
+                  "rollout": (per_gpu["rollout"], times.get("time/rollout", 0.0)),
+                  "step": (per_gpu["update"] + per_gpu["reference"] + per_gpu["rollout"], times["time/step"])}
+        metrics = {"flops_per_token/update": totals["update"] / max(totals["trained_tokens"], 1),
+                   "flops_per_token/reference": totals["reference"] / max(totals["trained_tokens"], 1),
+                   "flops_per_token/rollout": totals["rollout"] / max(totals["sampled_tokens"], 1)}
+        for phase, (phase_flops, seconds) in phases.items():
+            if seconds > 0:
+                metrics.update({f"{k}/{phase}": v for k, v in throughput(phase_flops, seconds, self.peak_tflops).items()})
+        return metrics
 
     # ---- evaluation and logging ---------------------------------------------------------------------
 
