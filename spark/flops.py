@@ -119,3 +119,23 @@ def throughput(flops: float, seconds: float, peak: float | None) -> dict[str, fl
     """Achieved TFLOP/s of one GPU doing `flops` in `seconds`, and MFU against `peak` TFLOP/s (when known)."""
     achieved = flops / max(seconds, 1e-9) / 1e12
     return {"tflops": achieved, **({"mfu": achieved / peak} if peak else {})}
+
+
+def flop_metrics(totals: dict[str, float], seconds: dict[str, float], gpus: int, peak: float | None
+                 ) -> dict[str, float]:
+    """Step metrics from `step_flops`' phases summed over the ranks (plus `trained_tokens`, `sampled_tokens`)
+    and the phases' seconds (`time/update`, `time/reference`, `time/rollout`, `time/step`):
+    FLOPs per trained / sampled token, and per phase TFLOP/s of one GPU (the ranks' FLOPs / gpus / seconds)
+    and MFU against `peak`. The reference's forward counts with the update."""
+    trained, sampled = max(totals["trained_tokens"], 1), max(totals["sampled_tokens"], 1)
+    update = (totals["update"] + totals["reference"]) / gpus
+    phases = {"update": (update, seconds.get("time/update", 0.0) + seconds.get("time/reference", 0.0)),
+              "rollout": (totals["rollout"] / gpus, seconds.get("time/rollout", 0.0)),
+              "step": (update + totals["rollout"] / gpus, seconds["time/step"])}
+    metrics = {"flops_per_token/update": totals["update"] / trained,
+               "flops_per_token/reference": totals["reference"] / trained,
+               "flops_per_token/rollout": totals["rollout"] / sampled}
+    for phase, (flops, phase_seconds) in phases.items():
+        if phase_seconds > 0:
+            metrics.update({f"{k}/{phase}": v for k, v in throughput(flops, phase_seconds, peak).items()})
+    return metrics

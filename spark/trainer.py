@@ -39,7 +39,7 @@ from spark.distributed import (
     reduce_metrics,
     shard_model,
 )
-from spark.flops import FlopModel, peak_tflops, step_flops, throughput
+from spark.flops import FlopModel, flop_metrics, peak_tflops, step_flops
 from spark.losses import group_advantages, grpo_loss
 from spark.metrics import MetricsLogger, PhaseTimer
 from spark.models import load_model
@@ -313,31 +313,19 @@ class Trainer:
         grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
         return {**per_token, "loss": totals["loss"], "grad_norm": float(grad_norm), "tokens": counts["tokens"]}
 
-    def flop_metrics(self, trained: list[Experience], sampled: list[Experience], times: dict[str, float]
+    def flop_metrics(self, trained: list[Experience], sampled: list[Experience], seconds: dict[str, float]
                      ) -> dict[str, float]:
-        """Model FLOPs per token of the update (with the reference's forward) and of the rollouts, and the
-        TFLOP/s and MFU one GPU achieved in each phase and in the whole step (spark.flops)."""
+        """Model FLOPs per token, TFLOP/s and MFU of the step's phases (spark.flops), over all ranks."""
+        lengths = lambda experiences: [len(e.prompt_ids) + len(e.response_ids) for e in experiences]
         patches = lambda experiences: [int(t * h * w) for e in experiences
                                        for t, h, w in e.images.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
-        flops = step_flops(self.flop_model, updated=[len(e.prompt_ids) + len(e.response_ids) for e in trained],
+        local = step_flops(self.flop_model, updated=lengths(trained),
                            generated=[(len(e.prompt_ids), len(e.response_ids)) for e in sampled],
                            reference=self.reference is not None, ppo_epochs=self.config.loss.ppo_epochs,
                            updated_patches=patches(trained), generated_patches=patches(sampled),
                            vision_trained=not self.config.model.freeze_vision)
-        totals = reduce_metrics({**flops, "trained_tokens": sum(len(e.prompt_ids) + len(e.response_ids) for e in trained),
-                                 "sampled_tokens": sum(len(e.prompt_ids) + len(e.response_ids) for e in sampled)})
-        per_gpu = {k: v / self.world.size for k, v in totals.items()}
-        phases = {"update": (per_gpu["update"] + per_gpu["reference"],
-                             times.get("time/update", 0.0) + times.get("time/reference", 0.0)),
-                  "rollout": (per_gpu["rollout"], times.get("time/rollout", 0.0)),
-                  "step": (per_gpu["update"] + per_gpu["reference"] + per_gpu["rollout"], times["time/step"])}
-        metrics = {"flops_per_token/update": totals["update"] / max(totals["trained_tokens"], 1),
-                   "flops_per_token/reference": totals["reference"] / max(totals["trained_tokens"], 1),
-                   "flops_per_token/rollout": totals["rollout"] / max(totals["sampled_tokens"], 1)}
-        for phase, (phase_flops, seconds) in phases.items():
-            if seconds > 0:
-                metrics.update({f"{k}/{phase}": v for k, v in throughput(phase_flops, seconds, self.peak_tflops).items()})
-        return metrics
+        totals = reduce_metrics({**local, "trained_tokens": sum(lengths(trained)), "sampled_tokens": sum(lengths(sampled))})
+        return flop_metrics(totals, seconds, self.world.size, self.peak_tflops)
 
     # ---- evaluation and logging ---------------------------------------------------------------------
 

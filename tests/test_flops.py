@@ -2,7 +2,7 @@
 
 import pytest
 
-from spark.flops import FlopModel, peak_tflops, step_flops, throughput
+from spark.flops import FlopModel, flop_metrics, peak_tflops, step_flops, throughput
 from spark.plan import KNOWN_CONFIGS
 
 # hidden 8, MLP 16, 2 layers, 2 heads of 4 (1 KV head), vocab 10, untied head.
@@ -58,3 +58,14 @@ def test_mfu_against_the_device_table():
     assert peak_tflops("cpu") is None
     assert throughput(989e12 * 2, 4.0, 989.0) == pytest.approx({"tflops": 494.5, "mfu": 0.5})
     assert throughput(1e12, 1.0, None) == {"tflops": 1.0}
+
+
+def test_step_metrics_by_hand():
+    """Two GPUs: 12e12 update + 4e12 reference FLOPs over 2 + 2 s, 8e12 rollout FLOPs over 1 s, a 10 s step."""
+    totals = {"update": 12e12, "reference": 4e12, "rollout": 8e12, "trained_tokens": 4e3, "sampled_tokens": 8e3}
+    seconds = {"time/update": 2.0, "time/reference": 2.0, "time/rollout": 1.0, "time/step": 10.0}
+    metrics = flop_metrics(totals, seconds, gpus=2, peak=4.0)
+    assert metrics == pytest.approx({
+        "flops_per_token/update": 3e9, "flops_per_token/reference": 1e9, "flops_per_token/rollout": 1e9,
+        "tflops/update": 2.0, "mfu/update": 0.5, "tflops/rollout": 4.0, "mfu/rollout": 1.0,
+        "tflops/step": 1.2, "mfu/step": 0.3})
