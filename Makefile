@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo bench clean
+.PHONY: install test test-slow lint demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/sampler.py
 	PYTHONPATH=. $(PY) benchmarks/verifier.py
 	PYTHONPATH=. $(PY) benchmarks/vl_rollout.py
+
+# The one-shot device check (benchmarks/gpu_check.py): runs on a bare device image, so it uses the venv's python
+# when there is one and the system's otherwise, and installs nothing. Report: runs/gpu_check/gpu_check.json.
+gpu-check:
+	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py --out runs/gpu_check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -24,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from spark.distributed import copy_full_weights
 from spark.models import save_model
+from spark.models.checkpoint import checkpoint_dtype
 
 TRAINER_STATE = "trainer.json"
 
@@ -87,13 +89,23 @@ def check_same_run(saved: dict, current: dict, checkpoint: Path, *, force: bool)
 
 
 def export_model(sharded: nn.Module, plain: nn.Module, folder: Path) -> None:
-    """Collective: the sharded model as a Hugging Face directory (config, weights, tokenizer, chat template),
-    through its plain copy `plain`; written to `folder.tmp` and renamed, so a reader never sees half of it."""
-    copy_full_weights(sharded, plain)
+    """Collective: the sharded model as a Hugging Face directory (config, weights, tokenizer, chat template)
+    in the dtype of the checkpoint it was loaded from (its config.json's), through its plain copy `plain`;
+    written to `folder.tmp` and renamed, so a reader never sees half of it.
+
+    When `plain` holds another dtype (a bf16 sampler of an fp32 checkpoint), the fp32 master weights are
+    gathered to rank 0's host memory instead, so the export does not lose their precision."""
+    dtype = checkpoint_dtype(plain.hf_config)
+    state = None
+    if dtype == next(plain.parameters()).dtype:
+        copy_full_weights(sharded, plain)
+    else:
+        gathered = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = {name: tensor.to(dtype) for name, tensor in gathered.items()}  # empty on ranks > 0
     if dist.get_rank() == 0:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(plain, tmp)
+        save_model(plain, tmp, state=state)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     dist.barrier()

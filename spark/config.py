@@ -113,7 +113,7 @@ def coerce(hint: Any, value: Any, source: str, key: str) -> Any:
 @dataclass
 class ModelSettings:
     path: str = ""  # Hugging Face checkpoint directory (config.json, safetensors, tokenizer)
-    mixed_precision: bool = True  # bf16 compute with fp32 master weights and reductions (GPU only; CPU runs fp32)
+    mixed_precision: bool = True  # bf16 compute with fp32 master weights and reductions (GPU and CPU)
     activation_checkpointing: bool = False  # recompute each block in backward
     freeze_vision: bool = False  # Qwen2.5-VL: keep the vision tower fixed during RL
 
@@ -213,6 +213,10 @@ class RunSettings:
     # auto: resume from the latest checkpoint, which must be of the same run (seed, model, data files, n,
     # prompts_per_step); force: resume even when those changed
     resume: Literal["auto", "force"] = "auto"
+    # On GPU the run starts with spark.plan's memory plan; refuse: stop when it says the config does not fit
+    # (naming settings that would); warn: print that and go on (the plan is an upper bound)
+    memory_check: Literal["refuse", "warn"] = "refuse"
+    peak_tflops: float = 0.0  # per GPU, for MFU; 0 = spark.flops.PEAK_TFLOPS by device name
 
 
 @dataclass

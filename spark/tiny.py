@@ -59,8 +59,10 @@ def build_tokenizer(corpus: Iterable[str] = DEFAULT_CORPUS, vocab_size: int = 51
 def make_tiny_checkpoint(path: str | Path, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                          num_kv_heads: int = 2, intermediate_size: int | None = None, tie: bool = True,
                          tokenizer: PreTrainedTokenizerFast | None = None, vocab_size: int | None = None,
-                         rope_theta: float = 10000.0, seed: int = 0, max_shard_size: str | None = None) -> Path:
-    """Save a random Qwen2 checkpoint (plus tokenizer) in Hugging Face format and return its path."""
+                         rope_theta: float = 10000.0, seed: int = 0, max_shard_size: str | None = None,
+                         dtype: torch.dtype = torch.float32, device: str = "cpu") -> Path:
+    """Save a random Qwen2 checkpoint (plus tokenizer) in Hugging Face format and return its path. `device`
+    is where the weights are drawn (a GPU draws a 1.5B-shaped model in seconds), `dtype` how they are saved."""
     path = Path(path)
     tokenizer = tokenizer or build_tokenizer()
     config = Qwen2Config(
@@ -70,7 +72,8 @@ def make_tiny_checkpoint(path: str | Path, *, hidden_size: int = 64, num_layers:
         max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).float()
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)
     tokenizer.save_pretrained(path)

@@ -39,10 +39,13 @@ from spark.distributed import (
     reduce_metrics,
     shard_model,
 )
+from spark.flops import FlopModel, flop_metrics, peak_tflops, step_flops
 from spark.losses import group_advantages, grpo_loss
 from spark.metrics import MetricsLogger, PhaseTimer
 from spark.models import load_model
+from spark.models.attention import describe_attention
 from spark.packing import Filler, MicroBatch, pack, split_by_tokens
+from spark.plan import GB, plan_checkpoint, refusal
 from spark.prompts import math_prompt, pointwise_prompt
 from spark.recycle import ABLATIONS, RecycleQueue, label_balance, label_counts, recycle, recycled_kinds
 from spark.rollout import (
@@ -117,7 +120,11 @@ class Trainer:
                            force=run.resume == "force")
 
         device = self.world.device
-        mixed = config.model.mixed_precision and device.type == "cuda"
+        mixed = config.model.mixed_precision  # bf16 compute on CPU too: FSDP2's MixedPrecisionPolicy works with gloo
+        if self.world.is_main:
+            print(describe_attention(device, torch.bfloat16 if mixed else torch.float32), flush=True)
+        if device.type == "cuda":
+            self.check_memory()
         self.policy = load_model(config.model.path, device=device)
         self.policy.model.activation_checkpointing = config.model.activation_checkpointing
         if config.model.freeze_vision:
@@ -138,11 +145,29 @@ class Trainer:
                                     judge_max_pixels=data.judge_max_pixels)
         self.rollouts = Rollouts(chat, images, data.max_prompt_tokens)
         self.filler = Filler.for_model(chat.model)
+        self.flop_model = FlopModel.of(chat.model)
+        self.peak_tflops = peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+                                       run.peak_tflops)
 
         self.queue = RecycleQueue()
         self.step = 0
         self.metrics = MetricsLogger(self.out_dir, enabled=self.world.is_main)
         self.resume()
+
+    def check_memory(self) -> None:
+        """spark.plan's memory plan of this run, printed once; a config that cannot fit stops here, naming the
+        settings that would make it fit (or, with run.memory_check = "warn", only says so)."""
+        memory = torch.cuda.get_device_properties(self.world.device).total_memory / GB
+        plan, model_config, _ = plan_checkpoint(self.config, self.world.size, memory)
+        if self.world.is_main:
+            print(plan.table(), flush=True)
+        if plan.fits:
+            return
+        message, _ = refusal(plan, self.config, model_config)
+        if self.config.run.memory_check == "refuse":
+            raise ValueError(f"{message}; run.memory_check=warn starts it anyway")
+        if self.world.is_main:
+            print(f"warning: {message}", flush=True)
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -192,12 +217,14 @@ class Trainer:
                 recycled_experiences = self.rollout(self.queue.pop(len(self.queue)), Salt.RECYCLED_ROLLOUT, timer)
                 metrics.update({f"recycled/{k}": v for k, v in self.update(recycled_experiences, timer).items()})
                 experiences += recycled_experiences
+                trained += recycled_experiences
 
         metrics.update(rollout_metrics(experiences))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics.update(timer.seconds)
         metrics["time/step"] = time.perf_counter() - started
         metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["time/step"]
+        metrics.update(self.flop_metrics(trained, experiences, metrics))
         if config.run.sample_every and self.step % config.run.sample_every == 0:
             self.metrics.log_samples(self.step, first_of_each_task(experiences))
         return metrics
@@ -288,6 +315,20 @@ class Trainer:
         per_token = {k: v / (counts["tokens"] * cfg.ppo_epochs) for k, v in totals.items() if k != "loss"}
         grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
         return {**per_token, "loss": totals["loss"], "grad_norm": float(grad_norm), "tokens": counts["tokens"]}
+
+    def flop_metrics(self, trained: list[Experience], sampled: list[Experience], seconds: dict[str, float]
+                     ) -> dict[str, float]:
+        """Model FLOPs per token, TFLOP/s and MFU of the step's phases (spark.flops), over all ranks."""
+        lengths = lambda experiences: [len(e.prompt_ids) + len(e.response_ids) for e in experiences]
+        patches = lambda experiences: [int(t * h * w) for e in experiences
+                                       for t, h, w in e.images.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
+        local = step_flops(self.flop_model, updated=lengths(trained),
+                           generated=[(len(e.prompt_ids), len(e.response_ids)) for e in sampled],
+                           reference=self.reference is not None, ppo_epochs=self.config.loss.ppo_epochs,
+                           updated_patches=patches(trained), generated_patches=patches(sampled),
+                           vision_trained=not self.config.model.freeze_vision)
+        totals = reduce_metrics({**local, "trained_tokens": sum(lengths(trained)), "sampled_tokens": sum(lengths(sampled))})
+        return flop_metrics(totals, seconds, self.world.size, self.peak_tflops)
 
     # ---- held-out evaluation ------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
-"""One optimizer update on fixed experiences, split over however many ranks torchrun gives.
+"""Two optimizer updates on the same fixed experiences, split over however many ranks torchrun gives (the
+second sees a policy that has moved from the reference: KL > 0).
 
 torchrun --nproc_per_node N tests/dist_update.py CHECKPOINT DATA OUT_DIR RESULT.pt [section.key=value ...]
-Rank 0 saves the updated full parameters to RESULT.pt.
+Rank 0 saves the updated full parameters and each update's metrics to RESULT.pt.
 """
 
 import sys
@@ -33,7 +34,7 @@ def fixed_experiences(num: int = 6) -> list[Experience]:
 def main(checkpoint: str, data: str, out_dir: str, result: str, *overrides: str) -> None:
     trainer = Trainer(tiny_config(Path(checkpoint), Path(data), Path(out_dir), *overrides))
     world = trainer.world
-    metrics = trainer.update(fixed_experiences()[world.rank::world.size])
+    metrics = [trainer.update(fixed_experiences()[world.rank::world.size]) for _ in range(2)]
     state = full_state_dict(trainer.policy)
     if world.is_main:
         torch.save({"state": state, "metrics": metrics}, result)

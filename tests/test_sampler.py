@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from transformers import Qwen2ForCausalLM
 
-from spark.models import load_model
+from spark.models import Packing, load_model
 from spark.models.attention import KVCache
 from spark.sampler import SamplingParams, generate, truncate
 from spark.tiny import make_tiny_checkpoint
@@ -193,3 +193,24 @@ def test_banned_tokens_are_never_sampled(model, temperature):
     assert all(set(row) <= set(favoured) for row in free.tokens)
     assert not set(favoured) & {token for row in banned.tokens for token in row}
     assert all(torch.isfinite(logp).all() for logp in banned.logprobs)
+
+
+def test_bf16_sampler_logprobs_match_the_bf16_forward(tmp_path):
+    """The trainer's pi_old in bf16: the log-probs the sampler returns (KV-cached decode, bf16) against the packed
+    bf16 forward the update computes (fp32 log-softmax chunks) on the same tokens. Both round the same weights
+    to bf16, so they differ by kernel rounding only: mean |diff| < 0.002 nats, max < 0.01 (measured 0.00015 / 0.0009)."""
+    model = load_model(make_tiny_checkpoint(tmp_path / "c", tie=False, seed=4), dtype=torch.bfloat16)
+    prompts = make_prompts(model.config.vocab_size, [5, 9, 3])
+    rollouts = generate(model, prompts, SamplingParams(max_new_tokens=10, temperature=1.0), seed=3)
+    sequences = [p + t for p, t in zip(prompts, rollouts.tokens)]
+    stream = torch.tensor([sum((s[:-1] for s in sequences), [])])
+    targets = torch.tensor([sum((s[1:] for s in sequences), [])])
+    with torch.no_grad():
+        logp, _ = model.logprobs(stream, targets, packing=Packing.from_lengths([len(s) - 1 for s in sequences]))
+    differences, start = [], 0
+    for prompt, sampled, row in zip(prompts, rollouts.logprobs, sequences):
+        forward = logp[start + len(prompt) - 1:start + len(row) - 1]
+        differences.append((forward - sampled.float()).abs())
+        start += len(row) - 1
+    differences = torch.cat(differences)
+    assert differences.mean() < 0.002 and differences.max() < 0.01, (differences.mean(), differences.max())

@@ -36,8 +36,8 @@ def make_run_files(folder: Path) -> tuple[Path, Path]:
 
 def tiny_config(checkpoint: Path, data: Path, out_dir: Path, *overrides: str) -> TrainConfig:
     base = [f"model.path={json.dumps(str(checkpoint))}", f"data.train_files=[{json.dumps(str(data))}]",
-            f"run.out_dir={json.dumps(str(out_dir))}", "data.prompts_per_step=2", "rollout.n=2",
-            "rollout.max_new_tokens=6", "rollout.batch_size=4", "loss.micro_batch_tokens=40", "optim.lr=1e-3",
+            f"run.out_dir={json.dumps(str(out_dir))}", "model.mixed_precision=false", "data.prompts_per_step=2",
+            "rollout.n=2", "rollout.max_new_tokens=6", "rollout.batch_size=4", "loss.micro_batch_tokens=40", "optim.lr=1e-3",
             "optim.warmup_ratio=0.0", "run.max_steps=2", "run.save_every=0", "run.sample_every=1",
             "loss.kl_coef=0.01",
             # Recycle every group (a reflection and an unbalanced verdict), so each step has a recycled update.

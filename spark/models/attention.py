@@ -6,11 +6,25 @@ Three call patterns, one function each:
   * prefill / decode against a `KVCache` with a per-row fill level (`cache_lens`), so ragged
     prompts share one static-shape cache;
   * plain causal attention over [B, T] (the reference path, used when neither applies).
-flash-attn is used when importable and the tensors are on CUDA; otherwise PyTorch SDPA. Both give
-the same numbers up to kernel rounding.
+
+Backends (`attention_backend` picks one from the tensors' device and dtype; `describe_attention` is the
+line a run prints at its start):
+  * "flash-attn": the flash-attn package, when importable, on CUDA in fp16 / bf16;
+  * "torch-varlen": otherwise PyTorch's own flash kernel, `torch.nn.attention.varlen.varlen_attn`
+    (torch >= 2.10), on CUDA in fp16 / bf16, for packed sequences, vision windows and prefill, and for
+    decode where the torch version takes `seqused_k` (2.12+);
+  * "sdpa": everything else (CPU, fp32, a torch without varlen_attn): F.scaled_dot_product_attention.
+    Packed sequences go into one padded SDPA call on an accelerator, never a Python loop per sequence;
+    on CPU they go one call per sequence (no padding, and the path the CPU figures were measured on).
+All give the same numbers up to kernel rounding; tests/test_attention.py checks our calls against
+pure-PyTorch references of each kernel's documented semantics.
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +34,91 @@ try:  # optional, CUDA only
 except ImportError:
     flash_attn_varlen_func = flash_attn_with_kvcache = None
 
+try:  # torch >= 2.10
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
 
-def use_flash(x: torch.Tensor) -> bool:
-    return flash_attn_varlen_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+FLASH_ATTN, TORCH_VARLEN, SDPA = "flash-attn", "torch-varlen", "sdpa"
+HALF = (torch.float16, torch.bfloat16)  # the only dtypes the flash kernels take
+
+
+def repeat_kv(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[N, Hkv, D] -> [N, num_heads, D]: query head h reads kv head h // (num_heads / Hkv), as in GQA."""
+    return x.repeat_interleave(num_heads // x.shape[1], dim=1)
+
+
+@dataclass(frozen=True)
+class TorchVarlen:
+    """`varlen_attn` and the arguments its signature takes; torch changed it between releases
+    (docs.pytorch.org/docs/2.10 and /2.12, nn.attention.varlen; read off the function, not the version):
+      * 2.10: `(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None)`, and q, k,
+        v share one head count (shape (T, H, D));
+      * later: keyword-only `window_size=(left, right)`, (-1, -1) full and (-1, 0) causal;
+      * 2.12+: also `enable_gqa` (k, v with fewer heads than q) and `seqused_k` (sequence i uses only
+        its first seqused_k[i] keys; inference only), which makes KV-cache decode possible.
+    """
+
+    fn: Callable
+    is_causal_flag: bool  # the 2.10 form
+    gqa: bool
+    seqused_k: bool
+
+    @classmethod
+    def wrap(cls, fn: Callable) -> TorchVarlen:
+        params = inspect.signature(fn).parameters
+        return cls(fn, "is_causal" in params, "enable_gqa" in params, "seqused_k" in params)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                 max_q: int, max_k: int, *, causal: bool, seqused_k: torch.Tensor | None = None) -> torch.Tensor:
+        """q [Tq, Hq, D], k/v [Tk, Hkv, D], cu_q/cu_k [S + 1] int32 -> [Tq, Hq, D]."""
+        kwargs = {}
+        if self.is_causal_flag:
+            kwargs["is_causal"] = causal
+        else:
+            kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
+        if self.gqa:
+            kwargs["enable_gqa"] = True
+        elif k.shape[1] != q.shape[1]:
+            k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
+        if seqused_k is not None:
+            kwargs["seqused_k"] = seqused_k
+        return self.fn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
+
+    def describe(self) -> str:
+        form = "is_causal" if self.is_causal_flag else "window_size"
+        gqa = "enable_gqa" if self.gqa else "KV heads repeated for GQA"
+        decode = "decode with seqused_k" if self.decodes else "decode by SDPA"
+        return f"torch.nn.attention.varlen.varlen_attn: {form} form, {gqa}, {decode}"
+
+    @property
+    def decodes(self) -> bool:
+        """Whether KV-cache decode can read the cache in place (without repeating its heads)."""
+        return self.seqused_k and self.gqa
+
+
+torch_varlen = TorchVarlen.wrap(varlen_attn) if varlen_attn is not None else None
+
+
+def attention_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """flash-attn when installed, else torch's varlen flash kernel, else SDPA; the flash kernels run on
+    CUDA in fp16 / bf16 only."""
+    if device.type != "cuda" or dtype not in HALF:
+        return SDPA
+    if flash_attn_varlen_func is not None:
+        return FLASH_ATTN
+    if torch_varlen is not None:
+        return TORCH_VARLEN
+    return SDPA
+
+
+def describe_attention(device: torch.device, dtype: torch.dtype) -> str:
+    """The line a run prints once at its start: which attention backend, and the compute dtype."""
+    backend = attention_backend(device, dtype)
+    detail = {FLASH_ATTN: "flash_attn_varlen_func, flash_attn_with_kvcache",
+              TORCH_VARLEN: torch_varlen.describe() if torch_varlen is not None else "",
+              SDPA: "packed sequences " + ("one call each" if device.type == "cpu" else "padded into one call")}
+    return f"attention: {backend} ({detail[backend]}); compute dtype: {str(dtype).removeprefix('torch.')}"
 
 
 class KVCache:
@@ -51,15 +147,41 @@ class KVCache:
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                      max_seqlen: int, causal: bool = True) -> torch.Tensor:
     """Attention within each packed sequence, causal unless `causal=False` (the vision tower's windows).
-    q: [N, Hq, D], k/v: [N, Hkv, D] -> [N, Hq, D]."""
-    if use_flash(q):
+    q: [N, Hq, D], k/v: [N, Hkv, D], cu_seqlens: [S + 1] int32 -> [N, Hq, D]."""
+    backend = attention_backend(q.device, q.dtype)
+    if backend == FLASH_ATTN:
+        # flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...,
+        # causal): GQA when k, v have fewer heads (flash_attn/flash_attn_interface.py docstring).
         return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal)
+    if backend == TORCH_VARLEN:
+        return torch_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal)
+    if q.device.type != "cpu":
+        return padded_attention(q, k, v, cu_seqlens, max_seqlen, causal)
     attention = causal_attention if causal else bidirectional_attention
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         out[start:end] = attention(q[None, start:end], k[None, start:end], v[None, start:end])[0]
     return out
+
+
+def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_seqlen: int, causal: bool) -> torch.Tensor:
+    """`packed_attention` by one SDPA call: the S sequences padded to [S, max_seqlen], keys past each
+    sequence's end masked out, and the real positions gathered back. q: [N, Hq, D] -> [N, Hq, D]."""
+    N, device = q.shape[0], q.device
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]  # [S]
+    offsets = torch.arange(max_seqlen, device=device)  # [L]
+    index = (cu[:-1, None] + offsets).clamp(max=N - 1)  # [S, L]; pad slots read any real token
+    mask = (offsets < lengths[:, None])[:, None, None, :]  # [S, 1, 1, L]: real keys
+    if causal:
+        mask = mask & torch.ones(max_seqlen, max_seqlen, dtype=torch.bool, device=device).tril()
+    out = F.scaled_dot_product_attention(q[index].transpose(1, 2), k[index].transpose(1, 2),
+                                         v[index].transpose(1, 2), attn_mask=mask, enable_gqa=True)
+    sequence = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths, output_size=N)  # [N]
+    position = torch.arange(N, device=device) - cu[sequence]
+    return out.transpose(1, 2)[sequence, position]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -85,17 +207,31 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: K
     `kv_len` bounds the keys read (a host int, so no device sync); pass cache.max_len for static
     shapes (CUDA graphs). key_mask [B, 1, 1, kv_len] is True where a key index is <= the row's cache_lens.
     """
-    k_cache, v_cache = cache.k[layer], cache.v[layer]
+    k_cache, v_cache = cache.k[layer], cache.v[layer]  # [B, max_len, Hkv, D]
     B, T = q.shape[:2]
-    if use_flash(q):
+    backend = attention_backend(q.device, q.dtype)
+    if backend == FLASH_ATTN:
+        # flash_attn_with_kvcache writes k, v into the caches in place from index cache_seqlens[b] on, and
+        # its causal mask is aligned bottom-right: new query i of row b sees keys [0, cache_seqlens[b] + i]
+        # (flash_attn/flash_attn_interface.py docstring).
         return flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=cache_lens.int(), causal=True)
     if T > 1:
         k_cache[:, :T] = k
         v_cache[:, :T] = v
+        if backend == TORCH_VARLEN:  # the B padded rows as B packed sequences of T tokens
+            starts = torch.arange(0, B * T + 1, T, device=q.device, dtype=torch.int32)
+            out = torch_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), starts, starts, T, T, causal=True)
+            return out.view(q.shape)
         return causal_attention(q, k, v)
     rows = torch.arange(B, device=q.device)
     k_cache[rows, cache_lens] = k[:, 0]
     v_cache[rows, cache_lens] = v[:, 0]
+    if backend == TORCH_VARLEN and torch_varlen.decodes:
+        # Row b is sequence b of the flattened cache: keys [b * max_len, b * max_len + cache_lens[b] + 1).
+        starts = torch.arange(B + 1, device=q.device, dtype=torch.int32)
+        out = torch_varlen(q[:, 0], k_cache.flatten(0, 1), v_cache.flatten(0, 1), starts, starts * cache.max_len,
+                           1, cache.max_len, causal=False, seqused_k=(cache_lens + 1).int())
+        return out[:, None]
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2),
         attn_mask=key_mask, enable_gqa=True)

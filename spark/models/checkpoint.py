@@ -151,16 +151,26 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
     return model.eval()
 
 
-def save_model(model: nn.Module, path: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
+def checkpoint_dtype(config: dict) -> torch.dtype:
+    """The dtype a config.json says its weights are stored in (`dtype`, or transformers 4's `torch_dtype`);
+    float32 when it says none."""
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, name.removeprefix("torch."))
+
+
+def save_model(model: nn.Module, path: str | Path, *, max_shard_bytes: int = 5 * 2**30,
+               state: dict[str, torch.Tensor] | None = None) -> None:
     """Write `model` as a Hugging Face checkpoint directory that `transformers` and `load_model` load.
 
     The config.json and the tokenizer / side files come from the directory the model was loaded
-    from. Shards above `max_shard_bytes` get an index JSON.
+    from. Shards above `max_shard_bytes` get an index JSON. `state` (our tensor names) replaces the
+    model's own weights, e.g. the fp32 master weights gathered from a sharded copy of it.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config, source = model.hf_config, model.source_dir
-    state = {k: v.detach().contiguous().cpu() for k, v in to_checkpoint_names(model, model.state_dict()).items()}
+    state = model.state_dict() if state is None else state
+    state = {k: v.detach().contiguous().cpu() for k, v in to_checkpoint_names(model, state).items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     shards: list[dict[str, torch.Tensor]] = [{}]

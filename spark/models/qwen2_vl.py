@@ -31,6 +31,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from spark.models.attention import packed_attention
 from spark.models.qwen2 import MLP, Decoding, ModelConfig, Packing, Qwen2, RMSNorm, apply_rotary
@@ -207,9 +208,11 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = PatchMerger(cfg)
 
-    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, checkpointing: bool = False
+                ) -> torch.Tensor:
         """pixel_values [N, C * 2 * 14 * 14], image_grid_thw [I, 3] -> image tokens [N / merge^2, out_hidden],
-        image after image in processor order."""
+        image after image in processor order. `checkpointing` recomputes each block in backward (a
+        micro-batch of images keeps ~1.9 MB of activations per patch in the 7B's tower otherwise)."""
         cfg, device = self.config, pixel_values.device
         grids = image_grid_thw.tolist()
         unit = cfg.spatial_merge_size**2
@@ -223,7 +226,11 @@ class VisionTransformer(nn.Module):
         cos, sin = to_windows(cos), to_windows(sin)
         x = to_windows(self.patch_embed(pixel_values))
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, frames if i in cfg.fullatt_block_indexes else windows)
+            segments = frames if i in cfg.fullatt_block_indexes else windows
+            if checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, segments, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, segments)
         return self.merger(x)[torch.argsort(order)]
 
 
@@ -351,8 +358,10 @@ class Qwen2_5_VL(Qwen2):
         batch is distinct image image_index[i]; `image_grid_thw` stays one row per image i): the vision
         tower runs once per distinct image, e.g. once for the n rollouts of a prompt, and its tokens are
         repeated for every image that is it."""
+        # The decoder's activation-checkpointing switch covers the vision tower too.
+        checkpointing = self.model.activation_checkpointing
         if image_index is None:
-            return self.visual(pixel_values, image_grid_thw)
+            return self.visual(pixel_values, image_grid_thw, checkpointing)
         index = image_index.tolist()
         first = {d: i for i, d in reversed(list(enumerate(index)))}  # distinct image -> its first image i
         if sorted(first) != list(range(len(first))):
@@ -360,7 +369,7 @@ class Qwen2_5_VL(Qwen2):
         grids = image_grid_thw[[first[d] for d in range(len(first))]]
         counts = (grids.prod(-1) // self.visual.config.spatial_merge_size**2).tolist()
         offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
-        tokens = self.visual(pixel_values, grids)  # [sum over distinct images, hidden]
+        tokens = self.visual(pixel_values, grids, checkpointing)  # [sum over distinct images, hidden]
         rows = torch.cat([torch.arange(offsets[d], offsets[d + 1]) for d in index]).to(tokens.device)
         return tokens[rows]
 

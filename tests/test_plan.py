@@ -1,0 +1,172 @@
+"""The memory plan against what the trainer and the model really allocate on CPU, and its verdicts on the
+shipped configs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spark import plan as planning
+from spark.config import TrainConfig, load_config
+from spark.images import ImageConfig
+from spark.models import Packing, load_model
+from spark.models.attention import KVCache
+from spark.models.checkpoint import read_config
+from spark.plan import KNOWN_CONFIGS, Shapes, fitting_settings, plan_for
+from spark.sampler import SamplingParams, generate
+from spark.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
+from tests.trainer_utils import QUESTIONS, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# The CPU's SDPA keeps each packed sequence's (or window's) output, GQA's repeated keys and, for small windows,
+# the attention weights, besides what the GPU kernels keep (~15% of a tiny block): measured activations lie in
+# [plan, 1.2 plan].
+ACTIVATION_MARGIN = 1.2
+
+
+def saved_bytes(run, model: torch.nn.Module) -> int:
+    """Bytes of the tensors autograd saves for backward while `run()` executes, weights excluded, each storage once."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(seen.values())
+
+
+def test_known_checkpoints_have_their_published_sizes():
+    counts = {name: Shapes.from_hf(config).count() for name, config in KNOWN_CONFIGS.items()}
+    assert counts == {"Qwen2.5-7B-Instruct": 7_615_616_512, "Qwen2.5-VL-7B-Instruct": 8_292_166_656,
+                      "Qwen2.5-VL-32B-Instruct": 33_452_718_336}
+
+
+def test_shards_gradients_and_optimizer_state_exactly(tmp_path):
+    """Two ranks of the real trainer: rank 0 holds exactly the plan's bytes (dims chosen so that FSDP's
+    ceil(rows / 2) split is uneven: vocab 401), rank 1 at most that."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", vocab_size=401, intermediate_size=97, tie=False)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
+    overrides = ["model.mixed_precision=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                    "tests/dist_plan.py", str(checkpoint), str(data), str(tmp_path / "run"), str(tmp_path / "r.json"),
+                    *overrides], check=True, cwd=ROOT, env=env, timeout=300)
+    ranks = json.loads((tmp_path / "r.json").read_text())
+    config = tiny_config(checkpoint, data, tmp_path / "run", *overrides)
+    plan = plan_for(config, read_config(checkpoint), world_size=2, gpu_memory_gb=1)
+    for item in ("parameter shards", "reference shards", "gradient shards", "AdamW state", "sampler weights"):
+        assert ranks[0][item] == plan.items[item], item
+        assert ranks[1][item] <= plan.items[item], item
+    assert ranks[1]["parameter shards"] < ranks[0]["parameter shards"]  # the uneven split is exercised
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_decoder_activations_within_margin(tmp_path, dtype, checkpointing):
+    path = make_tiny_checkpoint(tmp_path / "c", hidden_size=128, intermediate_size=384, num_heads=4, num_kv_heads=2,
+                                num_layers=3, tie=False)
+    model = load_model(path, dtype=dtype).train()
+    model.model.activation_checkpointing = checkpointing
+    lengths = [70, 130, 40]
+    ids, targets = torch.randint(0, 300, (2, 1, sum(lengths)))
+    measured = saved_bytes(lambda: model.logprobs(ids, targets, packing=Packing.from_lengths(lengths)), model)
+    element = torch.finfo(dtype).bits // 8
+    planned = planning.decoder_activation_bytes(model.config, sum(lengths), element, checkpointing)
+    if checkpointing:  # the one block recomputed in backward is not alive in forward
+        block = planning.block_activation_bytes(128, 64, 384, 4, element) * sum(lengths)
+        planned -= block
+    assert planned <= measured <= ACTIVATION_MARGIN * planned, (measured, planned)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_vision_activations_within_margin(tmp_path, checkpointing):
+    model = load_model(make_tiny_vl_checkpoint(tmp_path / "vl", vision_depth=4, vision_hidden_size=64,
+                                               vision_heads=2)).train()
+    grid = torch.tensor([[1, 8, 12], [1, 4, 4]])
+    patches = int(grid.prod(-1).sum())
+    vision = model.visual.config
+    pixels = torch.randn(patches, vision.in_channels * vision.temporal_patch_size * vision.patch_size**2)
+    measured = saved_bytes(lambda: model.visual(pixels, grid, checkpointing), model)
+    planned = planning.vision_activation_bytes(vision, patches, 4, checkpointing)
+    if checkpointing:
+        planned -= planning.vision_block_activation_bytes(vision, 4) * patches
+    assert planned <= measured <= ACTIVATION_MARGIN * planned, (measured, planned)
+
+
+def test_vision_checkpointing_keeps_the_gradients(tmp_path):
+    model = load_model(make_tiny_vl_checkpoint(tmp_path / "vl"))
+    grid = torch.tensor([[1, 8, 8]])
+    vision = model.visual.config
+    pixels = torch.randn(64, vision.in_channels * vision.temporal_patch_size * vision.patch_size**2)
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.visual(pixels, grid, checkpointing).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.visual.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_kv_cache_formula_is_what_the_sampler_allocates(tmp_path, monkeypatch):
+    model = load_model(make_tiny_checkpoint(tmp_path / "c", num_layers=3, num_kv_heads=2, tie=False))
+    allocated = []
+
+    class Recording(KVCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            allocated.append(self.k.nbytes + self.v.nbytes)
+
+    monkeypatch.setattr("spark.sampler.KVCache", Recording)
+    prompts = [[5] * 7, [6] * 11, [7] * 3]
+    generate(model, prompts, SamplingParams(max_new_tokens=9, temperature=0.0))
+    assert allocated == [planning.kv_cache_bytes(model.config, 3, 11 + 9, 4)]
+
+
+def known_plan(config_file: str, gpus: int, memory: float, *overrides: str):
+    config = load_config(TrainConfig, ROOT / "configs" / config_file, list(overrides))
+    model_config, _ = planning.read_model_config(config.model.path)
+    return config, model_config, plan_for(config, model_config, gpus, memory)
+
+
+def test_verdicts_on_the_shipped_configs():
+    """The README's table: which configs fit 8 GPUs of 80 and 141 GB, and what makes them fit."""
+    for name in ("7b.toml", "vl7b.toml"):  # their rollout.batch_size is what fits 80 GB cards
+        for memory in (80, 141):
+            assert known_plan(name, 8, memory)[2].fits
+    config, model_config, plan = known_plan("7b.toml", 8, 80, "rollout.batch_size=256")
+    assert not plan.fits
+    assert fitting_settings(config, model_config, 8, 80) == ["rollout.batch_size=64"]
+    for memory in (80, 141):
+        config, model_config, plan = known_plan("vl32b.toml", 8, memory)
+        assert not plan.fits and fitting_settings(config, model_config, 8, memory) is None
+    # The sampler's bf16 copy alone is 62 GB of the 32B: on 80 GB cards nothing else fits beside it.
+    assert plan.items["sampler weights"] / planning.GB == pytest.approx(62.3, abs=0.1)
+
+
+def test_cli_prints_the_plan_and_a_json_line(capsys):
+    planning.main([str(ROOT / "configs" / "7b.toml"), "--gpus", "8", "--gpu-memory", "141"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["fits"] is True and summary["total_gb"] == pytest.approx(
+        known_plan("7b.toml", 8, 141)[2].total / planning.GB, abs=0.01)
+    assert any(line.startswith("KV cache") for line in lines)
+
+
+def test_unknown_checkpoint_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json.*not one of the known"):
+        planning.read_model_config(tmp_path / "Mystery-1B")
+
+
+def test_image_patches_follow_the_config():
+    vision = Shapes.from_hf(KNOWN_CONFIGS["Qwen2.5-VL-7B-Instruct"]).vision
+    config = load_config(TrainConfig, None, ["data.max_pixels=1003520"])
+    assert planning.image_patches(config, vision, ImageConfig.max_pixels) == 1003520 // 196
