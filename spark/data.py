@@ -2,13 +2,15 @@
 
 A `Sample` is one prompt whose answer a rule can check: a policy question with its gold answer,
 or a recycled judge / reflection prompt with its label. Rows are read from JSONL or Parquet; a bad
-row is a `DataError` naming the file, the line (1-based) and the field.
+row is a `DataError` naming the file, the line (1-based) and the field. Training rows are all checked
+before a run starts, and `DataErrors` lists every bad one, so one pass over the data finds them all.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -29,6 +31,34 @@ class DataError(ValueError):
         self.path, self.line, self.field = str(path), line, field
 
 
+class DataErrors(DataError):
+    """The bad rows one pass found (each a DataError's message): the message lists the first MAX_LISTED,
+    then how many more."""
+
+    MAX_LISTED = 20
+
+    def __init__(self, errors: list[str]):
+        listed = "".join(f"\n  {error}" for error in errors[:self.MAX_LISTED])
+        more = f"\n  ... and {len(errors) - self.MAX_LISTED} more" if len(errors) > self.MAX_LISTED else ""
+        ValueError.__init__(self, errors[0] if len(errors) == 1 else f"{len(errors)} bad rows:{listed}{more}")
+        self.errors = errors
+        self.path, self.line, self.field = "", None, None  # each listed error names its own
+
+    @classmethod
+    def raise_any(cls, errors: list[str]) -> None:
+        if errors:
+            raise cls(errors)
+
+
+@contextmanager
+def collect_errors(errors: list[str]) -> Iterator[None]:
+    """Add the message of a DataError raised in the block to `errors` instead of raising it."""
+    try:
+        yield
+    except DataError as e:
+        errors.append(str(e))
+
+
 @dataclass
 class Sample:
     """One verifiable prompt. `gold` is what the rule reward checks the response against:
@@ -41,8 +71,9 @@ class Sample:
     meta: dict = field(default_factory=dict)  # provenance: source file/line, group id, variant
 
 
-def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, row dict) from a .jsonl or .parquet file; malformed rows raise DataError."""
+def read_records(path: str | Path, errors: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, row dict) from a .jsonl or .parquet file; malformed rows raise DataError, or
+    given `errors`, are added to it and skipped."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
@@ -59,12 +90,23 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, None, f"not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(path, i, None, f"expected a JSON object, got {type(row).__name__}")
+                row = parse_line(text, path, i)
+            except DataError as e:
+                if errors is None:
+                    raise
+                errors.append(str(e))
+                continue
             yield i, row
+
+
+def parse_line(text: str, path: Path, line: int) -> dict:
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, line, None, f"not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def require_str(row: dict, key: str, path: str | Path, line: int) -> str:
@@ -84,18 +126,21 @@ def load_questions(paths: list[str], *, question_field: str = "question", answer
                    image_field: str = "image", prompt: Callable[[str], str] = lambda q: q) -> list[Sample]:
     """Training rows {question, answer, image?} as policy Samples. `prompt` turns the question into the
     user message (e.g. spark.prompts.math_prompt); the raw question stays in `meta["question"]` for the
-    recycling templates. Image paths are relative to their data file and must exist."""
-    samples = []
+    recycling templates. Image paths are relative to their data file and must exist. Every bad row is
+    reported (DataErrors), not only the first."""
+    samples, errors = [], []
     for path in paths:
-        for line, row in read_records(path):
-            question = require_str(row, question_field, path, line)
-            image = row.get(image_field)
-            if image is not None:
-                image = str((Path(path).parent / require_str(row, image_field, path, line)).resolve())
-                if not Path(image).exists():
-                    raise DataError(path, line, image_field, f"image file not found: {image}")
-            samples.append(Sample(prompt=prompt(question), gold=require_str(row, answer_field, path, line),
-                                  image=image, meta={"question": question, "source": f"{path}:{line}"}))
+        for line, row in read_records(path, errors):
+            with collect_errors(errors):
+                question = require_str(row, question_field, path, line)
+                image = row.get(image_field)
+                if image is not None:
+                    image = str((Path(path).parent / require_str(row, image_field, path, line)).resolve())
+                    if not Path(image).exists():
+                        raise DataError(path, line, image_field, f"image file not found: {image}")
+                samples.append(Sample(prompt=prompt(question), gold=require_str(row, answer_field, path, line),
+                                      image=image, meta={"question": question, "source": f"{path}:{line}"}))
+    DataErrors.raise_any(errors)
     if not samples:
         raise DataError(", ".join(paths) or "<no files>", None, None, "no training rows")
     return samples
