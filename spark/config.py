@@ -10,6 +10,8 @@ the value and what is allowed, raised before anything else happens; a missing ke
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tomllib
 import types
 import typing
@@ -213,6 +215,12 @@ class RunSettings:
     # auto: resume from the latest checkpoint, which must be of the same run (seed, model, data files, n,
     # prompts_per_step); force: resume even when those changed
     resume: Literal["auto", "force"] = "auto"
+    max_skipped_steps: int = 3  # optimizer steps skipped in a row (non-finite loss or grad norm) before the run stops
+    collective_timeout_s: int = 1800  # a rank waiting this long in a collective (e.g. on a dead peer) fails
+
+    def __post_init__(self):
+        if self.max_skipped_steps < 0 or self.collective_timeout_s < 1:
+            raise ValueError("max_skipped_steps must be >= 0 and collective_timeout_s >= 1")
 
 
 @dataclass
@@ -225,3 +233,8 @@ class TrainConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     run: RunSettings = field(default_factory=RunSettings)
+
+
+def config_hash(config: TrainConfig) -> str:
+    """A short fingerprint of every setting, recorded in each checkpoint's manifest."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
