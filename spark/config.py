@@ -10,6 +10,8 @@ the value and what is allowed, raised before anything else happens; a missing ke
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tomllib
 import types
 import typing
@@ -217,6 +219,12 @@ class RunSettings:
     # (naming settings that would); warn: print that and go on (the plan is an upper bound)
     memory_check: Literal["refuse", "warn"] = "refuse"
     peak_tflops: float = 0.0  # per GPU, for MFU; 0 = spark.flops.PEAK_TFLOPS by device name
+    max_skipped_steps: int = 3  # optimizer steps skipped in a row (non-finite loss or grad norm) before the run stops
+    collective_timeout_s: int = 1800  # a rank waiting this long in a collective (e.g. on a dead peer) fails
+
+    def __post_init__(self):
+        if self.max_skipped_steps < 0 or self.collective_timeout_s < 1:
+            raise ValueError("max_skipped_steps must be >= 0 and collective_timeout_s >= 1")
 
 
 @dataclass
@@ -229,3 +237,8 @@ class TrainConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     run: RunSettings = field(default_factory=RunSettings)
+
+
+def config_hash(config: TrainConfig) -> str:
+    """A short fingerprint of every setting, recorded in each checkpoint's manifest."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]

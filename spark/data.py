@@ -3,7 +3,8 @@
 A `Sample` is one prompt whose answer a rule can check: a policy question with its gold answer,
 or a recycled judge / reflection prompt with its label, with the images it shows. Rows are read from
 JSONL or Parquet (file lists may hold glob patterns); a bad row is a `DataError` naming the file, the
-line (1-based) and the field.
+line (1-based) and the field. Training rows are all checked before a run starts, and `DataErrors` lists
+every bad one, so one pass over the data finds them all.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -29,6 +31,37 @@ class DataError(ValueError):
         where = f"{path}" + (f", line {line}" if line is not None else "") + (f", field '{field}'" if field else "")
         super().__init__(f"{where}: {message}")
         self.path, self.line, self.field = str(path), line, field
+
+
+class DataErrors(DataError):
+    """The bad rows one pass found (DataErrors, or their messages): the message lists the first MAX_LISTED,
+    then how many more."""
+
+    MAX_LISTED = 20
+
+    def __init__(self, errors: list[DataError | str]):
+        listed = "".join(f"\n  {error}" for error in errors[:self.MAX_LISTED])
+        more = f"\n  ... and {len(errors) - self.MAX_LISTED} more" if len(errors) > self.MAX_LISTED else ""
+        ValueError.__init__(self, str(errors[0]) if len(errors) == 1 else f"{len(errors)} bad rows:{listed}{more}")
+        self.errors = [str(error) for error in errors]
+        self.path, self.line, self.field = "", None, None  # each listed error names its own
+
+    @classmethod
+    def raise_any(cls, errors: list[DataError | str]) -> None:
+        """Raise nothing, the one DataError itself (with its file, line and field), or all of them."""
+        if len(errors) == 1 and isinstance(errors[0], DataError):
+            raise errors[0]
+        if errors:
+            raise cls(errors)
+
+
+@contextmanager
+def collect_errors(errors: list[DataError | str]) -> Iterator[None]:
+    """Add a DataError raised in the block to `errors` instead of raising it."""
+    try:
+        yield
+    except DataError as e:
+        errors.append(e)
 
 
 @dataclass
@@ -58,8 +91,9 @@ def expand_paths(patterns: list[str]) -> list[str]:
     return files
 
 
-def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, row dict) from a .jsonl or .parquet file; malformed rows raise DataError."""
+def read_records(path: str | Path, errors: list[DataError | str] | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, row dict) from a .jsonl or .parquet file; malformed rows raise DataError, or
+    given `errors`, are added to it and skipped."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
@@ -76,12 +110,23 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, None, f"not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(path, i, None, f"expected a JSON object, got {type(row).__name__}")
+                row = parse_line(text, path, i)
+            except DataError as e:
+                if errors is None:
+                    raise
+                errors.append(e)
+                continue
             yield i, row
+
+
+def parse_line(text: str, path: Path, line: int) -> dict:
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, line, None, f"not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def require_str(row: dict, key: str, path: str | Path, line: int) -> str:
@@ -103,20 +148,23 @@ def load_questions(paths: list[str], *, question_field: str = "question", answer
     `prompt` turns the question into the user message (e.g. spark.prompts.math_prompt); the raw question
     stays in `meta["question"]` for the recycling templates. The image field holds what
     `spark.images.image_sources` accepts (paths relative to the data file, embedded images, lists); a
-    question may mark where its images go with `<image>`, one per image (ViRL39K does). Every image is
-    decoded here, so a corrupt one fails the load, not the step that draws its row."""
+    question may mark where its images go with `<image>`, one per image (ViRL39K does). Every bad row is
+    reported (DataErrors), not only the first; every image is decoded here, so a corrupt one fails the load,
+    not the step that draws its row."""
     # Imported here: spark.images imports DataError from this module.
     from spark.images import check_images, check_placeholders, image_sources
 
-    samples, image_rows = [], []
+    samples, image_rows, errors = [], [], []
     for path in expand_paths(paths):
-        for line, row in read_records(path):
-            question = require_str(row, question_field, path, line)
-            images = image_sources(row.get(image_field), Path(path).parent, path=path, line=line, key=image_field)
-            check_placeholders(question, len(images), path=path, line=line, key=question_field)
-            image_rows.append((images, path, line, image_field))
-            samples.append(Sample(prompt=prompt(question), gold=require_str(row, answer_field, path, line),
-                                  images=images, meta={"question": question, "source": f"{path}:{line}"}))
+        for line, row in read_records(path, errors):
+            with collect_errors(errors):
+                question = require_str(row, question_field, path, line)
+                images = image_sources(row.get(image_field), Path(path).parent, path=path, line=line, key=image_field)
+                check_placeholders(question, len(images), path=path, line=line, key=question_field)
+                image_rows.append((images, path, line, image_field))
+                samples.append(Sample(prompt=prompt(question), gold=require_str(row, answer_field, path, line),
+                                      images=images, meta={"question": question, "source": f"{path}:{line}"}))
+    DataErrors.raise_any(errors)
     if not samples:
         raise DataError(", ".join(paths) or "<no files>", None, None, "no training rows")
     check_images(image_rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,8 +30,9 @@ class World:
         return self.rank == 0
 
 
-def init_distributed() -> World:
-    """Join (or create) the default process group and pick this rank's device."""
+def init_distributed(timeout_s: float | None = None) -> World:
+    """Join (or create) the default process group and pick this rank's device. A collective that waits
+    longer than `timeout_s` (default: torch's) fails, so a rank whose peer died errors out instead of hanging."""
     if "RANK" not in os.environ:  # plain `python train.py`: a group of one
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -43,7 +45,8 @@ def init_distributed() -> World:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+        timeout = timedelta(seconds=timeout_s) if timeout_s else None
+        dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
     return World(dist.get_rank(), dist.get_world_size(), device)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spark.distributed import reduce_metrics
 from spark.models.checkpoint import build_model
 from spark.models.qwen2 import ModelConfig
 
@@ -139,3 +140,22 @@ def flop_metrics(totals: dict[str, float], seconds: dict[str, float], gpus: int,
         if phase_seconds > 0:
             metrics.update({f"{k}/{phase}": v for k, v in throughput(flops, phase_seconds, peak).items()})
     return metrics
+
+
+def experience_flop_metrics(model: FlopModel, trained: list, sampled: list, seconds: dict[str, float], config, *,
+                            reference: bool, gpus: int, peak: float | None) -> dict[str, float]:
+    """A training step's model FLOPs per token, TFLOP/s and MFU by phase, over all ranks: `trained` and
+    `sampled` are its spark.rollout.Experiences, `seconds` its phase times (time/rollout, ...), `config` its
+    TrainConfig. A collective (one reduction); the functions above are the arithmetic."""
+    def lengths(experiences):
+        return [len(e.prompt_ids) + len(e.response_ids) for e in experiences]
+
+    def patches(experiences):
+        return [int(t * h * w) for e in experiences
+                for t, h, w in e.images.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
+
+    local = step_flops(model, updated=lengths(trained), generated=[(len(e.prompt_ids), len(e.response_ids)) for e in sampled],
+                       reference=reference, ppo_epochs=config.loss.ppo_epochs, updated_patches=patches(trained),
+                       generated_patches=patches(sampled), vision_trained=not config.model.freeze_vision)
+    totals = reduce_metrics({**local, "trained_tokens": sum(lengths(trained)), "sampled_tokens": sum(lengths(sampled))})
+    return flop_metrics(totals, seconds, gpus, peak)

@@ -376,6 +376,21 @@ def refusal(plan: Plan, config: TrainConfig, model_config: dict) -> tuple[str, l
                     f"; no setting of the config makes it fit on {plan.gpus} GPUs (README, 'Memory plan')"), fix
 
 
+def check_memory(config: TrainConfig, world_size: int, gpu_memory_bytes: int, *, show: bool = True) -> None:
+    """The trainer's start on GPU: print this run's plan; a config that cannot fit stops here, naming the
+    settings that would make it fit (with run.memory_check = "warn" it only says so)."""
+    plan, model_config, _ = plan_checkpoint(config, world_size, gpu_memory_bytes / GB)
+    if show:
+        print(plan.table(), flush=True)
+    if plan.fits:
+        return
+    message, _ = refusal(plan, config, model_config)
+    if config.run.memory_check == "refuse":
+        raise ValueError(f"{message}; run.memory_check=warn starts it anyway")
+    if show:
+        print(f"warning: {message}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")

@@ -64,8 +64,22 @@ class Rollouts:
         for sample, prompt in zip(samples, prompts):
             if len(prompt.ids) > self.max_prompt_tokens:
                 raise DataError(sample.meta.get("source", "<recycled>"), None, "question",
-                                f"prompt is {len(prompt.ids)} tokens, over data.max_prompt_tokens")
+                                f"prompt is {len(prompt.ids)} tokens, over data.max_prompt_tokens="
+                                f"{self.max_prompt_tokens}")
         return prompts
+
+    def prompt_errors(self, samples: list[Sample]) -> list[str]:
+        """What is wrong with each sample that `render` refuses (over max_prompt_tokens, an unreadable
+        image or one the processor cannot resize): the check of every training row before step 1."""
+        errors = []
+        for sample in samples:
+            try:
+                self.render([sample])
+            except DataError as e:
+                errors.append(str(e))
+            except ValueError as e:  # e.g. an image's aspect ratio
+                errors.append(f"{sample.meta.get('source', '<recycled>')}: {e}")
+        return errors
 
     def sample(self, samples: list[Sample], sampling: Sampling, n: int, seed: int) -> list[Experience]:
         """n responses per sample (unscored: reward 0 until `score`), group id = the sample's index."""

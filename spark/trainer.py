@@ -13,6 +13,11 @@ One step (every rank runs it on its own share of the prompts), `Trainer.train_st
 Every random draw derives from (seed, step, rank, purpose), and the data cursor is a pure function of
 the step (`spark.data.step_prompts`), so a resumed run continues exactly where the uninterrupted one
 would have been.
+
+Faults (README, "Failures and recovery"): SIGTERM / SIGUSR1 end the run after the current step and a
+checkpoint (`spark.preemption`); an update whose loss or gradient norm is not finite on any rank is
+skipped on every rank, and too many in a row stop the run (`NonFiniteError`); every prompt is rendered
+and checked before step 1.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from torch.distributed.tensor import DTensor
 
 from spark.chat import load_chat_model
 from spark.checkpointing import Checkpointer, check_same_run, export_model
-from spark.config import TrainConfig
-from spark.data import Sample, load_judge_rows, load_questions, step_prompts
+from spark.config import TrainConfig, config_hash
+from spark.data import TASKS, DataErrors, Sample, load_judge_rows, load_questions, step_prompts
 from spark.distributed import (
     all_gather_objects,
     copy_full_weights,
@@ -39,13 +44,14 @@ from spark.distributed import (
     reduce_metrics,
     shard_model,
 )
-from spark.flops import FlopModel, flop_metrics, peak_tflops, step_flops
+from spark.flops import FlopModel, experience_flop_metrics, peak_tflops
 from spark.losses import group_advantages, grpo_loss
 from spark.metrics import MetricsLogger, PhaseTimer
 from spark.models import load_model
 from spark.models.attention import describe_attention
 from spark.packing import Filler, MicroBatch, pack, split_by_tokens
-from spark.plan import GB, plan_checkpoint, refusal
+from spark.plan import check_memory
+from spark.preemption import StopSignals
 from spark.prompts import math_prompt, pointwise_prompt
 from spark.recycle import ABLATIONS, RecycleQueue, label_balance, label_counts, recycle, recycled_kinds
 from spark.rollout import (
@@ -92,10 +98,14 @@ def run_identity(config: TrainConfig) -> dict:
             "n": config.rollout.n, "prompts_per_step": config.data.prompts_per_step}
 
 
+class NonFiniteError(RuntimeError):
+    """More than run.max_skipped_steps updates in a row had a non-finite loss or gradient norm."""
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.world = init_distributed()
+        self.world = init_distributed(config.run.collective_timeout_s)
         self.out_dir = Path(config.run.out_dir)
         self.ablation = ABLATIONS[config.spark.mode]
         self.recycle_rules = recycled_kinds(config.spark.mode, config.spark.recycle)
@@ -114,17 +124,18 @@ class Trainer:
             raise ValueError(f"{len(self.questions)} training rows give no step of {data.prompts_per_step} prompts")
 
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", run.keep_last)
-        latest = self.checkpointer.latest()
-        if latest is not None:  # before any model loads: a checkpoint of another run is an error
-            check_same_run(self.checkpointer.trainer_state(latest).get("run", {}), run_identity(config), latest,
-                           force=run.resume == "force")
+        self.resume_from = self.checkpointer.latest()
+        if self.resume_from is not None:  # before any model loads: a checkpoint of another run is an error
+            check_same_run(self.checkpointer.trainer_state(self.resume_from).get("run", {}), run_identity(config),
+                           self.resume_from, force=run.resume == "force")
 
         device = self.world.device
         mixed = config.model.mixed_precision  # bf16 compute on CPU too: FSDP2's MixedPrecisionPolicy works with gloo
         if self.world.is_main:
             print(describe_attention(device, torch.bfloat16 if mixed else torch.float32), flush=True)
         if device.type == "cuda":
-            self.check_memory()
+            check_memory(config, self.world.size, torch.cuda.get_device_properties(device).total_memory,
+                         show=self.world.is_main)
         self.policy = load_model(config.model.path, device=device)
         self.policy.model.activation_checkpointing = config.model.activation_checkpointing
         if config.model.freeze_vision:
@@ -148,30 +159,27 @@ class Trainer:
         self.flop_model = FlopModel.of(chat.model)
         self.peak_tflops = peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
                                        run.peak_tflops)
+        self.check_prompts()
 
         self.queue = RecycleQueue()
         self.step = 0
+        self.skipped_steps = self.skipped_in_a_row = 0  # updates skipped for a non-finite loss or grad norm
+        self.signals = StopSignals()
         self.metrics = MetricsLogger(self.out_dir, enabled=self.world.is_main)
         self.resume()
-
-    def check_memory(self) -> None:
-        """spark.plan's memory plan of this run, printed once; a config that cannot fit stops here, naming the
-        settings that would make it fit (or, with run.memory_check = "warn", only says so)."""
-        memory = torch.cuda.get_device_properties(self.world.device).total_memory / GB
-        plan, model_config, _ = plan_checkpoint(self.config, self.world.size, memory)
-        if self.world.is_main:
-            print(plan.table(), flush=True)
-        if plan.fits:
-            return
-        message, _ = refusal(plan, self.config, model_config)
-        if self.config.run.memory_check == "refuse":
-            raise ValueError(f"{message}; run.memory_check=warn starts it anyway")
-        if self.world.is_main:
-            print(f"warning: {message}", flush=True)
 
     # ---- the loop -----------------------------------------------------------------------------------
 
     def train(self) -> dict[str, float]:
+        """Train to the last step, or until a SIGTERM / SIGUSR1: then the current step ends, a checkpoint is
+        saved and train returns (the process exits 0; running it again resumes)."""
+        self.signals.install()
+        try:
+            return self.train_until_done_or_stopped()
+        finally:
+            self.signals.restore()
+
+    def train_until_done_or_stopped(self) -> dict[str, float]:
         run = self.config.run
         warmup = max(1, int(self.config.optim.warmup_ratio * self.total_steps))
         last_eval: dict[str, float] = {}
@@ -188,10 +196,17 @@ class Trainer:
                 last_eval = self.evaluate()
                 metrics.update(last_eval)
             self.metrics.log(self.step, metrics, self.total_steps)
-            if run.save_every and self.step % run.save_every == 0 and self.step < self.total_steps:
-                self.save()
+            stop = self.stop_requested() and self.step < self.total_steps
+            if stop or run.save_every and self.step % run.save_every == 0 and self.step < self.total_steps:
+                saved = self.save()
             if run.export_every and self.step % run.export_every == 0:
                 self.export()
+            if stop:
+                if self.world.is_main:
+                    print(f"stopped by {self.signals.received or 'a signal to another rank'} after step "
+                          f"{self.step}: checkpoint saved to {saved}; run the same command to resume", flush=True)
+                self.metrics.close()
+                return last_eval
         self.save()
         self.export()
         self.metrics.close()
@@ -221,16 +236,29 @@ class Trainer:
 
         metrics.update(rollout_metrics(experiences))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["skipped_steps"] = self.skipped_steps
         metrics.update(timer.seconds)
         metrics["time/step"] = time.perf_counter() - started
         metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["time/step"]
-        metrics.update(self.flop_metrics(trained, experiences, metrics))
+        metrics.update(experience_flop_metrics(self.flop_model, trained, experiences, metrics, self.config,
+                                               reference=self.reference is not None, gpus=self.world.size,
+                                               peak=self.peak_tflops))
         if config.run.sample_every and self.step % config.run.sample_every == 0:
             self.metrics.log_samples(self.step, first_of_each_task(experiences))
         return metrics
 
     def seed(self, salt: Salt) -> int:
         return step_seed(self.config.data.seed, self.step, self.world.rank, salt)
+
+    def stop_requested(self) -> bool:
+        """Whether any rank was signalled to stop: every rank stops after the same step."""
+        return reduce_metrics({"stop": self.signals.requested}, op="max")["stop"] > 0
+
+    def check_prompts(self) -> None:
+        """Before step 1: every training prompt renders (its image too) within data.max_prompt_tokens; each rank
+        checks every world_size-th row, and the error lists every bad one."""
+        errors = all_gather_objects(self.rollouts.prompt_errors(self.questions[self.world.rank::self.world.size]))
+        DataErrors.raise_any([error for rank in errors for error in rank])
 
     # ---- rollout, reward, advantages ----------------------------------------------------------------
 
@@ -309,26 +337,36 @@ class Trainer:
                     sums = {k: sums.get(k, 0) + v for k, v in step_sums.items()}
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.policy.parameters() if p.requires_grad], self.config.optim.grad_clip)
-            self.optimizer.step()
+            # Both are global (the loss summed over ranks, the norm of the whole gradient), so every rank
+            # takes the same branch.
+            totals = reduce_metrics(sums)
+            grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
+            if math.isfinite(totals["loss"]) and math.isfinite(grad_norm):
+                self.optimizer.step()
+                self.skipped_in_a_row = 0
+            else:
+                self.skip_update(totals["loss"], grad_norm, experiences)
             self.optimizer.zero_grad(set_to_none=True)
-        totals = reduce_metrics(sums)
         per_token = {k: v / (counts["tokens"] * cfg.ppo_epochs) for k, v in totals.items() if k != "loss"}
-        grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
-        return {**per_token, "loss": totals["loss"], "grad_norm": float(grad_norm), "tokens": counts["tokens"]}
+        return {**per_token, "loss": totals["loss"], "grad_norm": grad_norm, "tokens": counts["tokens"]}
 
-    def flop_metrics(self, trained: list[Experience], sampled: list[Experience], seconds: dict[str, float]
-                     ) -> dict[str, float]:
-        """Model FLOPs per token, TFLOP/s and MFU of the step's phases (spark.flops), over all ranks."""
-        lengths = lambda experiences: [len(e.prompt_ids) + len(e.response_ids) for e in experiences]
-        patches = lambda experiences: [int(t * h * w) for e in experiences
-                                       for t, h, w in e.images.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
-        local = step_flops(self.flop_model, updated=lengths(trained),
-                           generated=[(len(e.prompt_ids), len(e.response_ids)) for e in sampled],
-                           reference=self.reference is not None, ppo_epochs=self.config.loss.ppo_epochs,
-                           updated_patches=patches(trained), generated_patches=patches(sampled),
-                           vision_trained=not self.config.model.freeze_vision)
-        totals = reduce_metrics({**local, "trained_tokens": sum(lengths(trained)), "sampled_tokens": sum(lengths(sampled))})
-        return flop_metrics(totals, seconds, self.world.size, self.peak_tflops)
+    def skip_update(self, loss: float, grad_norm: float, experiences: list[Experience]) -> None:
+        """Collective. An update with a non-finite loss or gradient norm leaves the weights and optimizer state
+        as they are; it is logged with the tasks of its batch, and one too many in a row stops the run."""
+        present = reduce_metrics({task: any(e.sample.task == task for e in experiences) for task in TASKS}, op="max")
+        tasks = ", ".join(task for task in TASKS if present[task])
+        self.skipped_steps += 1
+        self.skipped_in_a_row += 1
+        limit = self.config.run.max_skipped_steps
+        if self.world.is_main:
+            print(f"step {self.step + 1}: loss {loss}, grad_norm {grad_norm} in the update of the {tasks} batch: "
+                  f"optimizer step skipped ({self.skipped_in_a_row} in a row, run.max_skipped_steps={limit})",
+                  flush=True)
+        if self.skipped_in_a_row > limit:
+            raise NonFiniteError(
+                f"step {self.step + 1}: {self.skipped_in_a_row} updates in a row had a non-finite loss or gradient "
+                f"norm (run.max_skipped_steps={limit}); the weights were left as they were, and the last "
+                f"checkpoint, {self.checkpointer.latest()}, is intact")
 
     # ---- held-out evaluation ------------------------------------------------------------------------
 
@@ -342,21 +380,23 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------------
 
-    def save(self) -> None:
+    def save(self) -> Path:
         queues = all_gather_objects(self.queue.state_dict())
-        state = {"step": self.step, "run": run_identity(self.config), "queues": queues}
-        self.checkpointer.save(self.step, self.policy, self.optimizer, state)
+        state = {"step": self.step, "run": run_identity(self.config), "queues": queues,
+                 "skipped_steps": self.skipped_steps, "skipped_in_a_row": self.skipped_in_a_row}
+        return self.checkpointer.save(self.step, self.policy, self.optimizer, state, config_hash(self.config))
 
     def resume(self) -> None:
         if self.world.is_main:
             self.checkpointer.remove_stale()
         dist.barrier()
-        latest = self.checkpointer.latest()
+        latest = self.resume_from
         if latest is None:
             return
         state = self.checkpointer.trainer_state(latest)
         self.checkpointer.load(latest, self.policy, self.optimizer)
         self.step = state["step"]
+        self.skipped_steps, self.skipped_in_a_row = state.get("skipped_steps", 0), state.get("skipped_in_a_row", 0)
         # The recycle queue is re-dealt over however many ranks there are now.
         samples = [sample for queue in state["queues"] for sample in queue["samples"]]
         self.queue.load_state_dict({"samples": samples[self.world.rank::self.world.size]})

@@ -14,7 +14,8 @@ human and to stay bounded in time whatever the input.
   finally each leaf: exact string, exact rational number, multiple-choice letter (or, lenient, the
   value of an option the response lists), word, and only then sympy.
 - The sympy part runs in a reusable pool of worker processes. A check that exceeds its timeout has
-  its worker killed and replaced; it scores 0 and is counted in `verifier_stats()`, never raised.
+  its worker killed and replaced; it scores 0 and is counted in `verifier_stats()`, never raised. A
+  worker that dies mid-check (killed from outside) is replaced and its check sent again, once.
 - `parse_judgment` reads a judge's verdict: `Yes`/`No` (pointwise) or `A`/`B` (pairwise).
 """
 
@@ -748,7 +749,9 @@ def _check(pred: str, gold: str) -> str:
 
 def _worker_main() -> None:
     """A worker process: answer each JSON [pred, gold] line on stdin with a verdict line on stdout."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C and preemption notices (spark.preemption) are the parent's to handle; a worker ends when its input does.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     _check("x+1", "1+x")  # import sympy and warm its caches before declaring readiness
     print("ready", flush=True)
     for line in sys.stdin:
@@ -793,9 +796,10 @@ class _Pool:
         self.workers[self.workers.index(worker)] = self._start()
 
     def run(self, tasks: list[tuple[str, str]], timeout: float) -> list[str]:
-        """The verdict of each (pred, gold) task, or "timeout" / "crashed"."""
+        """The verdict of each (pred, gold) task, or "timeout" / "crashed" (its worker died twice on it)."""
         verdicts = [""] * len(tasks)
         queue = deque(range(len(tasks)))
+        died_on: set[int] = set()  # tasks whose first worker died: sent once more
         running: dict[_Worker, tuple[int, float]] = {}  # worker -> (task index, deadline)
         while queue or running:
             for worker in self.workers:
@@ -823,7 +827,13 @@ class _Pool:
                     verdicts[running.pop(worker)[0]] = message
                 else:  # the worker died
                     if worker in running:
-                        verdicts[running.pop(worker)[0]] = "crashed"
+                        i = running.pop(worker)[0]
+                        if i in died_on:
+                            verdicts[i] = "crashed"
+                        else:
+                            died_on.add(i)
+                            queue.append(i)
+                            _stats["retried"] += 1
                     elif not worker.ready:
                         self.failed_starts += 1
                         if self.failed_starts >= self.MAX_FAILED_STARTS:
@@ -854,7 +864,7 @@ _pool: _Pool | None = None
 _num_workers = min(4, os.cpu_count() or 1)
 _lock = threading.Lock()
 _stats: Counter[str] = Counter()
-_STAT_KEYS = ("checked", "cheap", "sympy", "timeouts", "rejected", "crashed")
+_STAT_KEYS = ("checked", "cheap", "sympy", "timeouts", "rejected", "crashed", "retried")
 _FAILURES = {"timeout": "timeouts", "rejected": "rejected", "crashed": "crashed"}  # worker verdict -> counter
 
 
@@ -890,7 +900,8 @@ atexit.register(shutdown)
 
 def verifier_stats() -> dict[str, int]:
     """Counters since import: rows checked, decided cheaply in the caller, sent to sympy workers,
-    and how many of those timed out, were rejected as too large, or crashed their worker."""
+    and how many of those timed out, were rejected as too large, or crashed their worker twice, and how
+    many checks were sent again after their worker died."""
     return {key: _stats[key] for key in _STAT_KEYS}
 
 

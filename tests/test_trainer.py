@@ -2,9 +2,7 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,29 +10,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from spark.config import ConfigError, TrainConfig, load_config
+from spark.config import ConfigError, TrainConfig, config_hash, load_config
 from spark.distributed import full_state_dict
 from spark.models import load_model, save_model
 from spark.recycle import RecycleConfig, recycled_kinds
 from spark.trainer import Trainer, cosine_lr
-from tests.trainer_utils import make_run_files, tiny_config
+from tests.trainer_utils import read_metrics, tiny_config, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def run_files(tmp_path_factory):
-    return make_run_files(tmp_path_factory.mktemp("trainer"))
-
-
-def read_metrics(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def torchrun(nproc: int, *args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                    "--standalone", *args], check=True, cwd=ROOT, env=env, timeout=300)
 
 
 def test_cosine_lr_schedule():
@@ -97,7 +80,8 @@ def test_run_writes_metrics_checkpoint_and_export(run_files, tmp_path):
     # The export is a Hugging Face directory with changed weights, and transformers agrees on its logits.
     before, after = load_model(checkpoint), load_model(out / "export")
     assert any((a - b).abs().max() > 0 for a, b in zip(before.parameters(), after.parameters()))
-    input_ids = torch.randint(0, 300, (2, 11))
+    vocab = after.model.embed_tokens.num_embeddings
+    input_ids = torch.randint(0, vocab, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = AutoModelForCausalLM.from_pretrained(out / "export").eval()(input_ids).logits
         assert (after(input_ids) - reference).abs().max() < 1e-4
@@ -110,12 +94,23 @@ def test_resume_reproduces_the_uninterrupted_run(run_files, tmp_path):
     config = tiny_config(checkpoint, data, out, "run.max_steps=4", "run.save_every=2", "spark.schedule=mixed")
     Trainer(config).train()
     uninterrupted = read_metrics(out)
-    # As if killed after step 2's checkpoint, and during a later save.
-    for path in (out / "checkpoints").glob("step_*"):
-        if path.name != "step_00000002":
-            path.rename(path.with_name("step_00000003.tmp"))
+    checkpoints = out / "checkpoints"
+    manifest = json.loads((checkpoints / "step_00000004" / "manifest.json").read_text())
+    assert (manifest["step"], manifest["world_size"], manifest["config_hash"]) == (4, 1, config_hash(config))
+    assert manifest["files"]["trainer.json"] == (checkpoints / "step_00000004" / "trainer.json").stat().st_size
+    assert {".metadata", "__0_0.distcp"} <= set(manifest["files"])
+    # As if killed during a save after step 2's checkpoint, and step 4's checkpoint then cut short (a torn
+    # copy): it no longer matches its manifest, so the run resumes from step 2.
+    shutil.copytree(checkpoints / "step_00000004", checkpoints / "step_00000003.tmp")
+    shard = checkpoints / "step_00000004" / "__0_0.distcp"
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:size // 2])
     (out / "metrics.jsonl").unlink()
-    Trainer(config).train()
+    with pytest.warns(UserWarning, match=rf"skipping checkpoint .*step_00000004: __0_0.distcp is {size // 2} bytes, "
+                                         rf"the manifest says {size}; trying the one before it"):
+        resumed_run = Trainer(config)
+    assert resumed_run.step == 2
+    resumed_run.train()
     assert not list((out / "checkpoints").glob("*.tmp"))
     resumed = read_metrics(out)
     assert [m["step"] for m in resumed] == [3, 4]

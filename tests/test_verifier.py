@@ -259,6 +259,39 @@ def test_a_worker_that_died_while_idle_is_replaced():
     assert score_batch([boxed(r"\sqrt{18}")] * 2, [r"3\sqrt2"] * 2) == [1.0, 1.0]
 
 
+class KillAfterSend:
+    """A worker's input that kills the worker as soon as a check has been sent to it: death mid-check."""
+
+    def __init__(self, process):
+        self.process, self.stdin = process, process.stdin
+
+    def write(self, text: str) -> int:
+        return self.stdin.write(text)
+
+    def flush(self) -> None:
+        self.stdin.flush()
+        self.process.kill()
+        self.process.wait()
+
+    def close(self) -> None:
+        self.stdin.close()
+
+
+def test_a_worker_killed_mid_check_is_replaced_and_the_check_sent_again():
+    verifier.configure(1)  # one worker, ready: the batch's first check goes to it, whatever the timing
+    try:
+        assert is_correct(boxed(r"\sqrt{8}"), r"2\sqrt2")
+        (worker,) = verifier._pool.workers
+        worker.process.stdin = KillAfterSend(worker.process)
+        before = verifier_stats()
+        assert score_batch([boxed(r"\sqrt{18}"), boxed(r"\sqrt{12}"), boxed(r"\sqrt{20}")],
+                           [r"3\sqrt2", r"2\sqrt3", r"3\sqrt2"]) == [1.0, 1.0, 0.0]
+        delta = stats_delta(before)
+        assert delta["retried"] == 1 and delta["crashed"] == 0 and delta["sympy"] == 3
+    finally:
+        verifier.configure(2)
+
+
 def test_shutdown_stops_every_worker():
     assert is_correct(boxed(r"\sqrt{8}"), r"2\sqrt2")
     processes = [worker.process for worker in verifier._pool.workers]

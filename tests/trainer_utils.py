@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -14,6 +17,7 @@ from spark.models import load_model, save_model
 from spark.prompts import math_prompt
 from spark.tiny import build_tokenizer, make_tiny_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = [(f"What is {a} + {b}?", str(a + b)) for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 9), (4, 4),
                                                                (6, 1), (8, 3)]]
 
@@ -44,3 +48,19 @@ def tiny_config(checkpoint: Path, data: Path, out_dir: Path, *overrides: str) ->
             "spark.recycle.balance_labels=false", "spark.recycle.content=\"cot\"",
             "spark.recycle.reflection_cot_prob=1.0"]
     return load_config(TrainConfig, None, base + list(overrides))
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def torchrun(nproc: int, *args: str, max_restarts: int = 0, check: bool = True) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node nproc --max-restarts max_restarts args` from the repository root, its output
+    captured (and shown if `check` and it fails)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                           "--max-restarts", str(max_restarts), "--standalone", *args],
+                          cwd=ROOT, env=env, timeout=600, capture_output=True, text=True)
+    if check and done.returncode:
+        raise AssertionError(f"torchrun exited {done.returncode}:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}")
+    return done
