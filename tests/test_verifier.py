@@ -6,6 +6,7 @@ held-out set benchmarks/verifier.py reports on."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -269,6 +270,8 @@ class KillAfterSend:
         return self.stdin.write(text)
 
     def flush(self) -> None:
+        # Stopped before the check reaches it, the worker cannot answer before it dies, however loaded the machine.
+        self.process.send_signal(signal.SIGSTOP)
         self.stdin.flush()
         self.process.kill()
         self.process.wait()
