@@ -6,6 +6,7 @@ Runs under `torchrun` (gloo on CPU, NCCL on GPU, one node or several) and also a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
@@ -59,9 +60,14 @@ def shard_model(model: nn.Module, *, mixed_precision: bool, methods: tuple[str, 
     """
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision \
         else MixedPrecisionPolicy()
-    blocks = list(model.model.layers) + list(getattr(getattr(model, "visual", None), "blocks", []))
-    for block in blocks:
+    # A vision block's inputs include the fp32 rotary tables, which FSDP would cast to bf16 at every block;
+    # the sampler's unsharded copy applies them in fp32. Its hidden states arrive in bf16 anyway (from the
+    # patch embedding's bf16 weights), so the blocks need no input cast.
+    vision_policy = dataclasses.replace(policy, cast_forward_inputs=False)
+    for block in model.model.layers:
         fully_shard(block, mp_policy=policy)
+    for block in getattr(getattr(model, "visual", None), "blocks", []):
+        fully_shard(block, mp_policy=vision_policy)
     fully_shard(model, mp_policy=policy)
     for method in methods:
         register_fsdp_forward_method(model, method)

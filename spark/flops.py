@@ -23,6 +23,7 @@ from torch import nn
 from spark.distributed import reduce_metrics
 from spark.models.checkpoint import build_model
 from spark.models.qwen2 import ModelConfig
+from spark.packing import shared_prompt
 
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor datasheets; SXM parts). Matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -82,6 +83,11 @@ class FlopModel:
         """Forward FLOPs of one sequence of `length` tokens: 2 N s + 2 L d s (s + 1)."""
         return 2 * self.matmul_params * length + 2 * self.layers * self.attention_width * length * (length + 1)
 
+    def shared(self, prompt: int, responses: list[int]) -> float:
+        """Forward FLOPs of a prompt packed once with its responses continuing it (spark.packing): the prompt,
+        plus for each response what its tokens add to the prompt's: sequence(p + r) - sequence(p)."""
+        return self.sequence(prompt) + sum(self.sequence(prompt + r) - self.sequence(prompt) for r in responses)
+
     def generation(self, prompt: int, new: int) -> float:
         """Forward FLOPs of sampling `new` tokens after a `prompt`-token prefill: the same as one forward over
         prompt + new tokens, since token t attends to t keys either way."""
@@ -98,22 +104,33 @@ class FlopModel:
         return total
 
 
-def step_flops(model: FlopModel, *, updated: list[int], generated: list[tuple[int, int]], reference: bool,
+def step_flops(model: FlopModel, *, updated: list[tuple[int, list[int]]], generated: list[tuple[int, int]], reference: bool,
                ppo_epochs: int = 1, updated_patches: list[int] = (), generated_patches: list[int] = (),
                vision_trained: bool = True) -> dict[str, float]:
     """Model FLOPs of one step on one rank, by phase.
 
-    updated: lengths of the sequences trained (prompt + response); generated: (prompt, new tokens) per
+    updated: (prompt length, response lengths) of each prompt trained once with its responses (`shared_prompts`);
+    generated: (prompt, new tokens) per
     rollout; *_patches: the patch count of each image in those sequences. The update is 3 forwards per
     epoch (plus one forward for the old log-probs when ppo_epochs > 1); the reference one forward.
     """
-    text = sum(model.sequence(s) for s in updated)
+    text = sum(model.shared(prompt, responses) for prompt, responses in updated)
     vision = model.images(list(updated_patches))
     update_passes = 3 * ppo_epochs + (1 if ppo_epochs > 1 else 0)
     vision_passes = update_passes if vision_trained else ppo_epochs + (1 if ppo_epochs > 1 else 0)
     return {"update": update_passes * text + vision_passes * vision,
             "reference": (text + vision) if reference else 0.0,
             "rollout": sum(model.generation(p, n) for p, n in generated) + model.images(list(generated_patches))}
+
+
+def shared_prompts(experiences: list) -> list[tuple[int, list[int]]]:
+    """(prompt length, response lengths) of each prompt the update packs once for its responses: the experiences
+    (spark.rollout.Experience) grouped as spark.packing groups them (a group split over micro-batches, which
+    packs its prompt again, is counted once)."""
+    groups: dict[tuple, tuple[int, list[int]]] = {}
+    for e in experiences:
+        groups.setdefault(shared_prompt(e), (len(e.prompt_ids), []))[1].append(len(e.response_ids))
+    return list(groups.values())
 
 
 def throughput(flops: float, seconds: float, peak: float | None) -> dict[str, float]:
@@ -146,7 +163,8 @@ def experience_flop_metrics(model: FlopModel, trained: list, sampled: list, seco
                             reference: bool, gpus: int, peak: float | None) -> dict[str, float]:
     """A training step's model FLOPs per token, TFLOP/s and MFU by phase, over all ranks: `trained` and
     `sampled` are its spark.rollout.Experiences, `seconds` its phase times (time/rollout, ...), `config` its
-    TrainConfig. A collective (one reduction); the functions above are the arithmetic."""
+    TrainConfig. Also `trained_tokens`, the prompt and response tokens of the trained sequences (a shared
+    prompt counted once per response). A collective (one reduction); the functions above are the arithmetic."""
     def lengths(experiences):
         return [len(e.prompt_ids) + len(e.response_ids) for e in experiences]
 
@@ -154,8 +172,8 @@ def experience_flop_metrics(model: FlopModel, trained: list, sampled: list, seco
         return [int(t * h * w) for e in experiences
                 for t, h, w in e.images.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
 
-    local = step_flops(model, updated=lengths(trained), generated=[(len(e.prompt_ids), len(e.response_ids)) for e in sampled],
+    local = step_flops(model, updated=shared_prompts(trained), generated=[(len(e.prompt_ids), len(e.response_ids)) for e in sampled],
                        reference=reference, ppo_epochs=config.loss.ppo_epochs, updated_patches=patches(trained),
                        generated_patches=patches(sampled), vision_trained=not config.model.freeze_vision)
     totals = reduce_metrics({**local, "trained_tokens": sum(lengths(trained)), "sampled_tokens": sum(lengths(sampled))})
-    return flop_metrics(totals, seconds, gpus, peak)
+    return {**flop_metrics(totals, seconds, gpus, peak), "trained_tokens": totals["trained_tokens"]}

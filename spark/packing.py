@@ -1,8 +1,10 @@
 """Packing experiences into padding-free micro-batches for the update (no model, no process group).
 
-A micro-batch is one stream of concatenated sequences (prompt + response, each predicting the next
-token), with `Packing` telling attention where each sequence starts, and an index of the positions
-that predict each response token.
+A micro-batch is one stream of packed sequences. The responses to one prompt share it: the prompt is packed
+once and each response (all its tokens but the last, which predicts nothing) as a continuation of it
+(`Packing.continues`), so that a group of n responses computes its prompt once instead of n times. The
+last prompt token predicts the first token of every response; `response_index` says which stream position
+predicts each response token, and `targets` holds the response tokens themselves.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from spark.rollout import Experience
 
 @dataclass
 class MicroBatch:
-    """Packed sequences (prompt + response) and where their response tokens sit.
+    """Packed prompts and responses, and where the response tokens are predicted.
 
-    input_ids/targets: [1, N] (targets are input_ids shifted by one); response_index [S, R] indexes the
-    flat [N] stream at the positions that predict each response token; mask [S, R] is 1 on real ones.
+    input_ids: [1, N] the stream; response_index [S, R]: the stream position that predicts each response
+    token; targets [S, R]: the response tokens; mask [S, R] is 1 on real ones (S responses, R the longest).
     """
 
     input_ids: torch.Tensor
@@ -56,22 +58,35 @@ class Filler:
         return cls(model.image_token_id, {"pixel_values": blank, "image_grid_thw": torch.tensor([[1, merge, merge]])})
 
 
-def packed_length(experience: Experience) -> int:
-    """Stream positions a sequence takes: its tokens but the last, whose prediction is never used."""
-    return len(experience.prompt_ids) + len(experience.response_ids) - 1
+def shared_prompt(experience: Experience) -> tuple:
+    """Responses with the same key share one packed prompt: the same group and the same prompt tokens."""
+    return experience.group, tuple(experience.prompt_ids)
 
 
 def split_by_tokens(experiences: list[Experience], budget: int) -> list[list[Experience]]:
-    """Longest first, each micro-batch filled until the next sequence would pass `budget` tokens (a
-    sequence longer than the budget gets a micro-batch of its own)."""
+    """Micro-batches of at most `budget` stream tokens, each prompt counted once per micro-batch with its
+    responses after it. Groups go largest first and stay together; a group that does not fit in what is left
+    goes on in the next micro-batch, where its prompt is packed again (a prompt and one response longer
+    than the budget get a micro-batch of their own)."""
+    groups: dict[tuple, list[Experience]] = {}
+    for experience in experiences:
+        groups.setdefault(shared_prompt(experience), []).append(experience)
+
+    def size(group: list[Experience]) -> int:
+        return len(group[0].prompt_ids) + sum(len(e.response_ids) - 1 for e in group)
+
     batches: list[list[Experience]] = []
-    used = 0  # tokens in batches[-1]
-    for experience in sorted(experiences, key=packed_length, reverse=True):
-        if not batches or used + packed_length(experience) > budget:
-            batches.append([])
-            used = 0
-        batches[-1].append(experience)
-        used += packed_length(experience)
+    used, packed = 0, set()  # tokens in batches[-1], and the prompts it holds
+    for key, group in sorted(groups.items(), key=lambda item: size(item[1]), reverse=True):
+        for experience in sorted(group, key=lambda e: len(e.response_ids), reverse=True):
+            cost = len(experience.response_ids) - 1 + (0 if key in packed else len(experience.prompt_ids))
+            if not batches or used + cost > budget:
+                batches.append([])
+                used, packed = 0, set()
+                cost = len(experience.prompt_ids) + len(experience.response_ids) - 1
+            batches[-1].append(experience)
+            used += cost
+            packed.add(key)
     return batches
 
 
@@ -82,24 +97,33 @@ def pack(experiences: list[Experience], *, filler: Filler, task_weights: dict[st
     if not experiences:
         zero = torch.zeros(1, 1, device=device)
         stream = torch.tensor([[filler.token]], device=device)
-        return MicroBatch(stream, torch.zeros_like(stream), Packing.from_lengths([1], device), zero.long(), zero,
+        return MicroBatch(stream, zero.long(), Packing.from_lengths([1], device), zero.long(), zero,
                           zero, zero, zero, image_inputs([filler.images], device))
-    streams, targets, index, lengths = [], [], [], []
+    stream, lengths, continues, index, images = [], [], [], [], []
+    prompts: dict[tuple, tuple[int, int]] = {}  # shared prompt -> (its sequence, the position of its last token)
     for e in experiences:
-        tokens = e.prompt_ids + e.response_ids
-        first = len(streams) + len(e.prompt_ids) - 1  # the position that predicts the first response token
-        index.append(list(range(first, first + len(e.response_ids))))
-        streams += tokens[:-1]
-        targets += tokens[1:]
-        lengths.append(len(tokens) - 1)
-    images = [e.images for e in experiences]
+        key = shared_prompt(e)
+        if key not in prompts:
+            prompts[key] = (len(lengths), len(stream) + len(e.prompt_ids) - 1)
+            stream += e.prompt_ids
+            lengths.append(len(e.prompt_ids))
+            continues.append(-1)
+            images.append(e.images)
+        prompt, last = prompts[key]
+        own = e.response_ids[:-1]
+        index.append([last, *range(len(stream), len(stream) + len(own))])
+        if own:
+            stream += own
+            lengths.append(len(own))
+            continues.append(prompt)
     if filler.images and not any(images):
-        streams.append(filler.token)
-        targets.append(0)
+        stream.append(filler.token)
         lengths.append(1)
+        continues.append(-1)
         images = [filler.images]
-    width = max(map(len, index))
+    width = max(len(e.response_ids) for e in experiences)
     response_index = torch.tensor([i + [0] * (width - len(i)) for i in index], device=device)
+    targets = torch.tensor([e.response_ids + [0] * (width - len(e.response_ids)) for e in experiences], device=device)
     mask = torch.tensor([[1.0] * len(i) + [0.0] * (width - len(i)) for i in index], device=device)
     if drop_truncated:
         mask = mask_truncated(mask, torch.tensor([e.truncated for e in experiences], device=device))
@@ -108,8 +132,8 @@ def pack(experiences: list[Experience], *, filler: Filler, task_weights: dict[st
         if e.sampler_logprobs is not None:
             sampler_logprobs[row, :len(e.response_ids)] = e.sampler_logprobs
     return MicroBatch(
-        torch.tensor([streams], device=device), torch.tensor([targets], device=device),
-        Packing.from_lengths(lengths, device), response_index, mask,
+        torch.tensor([stream], device=device), targets, Packing.from_lengths(lengths, device, continues),
+        response_index, mask,
         torch.tensor([[e.advantage] for e in experiences], device=device),
         torch.tensor([[task_weights[e.sample.task]] for e in experiences], device=device), sampler_logprobs,
         image_inputs(images, device))

@@ -9,7 +9,8 @@ What a GPU holds (FSDP2 over `gpus` ranks; e = bytes of the compute dtype: 2 wit
   all the time   the sampler's full copy of the weights (e per parameter); the policy's fp32 parameter shards
                  and AdamW's two fp32 moments (4 and 8 bytes per trainable parameter / gpus; FSDP2 cuts each
                  tensor along dim 0 in ceil(rows / gpus) rows, so rank 0 holds the most); the reference's
-                 fp32 shards when kl_coef > 0;
+                 shards when kl_coef > 0 (e per parameter: frozen, it has no fp32 master copy; resharded
+                 after each pass, so its gathered root is transient);
   rollout        the KV cache, rows x (max_prompt_tokens + max_new_tokens) x layers x 2 x kv_heads x head_dim x e,
                  rows = min(rollout.batch_size, the sequences one rank samples in one call); the prefill's
                  largest transient (one block's MLP over every prompt token, and every image patch);
@@ -284,7 +285,7 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
         "sampler weights": shapes.count() * element,
         "parameter shards": shapes.shard_numel(world_size) * 4,
         "AdamW state": 2 * trainable_shard * 4 + 4 * shapes.tensors(freeze_vision=freeze),
-        "reference shards": shapes.shard_numel(world_size) * 4 if loss.kl_coef > 0 else 0,
+        "reference shards": shapes.shard_numel(world_size) * element if loss.kl_coef > 0 else 0,
         "KV cache": kv_cache_bytes(cfg, rows, length, element),
         "sampler prefill": prefill_bytes(cfg, rows * config.data.max_prompt_tokens, element),
         "gradient shards": trainable_shard * 4,

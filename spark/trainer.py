@@ -144,7 +144,10 @@ class Trainer:
         shard_model(self.policy, mixed_precision=mixed, methods=("logprobs",))
         self.reference = None
         if config.loss.kl_coef > 0:
-            self.reference = load_model(config.model.path, device=device).requires_grad_(False)
+            # Frozen, so it needs no fp32 master copy: under mixed precision it is held in bf16, the dtype it
+            # computes in anyway.
+            self.reference = load_model(config.model.path, device=device,
+                                        dtype=torch.bfloat16 if mixed else torch.float32).requires_grad_(False)
             shard_model(self.reference, mixed_precision=mixed, methods=("logprobs",))
         self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad],
                                            lr=config.optim.lr, betas=tuple(config.optim.betas),
@@ -299,11 +302,13 @@ class Trainer:
                      drop_truncated=self.config.loss.mask_truncated, device=self.world.device) for batch in batches]
 
     def response_logprobs(self, model, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs and entropies of the response tokens, [S, R]."""
-        logp, entropy = model.logprobs(batch.input_ids, batch.targets, packing=batch.packing,
+        """Log-probs and entropies of the response tokens, [S, R] (0 where the mask is)."""
+        scored = batch.mask > 0
+        logp, entropy = model.logprobs(batch.input_ids, batch.targets[scored], packing=batch.packing,
+                                       scored=batch.response_index[scored],
                                        temperature=self.config.rollout.temperature or 1.0,
                                        chunk_size=self.config.loss.logprob_chunk, **batch.images)
-        return logp[batch.response_index], entropy[batch.response_index]
+        return batch.mask.masked_scatter(scored, logp), batch.mask.masked_scatter(scored, entropy)
 
     def update(self, experiences: list[Experience], timer: PhaseTimer | None = None) -> dict[str, float]:
         """One optimizer step on `experiences` (this rank's share); returns metrics over all ranks."""
@@ -317,6 +322,10 @@ class Trainer:
         with timer("reference"), torch.no_grad():
             ref_logps = [self.response_logprobs(self.reference, b)[0] if self.reference is not None else None
                          for b in batches]
+            if self.reference is not None:
+                # FSDP keeps the root's parameters (embeddings, head, vision root) gathered after a forward,
+                # expecting a backward; the reference has none, so shard them again for the update.
+                self.reference.reshard()
             old_logps = [self.response_logprobs(self.policy, b)[0] if cfg.ppo_epochs > 1 else None for b in batches]
         with timer("update"):
             sums: dict[str, torch.Tensor] = {}  # token sums, on the device until the one reduction below

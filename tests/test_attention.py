@@ -10,7 +10,7 @@ from spark.models import Packing, load_model
 from spark.models import attention as attn
 from spark.models.attention import KVCache, TorchVarlen
 from spark.models.qwen2 import Decoding
-from spark.tiny import make_tiny_checkpoint
+from spark.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
 from tests import attention_references as ref
 
 LENGTHS = [5, 1, 9, 3]  # packed sequences, one of a single token
@@ -35,12 +35,6 @@ def backend(request, monkeypatch):
 def qkv(n: int, heads: int = 4, kv_heads: int = 2, dim: int = 8, dtype=torch.bfloat16, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(n, h, dim, generator=g).to(dtype) for h in (heads, kv_heads, kv_heads)]
-
-
-def per_sequence(q, k, v, lengths, causal):
-    """fp32 reference over each packed sequence."""
-    bounds = torch.tensor([0] + lengths).cumsum(0).tolist()
-    return torch.cat([ref.attend(q[a:b], k[a:b], v[a:b], causal) for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 def test_backend_choice(monkeypatch):
@@ -72,25 +66,48 @@ def test_varlen_signature_forms():
         assert (installed.is_causal_flag, installed.gqa) in [(True, False), (False, False), (False, True)]
 
 
+# (lengths, continues): plain sequences; and two prompts, the first with two responses continuing it (one
+# of a single token), the second with one.
+PACKINGS = {"plain": (LENGTHS, None), "shared": ([4, 3, 1, 2, 5], [-1, 0, 0, -1, 3])}
+CASES = [(name, causal) for name in PACKINGS for causal in (True, False) if causal or name == "plain"]
+
+
+def reference_packed(q, k, v, packing: Packing, causal: bool) -> torch.Tensor:
+    """fp32 reference: each sequence's queries against its keys (a continuation's prefix first)."""
+    bounds = packing.cu_seqlens.tolist()
+    continues = packing.continues or [-1] * (len(bounds) - 1)
+    outs = []
+    for s, prefix in enumerate(continues):
+        rows = list(range(bounds[prefix], bounds[prefix + 1])) if prefix >= 0 else []
+        keys = rows + list(range(bounds[s], bounds[s + 1]))
+        outs.append(ref.attend(q[bounds[s]:bounds[s + 1]], k[keys], v[keys], causal))
+    return torch.cat(outs)
+
+
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "windows"])
-def test_packed_attention_against_reference(backend, causal):
-    q, k, v = qkv(sum(LENGTHS))
-    packing = Packing.from_lengths(LENGTHS)
-    out = attn.packed_attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, causal=causal)
+@pytest.mark.parametrize("packed, causal", CASES)
+def test_packed_attention_against_reference(backend, packed, causal):
+    lengths, continues = PACKINGS[packed]
+    q, k, v = qkv(sum(lengths))
+    packing = Packing.from_lengths(lengths, continues=continues)
+    out = attn.packed_attention(q, k, v, packing, causal=causal)
     assert out.dtype == torch.bfloat16 and out.shape == q.shape
-    assert (out.float() - per_sequence(q, k, v, LENGTHS, causal)).abs().max() < 2e-2
+    assert (out.float() - reference_packed(q, k, v, packing, causal)).abs().max() < 2e-2
 
 
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "windows"])
-def test_padded_sdpa_equals_one_call_per_sequence(causal):
+@pytest.mark.parametrize("packed, causal", CASES)
+def test_padded_sdpa_equals_one_call_per_sequence(packed, causal):
     """The accelerator's SDPA path (one padded call) against the CPU's (one call per sequence)."""
-    q, k, v = qkv(sum(LENGTHS), dtype=torch.float32, seed=1)
-    packing = Packing.from_lengths(LENGTHS)
-    padded = attn.padded_attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, causal)
-    looped = attn.packed_attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, causal=causal)
+    lengths, continues = PACKINGS[packed]
+    q, k, v = qkv(sum(lengths), dtype=torch.float32, seed=1)
+    packing = Packing.from_lengths(lengths, continues=continues)
+    keys = packing.keys
+    k_, v_ = (k[keys.index], v[keys.index]) if keys else (k, v)
+    cu_k, max_k = (keys.cu_seqlens, keys.max_seqlen) if keys else (packing.cu_seqlens, packing.max_seqlen)
+    padded = attn.padded_attention(q, k_, v_, packing.cu_seqlens, cu_k, packing.max_seqlen, max_k, causal)
+    looped = attn.packed_attention(q, k, v, packing, causal=causal)
     assert (padded - looped).abs().max() < 1e-6
-    assert (padded - per_sequence(q, k, v, LENGTHS, causal)).abs().max() < 1e-5
+    assert (padded - reference_packed(q, k, v, packing, causal)).abs().max() < 1e-5
 
 
 def run_cache(prompt_lens: list[int], steps: int, seed: int = 2) -> tuple[list[torch.Tensor], KVCache]:
@@ -171,3 +188,26 @@ def test_model_packed_and_decode_through_the_kernels(backend, bf16_model, monkey
     with torch.no_grad():  # the decoded token's logits equal a full forward over prompt + token
         for b, prompt in enumerate(prompts):
             assert relative_error(decoded[b, 0], model(prompt[None])[0, -1]) < 2e-2
+
+
+@pytest.mark.parametrize("backend", ["flash-attn", "torch-varlen:enable_gqa"], indirect=True)
+def test_vl_packed_forward_is_one_kernel_call_per_block(backend, tmp_path, monkeypatch):
+    """With a flash backend, a packed vision-language forward calls the kernel once per decoder layer and once per
+    vision block, whatever the number of sequences, frames and windows (the SDPA path on CPU loops over them)."""
+    model = load_model(make_tiny_vl_checkpoint(tmp_path / "vl", vision_depth=3), dtype=torch.bfloat16)
+    calls = []
+    for name in ("flash_attn_varlen_func", "torch_varlen"):
+        kernel = getattr(attn, name)
+        monkeypatch.setattr(attn, name, lambda *args, kernel=kernel, **kwargs: calls.append(1) or kernel(*args, **kwargs))
+    grids = torch.tensor([[1, 8, 8], [1, 4, 8]])  # two images of 16 and 8 merge units: several windows each
+    image_tokens = (grids.prod(-1) // 4).tolist()
+    text = [5, 6, 7]
+    sequences = [text + [model.image_token_id] * image_tokens[0] + text, text * 3,
+                 text + [model.image_token_id] * image_tokens[1]]
+    config = model.visual.config
+    pixels = torch.randn(int(grids.prod(-1).sum()), config.in_channels * config.temporal_patch_size
+                         * config.patch_size**2).to(torch.bfloat16)
+    with torch.inference_mode():
+        model(torch.tensor([sum(sequences, [])]), packing=Packing.from_lengths([len(s) for s in sequences]),
+              pixel_values=pixels, image_grid_thw=grids)
+    assert len(calls) == model.config.num_hidden_layers + config.depth

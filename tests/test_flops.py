@@ -18,9 +18,13 @@ def test_tiny_model_by_hand():
     # 3 tokens: 2 N x 3 = 7392, attention 4 L d (1 + 2 + 3) = 4 x 2 x 8 x 6 = 384.
     assert model.sequence(3) == 7392 + 384
     assert model.generation(2, 1) == model.sequence(3)
-    flops = step_flops(model, updated=[3, 3], generated=[(2, 1)] * 2, reference=True)
+    flops = step_flops(model, updated=[(2, [1]), (1, [2])], generated=[(2, 1)] * 2, reference=True)
     assert flops == {"update": 6 * 7776, "reference": 2 * 7776, "rollout": 2 * 7776}
-    two_epochs = step_flops(model, updated=[3], generated=[], reference=False, ppo_epochs=2)
+    # Two 1-token responses to one 2-token prompt packed once: the prompt's 2 tokens once, and the two
+    # responses' third tokens, each attending to 3 keys: 2 x (3 x 2 N / 3 + 4 L d 3).
+    shared = step_flops(model, updated=[(2, [1, 1])], generated=[], reference=False)["update"]
+    assert shared == 3 * (model.sequence(2) + 2 * (2 * 1232 + 4 * 2 * 8 * 3))
+    two_epochs = step_flops(model, updated=[(3, [0])], generated=[], reference=False, ppo_epochs=2)
     assert two_epochs["update"] == (3 * 2 + 1) * 7776 and two_epochs["reference"] == 0
 
 
@@ -34,7 +38,7 @@ def test_seven_b_is_six_n_per_trained_token():
     less the 0.55B embedding table)."""
     model = FlopModel.from_hf(KNOWN_CONFIGS["Qwen2.5-7B-Instruct"])
     assert model.matmul_params == 7_615_616_512 - 152064 * 3584 - 28 * (2 * 3584 + 3584 + 2 * 512) - 3584
-    per_token = step_flops(model, updated=[1], generated=[], reference=False)["update"]
+    per_token = step_flops(model, updated=[(1, [0])], generated=[], reference=False)["update"]
     assert per_token == pytest.approx(6 * model.matmul_params, rel=1e-4)  # + 12 L d of attention
 
 

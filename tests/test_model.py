@@ -1,5 +1,6 @@
 """The Qwen2 decoder against transformers, and checkpoint I/O."""
 
+import copy
 import json
 
 import pytest
@@ -7,7 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from spark.chat import image_inputs
+from spark.data import Sample
 from spark.models import CheckpointError, Packing, load_model, save_model
+from spark.packing import Filler, pack
+from spark.rollout import Experience
 from spark.tiny import make_tiny_checkpoint
 
 
@@ -54,6 +59,71 @@ def test_packed_equals_padded_equals_one_by_one(checkpoint):
     for i, (start, n) in enumerate(zip([0, 5, 16], lengths)):
         assert (packed[start:start + n] - one_by_one[i]).abs().max() < 1e-5
         assert (padded[i, :n] - one_by_one[i]).abs().max() < 1e-5
+
+
+def test_scored_positions_give_the_same_logprobs_and_gradients(checkpoint):
+    """The update scores only response positions: the same log-probs, and the same gradients, as scoring the whole
+    stream and indexing it."""
+    model = load_model(checkpoint)
+    generator = torch.Generator().manual_seed(0)
+    stream, targets = torch.randint(0, 300, (2, 1, 30), generator=generator)
+    packing, scored = Packing.from_lengths([12, 18]), torch.tensor([3, 4, 5, 20, 21, 29])
+    weights = torch.rand(len(scored), generator=generator)
+    results = []
+    for select in (True, False):
+        model.zero_grad()
+        logp, entropy = model.logprobs(stream, targets[0, scored] if select else targets, packing=packing,
+                                       scored=scored if select else None)
+        logp, entropy = (logp, entropy) if select else (logp[scored], entropy[scored])
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), entropy, [p.grad.clone() for p in model.parameters()]))
+    (logp, entropy, grads), (full_logp, full_entropy, full_grads) = results
+    assert torch.allclose(logp, full_logp, atol=1e-6) and torch.allclose(entropy, full_entropy, atol=1e-6)
+    assert all(torch.allclose(g, full, atol=1e-6) for g, full in zip(grads, full_grads))
+
+
+def shared_and_separate(model, prompts: list[list[int]], responses: list[list[list[int]]], images=None):
+    """Response log-probs and parameter gradients of the same experiences packed twice: by `pack`, each prompt
+    once with its responses continuing it; and by hand, each response in one sequence with its own copy of the
+    prompt. The query and key weights are scaled up, so that attention is peaked (at random init it is near
+    uniform and blind to positions)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.qkv_proj.weight.mul_(20)
+    images = images or [{}] * len(prompts)
+    experiences = [Experience(Sample("q", "1"), prompt, response, "", 0.0, False, images=images[g], group=g)
+                   for g, (prompt, group) in enumerate(zip(prompts, responses)) for response in group]
+    batch = pack(experiences, filler=Filler.for_model(model), task_weights={"policy": 1.0}, drop_truncated=False)
+    scored = batch.mask > 0
+    sequences = [e.prompt_ids + e.response_ids[:-1] for e in experiences]
+    starts = torch.tensor([0] + [len(s) for s in sequences]).cumsum(0).tolist()
+    separate = (torch.tensor([sum(sequences, [])]), torch.tensor(sum((e.response_ids for e in experiences), [])),
+                Packing.from_lengths([len(s) for s in sequences]),
+                torch.tensor([start + len(e.prompt_ids) - 1 + j for start, e in zip(starts, experiences)
+                              for j in range(len(e.response_ids))]),
+                image_inputs([e.images for e in experiences], "cpu"))
+    results = []
+    for stream, targets, packing, positions, inputs in (
+            (batch.input_ids, batch.targets[scored], batch.packing, batch.response_index[scored], batch.images),
+            separate):
+        model.zero_grad()
+        logp, _ = model.logprobs(stream, targets, packing=packing, scored=positions, **inputs)
+        (logp * torch.linspace(0.5, 1.5, len(logp))).sum().backward()
+        results.append((stream.shape[1], logp.detach(),
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    return results
+
+
+def test_a_prompt_packed_once_for_its_responses_gives_the_same_logprobs_and_gradients(checkpoint):
+    model = load_model(checkpoint)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    responses = [[[11, 12, 13], [14], [15, 16]], [[17, 18, 19, 20]]]
+    (shared_len, shared, shared_grads), (separate_len, separate, separate_grads) = \
+        shared_and_separate(model, prompts, responses)
+    assert (shared_len, separate_len) == (4 + 2 + 1 + 2 + 3, 3 * 4 + 2 + 1 + 2 + 3)
+    assert torch.allclose(shared, separate, atol=1e-5)
+    assert all((a - b).abs().max() < 1e-4 * b.abs().max() for a, b in zip(shared_grads, separate_grads))
 
 
 def test_sharded_checkpoint_loads(tmp_path):

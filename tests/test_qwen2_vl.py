@@ -16,6 +16,7 @@ from spark.models import ImageTokenError, Packing, Qwen2_5_VL, load_model, save_
 from spark.models.qwen2_vl import window_order
 from spark.sampler import SamplingParams, generate
 from spark.tiny import make_tiny_vl_checkpoint
+from tests.test_model import shared_and_separate
 
 IMAGE_SIZES = [(37, 91), (300, 17), (500, 400)]  # (height, width)
 # Row 0: one image; row 1: text only; row 2: two images of different sizes.
@@ -244,3 +245,13 @@ def test_each_distinct_image_goes_through_the_vision_tower_once(model, images, p
     finally:
         hook.remove()
     assert encoded == [len(pixel_values), 2 * len(pixel_values)] * 2
+
+
+def test_a_prompt_with_images_packed_once_for_its_responses_is_exact(model, images, prompts):
+    """Shared prompts in the update: each prompt (one image, none, two) packed once with its responses continuing
+    it (M-RoPE positions going on after the prompt's) gives the log-probs and gradients of one copy per response."""
+    responses = [[[11, 12, 13], [14, 15]], [[16, 17]], [[18], [19, 20, 21], [22, 23]]]
+    row_inputs = [row_images(images, own) for own in IMAGES_PER_ROW]
+    (_, shared, shared_grads), (_, separate, separate_grads) = shared_and_separate(model, prompts, responses, row_inputs)
+    assert torch.allclose(shared, separate, atol=1e-5)
+    assert all((a - b).abs().max() < 1e-4 * b.abs().max() for a, b in zip(shared_grads, separate_grads))

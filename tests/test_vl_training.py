@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -250,6 +251,25 @@ def test_trainer_gives_recycled_prompts_their_pixels_and_packs_images(vl_files, 
     for batch in (trainer_pack(trainer, experiences[2:]), trainer_pack(trainer, [])):
         assert batch.images["image_grid_thw"].tolist() == [[1, 2, 2]]
         assert torch.isfinite(trainer.response_logprobs(trainer.policy, batch)[0]).all()
+
+
+def test_bf16_reference_is_resharded_and_vision_blocks_rotate_in_fp32(vl_files, tmp_path):
+    """Under mixed precision the frozen reference is held in bf16 and sharded again after its pass (FSDP would
+    keep its root gathered), and a sharded vision block gets the rotary tables in fp32, as the sampler does."""
+    _, checkpoint, data = vl_files
+    trainer = Trainer(vl_config(checkpoint, data, tmp_path / "run", "model.mixed_precision=true"))
+    assert {p.dtype for p in trainer.reference.parameters()} == {torch.bfloat16}
+    rotary_dtypes = []
+    for model in (trainer.policy, trainer.rollouts.chat.model):
+        model.visual.blocks[0].register_forward_pre_hook(lambda block, args: rotary_dtypes.append(args[1].dtype))
+    sample = trainer.questions[0]
+    prompt = trainer.rollouts.render([sample])[0]
+    experiences = [Experience(sample, prompt.ids, [5, 6], "r", reward, False, advantage=reward - 0.5,
+                              images=prompt.images) for reward in (0.0, 1.0)]
+    trainer.update(experiences)
+    assert isinstance(trainer.reference.lm_head.weight, DTensor)
+    trainer.rollouts.chat.complete(trainer.rollouts.render([sample]), Sampling(max_new_tokens=1))
+    assert rotary_dtypes == [torch.float32, torch.float32]
 
 
 def test_spark_steps_on_pictures_with_recycling(vl_files, tmp_path):

@@ -25,9 +25,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from spark.models.qwen2 import Packing
 
 try:  # optional, CUDA only
     from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
@@ -144,50 +148,72 @@ class KVCache:
         self.v = self.v[:, rows]
 
 
-def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_seqlen: int, causal: bool = True) -> torch.Tensor:
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
+                     causal: bool = True) -> torch.Tensor:
     """Attention within each packed sequence, causal unless `causal=False` (the vision tower's windows).
-    q: [N, Hq, D], k/v: [N, Hkv, D], cu_seqlens: [S + 1] int32 -> [N, Hq, D]."""
+    q: [N, Hq, D], k/v: [N, Hkv, D] -> [N, Hq, D].
+
+    A sequence that continues another (`packing.keys`) reads that one's keys before its own: its queries are
+    the last of its keys, so "causal" is aligned to the bottom right (query i of Tq sees keys j <= i + Tk - Tq),
+    as in flash-attn's varlen kernel."""
+    cu_q, max_q = packing.cu_seqlens, packing.max_seqlen
+    cu_k, max_k = cu_q, max_q
+    if packing.keys is not None:
+        k, v = k[packing.keys.index], v[packing.keys.index]
+        cu_k, max_k = packing.keys.cu_seqlens, packing.keys.max_seqlen
     backend = attention_backend(q.device, q.dtype)
     if backend == FLASH_ATTN:
-        # flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...,
-        # causal): GQA when k, v have fewer heads (flash_attn/flash_attn_interface.py docstring).
-        return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal)
+        # flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ..., causal):
+        # GQA when k, v have fewer heads; the causal mask bottom-right aligned (flash_attn_interface.py docstring).
+        return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal)
     if backend == TORCH_VARLEN:
-        return torch_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal)
+        return torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal)
     if q.device.type != "cpu":
-        return padded_attention(q, k, v, cu_seqlens, max_seqlen, causal)
+        return padded_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal)
+    # One call per sequence, the pieces by split and cat: their backward is one cat and one split, where
+    # writing each output into a slice of one tensor costs a full-size zero gradient per sequence.
+    q_lengths, k_lengths = cu_q.diff().tolist(), cu_k.diff().tolist()
     attention = causal_attention if causal else bidirectional_attention
-    out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        out[start:end] = attention(q[None, start:end], k[None, start:end], v[None, start:end])[0]
-    return out
+    return torch.cat([attention(q_[None], k_[None], v_[None])[0]
+                      for q_, k_, v_ in zip(q.split(q_lengths), k.split(k_lengths), v.split(k_lengths))])
 
 
-def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_seqlen: int, causal: bool) -> torch.Tensor:
-    """`packed_attention` by one SDPA call: the S sequences padded to [S, max_seqlen], keys past each
-    sequence's end masked out, and the real positions gathered back. q: [N, Hq, D] -> [N, Hq, D]."""
-    N, device = q.shape[0], q.device
-    cu = cu_seqlens.long()
-    lengths = cu[1:] - cu[:-1]  # [S]
-    offsets = torch.arange(max_seqlen, device=device)  # [L]
-    index = (cu[:-1, None] + offsets).clamp(max=N - 1)  # [S, L]; pad slots read any real token
-    mask = (offsets < lengths[:, None])[:, None, None, :]  # [S, 1, 1, L]: real keys
+def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                     max_q: int, max_k: int, causal: bool) -> torch.Tensor:
+    """`packed_attention` by one SDPA call: the S sequences' queries padded to [S, max_q] and their keys to
+    [S, max_k], keys past each sequence's end (and, if causal, after each query, bottom-right aligned) masked
+    out, and the real query positions gathered back. q: [Nq, Hq, D], k/v: [Nk, Hkv, D] -> [Nq, Hq, D]."""
+    device = q.device
+
+    def pad_index(cu: torch.Tensor, width: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cu = cu.long()
+        offsets = torch.arange(width, device=device)  # [L]
+        return (cu[:-1, None] + offsets).clamp(max=total - 1), cu.diff()  # [S, L] (pads read any real row), [S]
+
+    q_index, q_lengths = pad_index(cu_q, max_q, q.shape[0])
+    k_index, k_lengths = pad_index(cu_k, max_k, k.shape[0])
+    query, key = torch.arange(max_q, device=device)[:, None], torch.arange(max_k, device=device)
+    mask = key < k_lengths[:, None, None]  # [S, 1, L_k]
     if causal:
-        mask = mask & torch.ones(max_seqlen, max_seqlen, dtype=torch.bool, device=device).tril()
-    out = F.scaled_dot_product_attention(q[index].transpose(1, 2), k[index].transpose(1, 2),
-                                         v[index].transpose(1, 2), attn_mask=mask, enable_gqa=True)
-    sequence = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths, output_size=N)  # [N]
-    position = torch.arange(N, device=device) - cu[sequence]
+        mask = mask & (key <= query + (k_lengths - q_lengths)[:, None, None])  # [S, L_q, L_k]
+    out = F.scaled_dot_product_attention(q[q_index].transpose(1, 2), k[k_index].transpose(1, 2),
+                                         v[k_index].transpose(1, 2), attn_mask=mask[:, None], enable_gqa=True)
+    Nq = q.shape[0]
+    sequence = torch.repeat_interleave(torch.arange(len(q_lengths), device=device), q_lengths, output_size=Nq)
+    position = torch.arange(Nq, device=device) - cu_q.long()[sequence]
     return out.transpose(1, 2)[sequence, position]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """q: [B, T, Hq, D], k/v: [B, T, Hkv, D] -> [B, T, Hq, D]."""
+    """q: [B, Tq, Hq, D], k/v: [B, Tk, Hkv, D] -> [B, Tq, Hq, D]; with Tk > Tq the queries are the last Tq
+    positions (query i sees keys j <= i + Tk - Tq)."""
+    Tq, Tk = q.shape[1], k.shape[1]
+    if Tq == Tk:
+        mask, is_causal = None, True
+    else:  # SDPA's is_causal aligns to the top left
+        mask, is_causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq), False
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         is_causal=True, enable_gqa=True)
+                                         attn_mask=mask, is_causal=is_causal, enable_gqa=True)
     return out.transpose(1, 2)
 
 

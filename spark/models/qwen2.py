@@ -54,24 +54,57 @@ class ModelConfig:
 
 
 @dataclass
-class Packing:
-    """A flat stream of sequences: `cu_seqlens` [S + 1] int32 offsets, `max_seqlen` the longest."""
+class Keys:
+    """Where each packed sequence reads its keys from: `index` [K] stream rows, sequence after sequence,
+    cut by `cu_seqlens` [S + 1] int32; `max_seqlen` the most keys of one sequence."""
 
+    index: torch.Tensor
     cu_seqlens: torch.Tensor
     max_seqlen: int
 
+
+@dataclass
+class Packing:
+    """A flat stream of sequences: `cu_seqlens` [S + 1] int32 offsets, `max_seqlen` the longest.
+
+    A sequence may continue an earlier one (`continues[s]`, -1 for none): it then attends to that sequence's
+    tokens before its own, and its positions go on from there, as if the two were one sequence. The update
+    packs a prompt once and each of its responses as a continuation of it, so the prompt is computed once for
+    its n responses. `keys` says where each sequence's keys are (None: its own tokens only).
+    """
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    continues: list[int] | None = None
+    keys: Keys | None = None
+
     @classmethod
-    def from_lengths(cls, lengths: list[int], device: torch.device | str = "cpu") -> Packing:
+    def from_lengths(cls, lengths: list[int], device: torch.device | str = "cpu",
+                     continues: list[int] | None = None) -> Packing:
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu[1:] = torch.tensor(lengths).cumsum(0)
-        return cls(cu.to(device), max(lengths))
+        if continues is None or all(c < 0 for c in continues):
+            return cls(cu.to(device), max(lengths))
+        if len(continues) != len(lengths) or any(c >= s or (c >= 0 and continues[c] >= 0)
+                                                 for s, c in enumerate(continues)):
+            raise ValueError(f"Packing: each sequence continues an earlier one that continues none, got {continues}")
+        starts = cu.tolist()
+        ranges = [range(starts[c], starts[c + 1]) if c >= 0 else range(0) for c in continues]
+        key_rows = [[*prefix, *range(starts[s], starts[s + 1])] for s, prefix in enumerate(ranges)]
+        key_lengths = [len(rows) for rows in key_rows]
+        cu_keys = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu_keys[1:] = torch.tensor(key_lengths).cumsum(0)
+        keys = Keys(torch.tensor(sum(key_rows, []), device=device), cu_keys.to(device), max(key_lengths))
+        return cls(cu.to(device), max(lengths), list(continues), keys)
 
     def positions(self) -> torch.Tensor:
-        """[1, N]: each token's index within its own sequence."""
+        """[1, N]: each token's index within its sequence (a continuation's after those of the one it continues)."""
         cu = self.cu_seqlens.long()
         lengths = cu[1:] - cu[:-1]
-        starts = torch.repeat_interleave(cu[:-1], lengths)
-        return (torch.arange(int(cu[-1]), device=cu.device) - starts)[None]
+        starts = cu[:-1]
+        if self.keys is not None:  # the keys before a sequence's own tokens are its prefix
+            starts = starts - (self.keys.cu_seqlens.long().diff() - lengths)
+        return (torch.arange(int(cu[-1]), device=cu.device) - torch.repeat_interleave(starts, lengths))[None]
 
 
 @dataclass
@@ -161,7 +194,7 @@ class Attention(nn.Module):
         q, k = qk.split([self.n_heads, self.n_kv], dim=2)
         v = qkv[:, :, self.n_heads + self.n_kv:]
         if packing is not None:
-            out = packed_attention(q[0], k[0], v[0], packing.cu_seqlens, packing.max_seqlen)[None]
+            out = packed_attention(q[0], k[0], v[0], packing)[None]
         elif decoding is not None:
             out = cached_attention(q, k, v, decoding.cache, self.layer, decoding.cache_lens, decoding.kv_len,
                                    decoding.key_mask)
@@ -257,13 +290,19 @@ class Qwen2(nn.Module):
         return self.lm_head(hidden)
 
     def logprobs(self, input_ids: torch.Tensor, targets: torch.Tensor, *, packing: Packing | None = None,
-                 temperature: float = 1.0, chunk_size: int = 1024, **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs and entropies [N] of `targets` [1, N] after each position of `input_ids` [1, N].
+                 scored: torch.Tensor | None = None, temperature: float = 1.0, chunk_size: int = 1024,
+                 **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies [M] of `targets` [M] after the positions `scored` [M] of `input_ids` [1, N];
+        with `scored` None, of `targets` [1, N] after every position. The update scores only its response
+        tokens (the lm_head never runs over prompts), and the first token of every response that shares a
+        packed prompt follows the same position.
 
-        The lm_head runs in fp32 chunks (spark.models.logprobs.token_logprobs), so no [N, vocab] tensor is held.
+        The lm_head runs in chunks (spark.models.logprobs.token_logprobs), so no [N, vocab] tensor is held.
         A method of the model (not a free function) so that FSDP gathers the head's weight for it.
         `model_inputs` (pixel_values, image_grid_thw) go to the forward of vision-language subclasses.
         """
-        hidden = self.forward(input_ids, packing=packing, return_hidden=True, **model_inputs)
-        return token_logprobs(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+        hidden = self.forward(input_ids, packing=packing, return_hidden=True, **model_inputs).flatten(0, 1)
+        if scored is not None:
+            hidden = hidden[scored]
+        return token_logprobs(hidden, self.lm_head.weight, targets.flatten(),
                               chunk_size=chunk_size, temperature=temperature, with_entropy=True)

@@ -165,7 +165,7 @@ class VisionAttention(nn.Module):
         # Rotate in fp32 as the reference does.
         q = apply_rotary(q[None].float(), cos[None], sin[None])[0].to(v.dtype)
         k = apply_rotary(k[None].float(), cos[None], sin[None])[0].to(v.dtype)
-        out = packed_attention(q, k, v, segments.cu_seqlens, segments.max_seqlen, causal=False)
+        out = packed_attention(q, k, v, segments, causal=False)
         return self.proj(out.reshape(N, -1))
 
 
@@ -347,9 +347,14 @@ class Qwen2_5_VL(Qwen2):
     def packed_positions(self, input_ids: torch.Tensor, packing: Packing,
                          image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         """Positions [3, 1, N] of a packed stream `input_ids` [1, N]: each packed sequence from 0, with
-        its own images (the stream's images in order)."""
+        its own images (the stream's images in order); a continuation (a response after its shared prompt)
+        goes on as text after the last position of the sequence it continues."""
         sequences = split_packed(input_ids, packing)
-        return torch.cat(self.sequence_positions(sequences, image_grid_thw, "packed sequence"), dim=1)[:, None]
+        positions = self.sequence_positions(sequences, image_grid_thw, "packed sequence")
+        for s, prefix in enumerate(packing.continues or []):
+            if prefix >= 0:
+                positions[s] = positions[s] + int(positions[prefix].max()) + 1
+        return torch.cat(positions, dim=1)[:, None]
 
     def image_tokens(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
                      image_index: torch.Tensor | None = None) -> torch.Tensor:
