@@ -28,12 +28,14 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m spark.demo
 
-# math-verify is the verifier's reference only, so it is installed here and not in requirements.txt.
+# math-verify (the verifier's reference) and TRL (the GRPO step's) are benchmark-only: installed here, not in
+# requirements.txt.
 bench: $(STAMP)
-	$(PY) -m pip install -q math-verify
+	$(PY) -m pip install -q math-verify trl==1.16.0
 	PYTHONPATH=. $(PY) benchmarks/sampler.py
 	PYTHONPATH=. $(PY) benchmarks/verifier.py
 	PYTHONPATH=. $(PY) benchmarks/vl_rollout.py
+	PYTHONPATH=. $(PY) benchmarks/vs_trl.py
 
 # The one-shot device check (benchmarks/gpu_check.py): runs on a bare device image, so it uses the venv's python
 # when there is one and the system's otherwise, and installs nothing. Report: runs/gpu_check/gpu_check.json.
