@@ -10,7 +10,12 @@ no network, nothing installed).
             transformers `generate` with its static cache (not compiled), on the same weights; and the share of
             the HBM bound (weights + the KV cache read once per decode step, at the device's bandwidth);
   3. step   one trainer step on the same model (FSDP2 on one GPU, bf16, activation checkpointing, policy-only
-            GRPO with the KL reference): update tokens/s, MFU (spark.flops), peak memory next to spark.plan's.
+            GRPO with the KL reference): update tokens/s, MFU (spark.flops), peak memory next to spark.plan's;
+  4. vision Qwen2.5-VL-7B's vision tower (random weights, bf16) over four ~1 MP images (20,736 patches): peak
+            memory of a forward and backward with and without activation checkpointing, next to spark.plan's
+            vision activations;
+  5. head   the update's log-prob head (spark.models.logprobs) at Qwen2.5-7B's shape, 16k tokens: seconds of a
+            forward and backward with the GEMMs in fp32 and in bf16, and the mean |log-prob difference|.
 `--cpu` runs the same on CPU with tiny shapes (the slow test suite does, so the script is known to work before a
 device is spent on it). Prints a short table; the last line is one JSON object (also written to --out).
 """
@@ -34,11 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spark.config import TrainConfig, load_config  # noqa: E402
-from spark.flops import FlopModel, peak_tflops, step_flops, throughput  # noqa: E402
+from spark.flops import FlopModel, peak_tflops, shared_prompts, step_flops, throughput  # noqa: E402
 from spark.models import load_model  # noqa: E402
 from spark.models.attention import describe_attention  # noqa: E402
 from spark.models.checkpoint import read_config  # noqa: E402
-from spark.plan import GB, plan_for  # noqa: E402
+from spark.models.logprobs import token_logprobs  # noqa: E402
+from spark.models.qwen2_vl import VisionConfig, VisionTransformer  # noqa: E402
+from spark.plan import GB, plan_for, vision_activation_bytes  # noqa: E402
 from spark.sampler import SamplingParams, generate  # noqa: E402
 from spark.tiny import make_tiny_checkpoint  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
@@ -49,6 +56,12 @@ SHAPES = {"gpu": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_head
           "cpu": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
                       vocab_size=512, tie=True)}
 WORKLOAD = {"gpu": dict(rows=64, prompt=256, new=256), "cpu": dict(rows=8, prompt=16, new=16)}
+# Qwen2.5-VL-7B's vision tower, four images of 72 x 72 patches (1008 x 1008 pixels); a tiny one for --cpu.
+VISION = {"gpu": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584),
+          "cpu": dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      fullatt_block_indexes=(1, 3))}
+IMAGES = {"gpu": [[1, 72, 72]] * 4, "cpu": [[1, 8, 8]] * 2}
+HEAD = {"gpu": dict(tokens=16384, hidden=3584, vocab=152064), "cpu": dict(tokens=64, hidden=64, vocab=1000)}
 HBM_GB_S = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0}  # datasheet bandwidths (SXM), GB/s
 
 
@@ -152,7 +165,7 @@ def run_trainer_step(checkpoint: Path, device: str, work: dict, out: Path) -> di
     trainer.update = lambda experiences, timer=None: (trained.extend(experiences), update(experiences, timer))[1]
     metrics = trainer.train_step()
     model = FlopModel.of(trainer.rollouts.chat.model)
-    flops = step_flops(model, updated=[len(e.prompt_ids) + len(e.response_ids) for e in trained],
+    flops = step_flops(model, updated=shared_prompts(trained),
                        generated=[(len(e.prompt_ids), len(e.response_ids)) for e in trained],
                        reference=trainer.reference is not None)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
@@ -174,12 +187,66 @@ def run_trainer_step(checkpoint: Path, device: str, work: dict, out: Path) -> di
     return result
 
 
+def peak_bytes(fn) -> int:
+    """Peak device memory `fn` allocates above what was allocated before it (0 on CPU: no allocator stats)."""
+    if not torch.cuda.is_available():
+        fn()
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def run_vision(device: str, dtype: torch.dtype, kind: str) -> dict:
+    config = VisionConfig(**VISION[kind])
+    with torch.device(device):
+        tower = VisionTransformer(config).to(dtype)
+    grids = torch.tensor(IMAGES[kind])
+    patches = int(grids.prod(-1).sum())
+    pixels = torch.randn(patches, config.in_channels * config.temporal_patch_size * config.patch_size**2,
+                         device=device, dtype=dtype)
+    result = {"patches": patches}
+    for checkpointing in (False, True):
+        def step(checkpointing=checkpointing):
+            tower(pixels, grids, checkpointing).float().square().mean().backward()
+            tower.zero_grad(set_to_none=True)
+        step()  # warm-up
+        name = "checkpointed" if checkpointing else "plain"
+        result[f"{name}_peak_gb"] = sig(peak_bytes(step) / GB)
+        result[f"{name}_plan_gb"] = sig(vision_activation_bytes(config, patches, 2, checkpointing) / GB)
+        result[f"{name}_s"] = sig(timed(step))
+    return result
+
+
+def run_logprob_head(device: str, kind: str) -> dict:
+    shape = HEAD[kind]
+    g = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(shape["tokens"], shape["hidden"], generator=g) / 4).to(device, torch.bfloat16)
+    weight = (torch.randn(shape["vocab"], shape["hidden"], generator=g) / 60).to(device)
+    targets = torch.randint(0, shape["vocab"], (shape["tokens"],), generator=g).to(device)
+    result, logps = {}, {}
+    for name, head in (("fp32", weight), ("bf16", weight.to(torch.bfloat16))):
+        h, w = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+
+        def step(h=h, w=w, name=name):
+            logp, _ = token_logprobs(h, w, targets, chunk_size=1024, with_entropy=True)
+            logp.sum().backward()
+            logps[name] = logp.detach().float()
+        step()  # warm-up
+        result[f"{name}_s"] = sig(timed(step))
+    result["mean_abs_logp_diff"] = sig(float((logps["bf16"] - logps["fp32"]).abs().mean()))
+    return result
+
+
 def table(report: dict) -> str:
     lines = [f"device: {report['device']}  torch {report['torch']}  {report['attention']}"]
     tests = report["tests"]
     lines.append(f"tests: {tests.get('passed', 0)} passed, {tests.get('failure', 0) + tests.get('error', 0)} failed, "
                  f"{tests.get('skipped', 0)} skipped" + (f" ({', '.join(tests['failed'])})" if tests.get("failed") else ""))
-    for name in ("sampler", "trainer_step"):
+    for name in ("sampler", "trainer_step", "vision", "logprob_head"):
         lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in report[name].items()))
     return "\n".join(lines)
 
@@ -207,6 +274,8 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
         section(report, "trainer_step", run_trainer_step, checkpoint, device, WORKLOAD[kind], Path(tmp))
+        section(report, "vision", run_vision, device, dtype, kind)
+        section(report, "logprob_head", run_logprob_head, device, kind)
         report["minutes"] = round((time.perf_counter() - started) / 60, 2)
         print(table(report))
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2))

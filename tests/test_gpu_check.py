@@ -21,3 +21,5 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     assert report["sampler"]["ours_eager_tok_s"] > 0 and report["sampler"]["hf_static_tok_s"] > 0
     step = report["trainer_step"]
     assert "error" not in step and step["update_tok_s"] > 0 and step["plan_fits"]
+    assert report["vision"]["patches"] == 128 and report["vision"]["checkpointed_plan_gb"] > 0
+    assert 0 < report["logprob_head"]["mean_abs_logp_diff"] < 1e-2
