@@ -5,7 +5,7 @@ final answer, template variant 0) with a checkpoint, greedily and at temperature
 "47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \\boxed{No}" into:
   recompute  the judge's own result is the gold answer
   copy       the number after "vs" is the candidate shown
-  compare    the digit pairs are what spark.demo.digit_pairs says for the two numbers it wrote
+  compare    the digit pairs are what spark.arithmetic.digit_pairs says for the two numbers it wrote
   summary    the word after "so" follows from its pairs ("different" iff a pair differs, else "equal")
   read_off   balanced accuracy of a verdict read off that word (Yes iff "equal")
   verdict    balanced accuracy of the verdict it gave
@@ -27,10 +27,10 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from spark import prompts
-from spark.arithmetic import parse_question, result
-from spark.demo import digit_pairs, prompt_ids
+from spark.arithmetic import digit_pairs, parse_question, result
 from spark.models import load_model
 from spark.sampler import SamplingParams, generate
+from spark.warmup import prompt_ids
 
 RESPONSE = re.compile(r"(\d+) vs (\d+): (.*?), so (\w+)\. \\boxed\{(\w+)\}")
 

@@ -10,6 +10,20 @@ in minutes on a CPU; a wrong step leaves a plausible wrong number in the box.
 
 The held-out judge set shows held-out questions with a candidate answer that is either the gold
 answer or a plausible slip (off by one or ten, a dropped carry, swapped digits), half and half.
+
+The warm-up examples (`warmup_examples`) teach the formats of every task before RL:
+
+- policy:      the worked answer;
+- pointwise:   the judge recomputes the result, sets it beside the candidate, compares them digit by digit,
+               says whether they are equal, then gives a verdict
+               ("47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \boxed{No}").
+               The verdicts are noisy and lenient (VERDICT_YES_SHARE), so the greedy judge starts at chance but
+               its verdict leans, weakly, on its own comparison, a lean RL turns into a judgement;
+- pairwise:    the same working, then a coin-flip letter;
+- reflection:  the worked answer of the question;
+- comparison drills: each problem's result beside a variant of it, compared digit by digit
+               ("Compare 85 and 35 digit by digit." -> "85 vs 35: 8 3 differ, 5 5 same, so different."), so
+               that the comparison is learnt early rather than late inside the judge examples.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import json
 import random
 from pathlib import Path
 
+from spark import prompts
 from spark.data import Sample
 from spark.prompts import math_prompt
 
@@ -126,3 +141,91 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
 def problem_rows(problems: list[Sample]) -> list[dict]:
     """The trainer's data rows {question, answer}."""
     return [{"question": s.meta["question"], "answer": s.gold} for s in problems]
+
+
+# --------------------------------------------------------------------------- warm-up formats
+
+# Share of the warm-up examples per task. Judge-heavy: copying the question and the candidate out of the
+# long judge templates takes the model far longer to learn than the arithmetic of the short policy prompt.
+WARMUP_MIX = {"policy": 0.25, "pointwise": 0.6, "pairwise": 0.05, "reflection": 0.1}
+# Share of warm-up judge candidates that are wrong. One half: "same" and "differ" are then equally frequent,
+# and the model has to compare rather than lean to the commoner word.
+WRONG_CANDIDATE_SHARE = 0.5
+# The comparison drill's user message (comparison_drill).
+COMPARISON_PROMPT = "Compare {} and {} digit by digit."
+# How often a warm-up judge says Yes after its comparison found the numbers equal / different: a lenient judge
+# whose verdict leans weakly on the comparison, and which says Yes to everything when decoded greedily.
+VERDICT_YES_SHARE = {"equal": 0.8, "different": 0.6}
+
+
+def digit_pairs(number: str, other: str) -> str:
+    """"85", "86" -> "8 8 same, 5 6 differ": aligned on the units, the shorter number padded with zeros."""
+    width = max(len(number), len(other))
+    pairs = zip(number.zfill(width), other.zfill(width))
+    return ", ".join(f"{x} {y} {'same' if x == y else 'differ'}" for x, y in pairs)
+
+
+def comparison(number: str, other: str) -> str:
+    """"85", "86" -> "85 vs 86: 8 8 same, 5 6 differ, so different"."""
+    return f"{number} vs {other}: {digit_pairs(number, other)}, so {'equal' if number == other else 'different'}"
+
+
+def judge_response(question: str, candidate: str, verdict: str) -> str:
+    r"""A pointwise judge's response: recompute, set the result beside the candidate and compare them digit by
+    digit, say whether they are equal, then the verdict:
+    "47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \boxed{No}"."""
+    a, op, b = parse_question(question)
+    return f"{worked_steps(a, op, b)}. {comparison(str(result(a, op, b)), candidate)}. \\boxed{{{verdict}}}"
+
+
+def comparison_drill(number: str, rng: random.Random) -> tuple[str, str]:
+    """A (user message, response) pair that drills the judge's comparison on its own: `number` beside a variant
+    of it whose every digit is kept or changed with equal odds ("Compare 85 and 35 digit by digit.")."""
+    other = str(int("".join(d if rng.random() < 0.5 else rng.choice("0123456789".replace(d, "")) for d in number)))
+    return COMPARISON_PROMPT.format(number, other), f"{comparison(number, other)}."
+
+
+def pairwise_response(question: str, letter: str) -> str:
+    a, op, b = parse_question(question)
+    return f"{worked_steps(a, op, b)}. {result(a, op, b)}. \\boxed{{{letter}}}"
+
+
+def shown_answer(question: str, answer: str, cot: bool) -> str:
+    r"""A candidate as a judge sees it: the final answer, or (cot) a worked answer ending in \boxed{answer}."""
+    return f"{worked_steps(*parse_question(question))}. \\boxed{{{answer}}}" if cot else answer
+
+
+def warmup_examples(problems: list[Sample], seed: int) -> list[tuple[str, str]]:
+    """(user message, response) pairs over `problems`: for each problem, one task drawn with WARMUP_MIX and a
+    comparison drill of its result.
+
+    Judge candidates are the gold answer or a plausible wrong one (see WRONG_CANDIDATE_SHARE), shown as a
+    final answer or inside a worked answer (half each), with a random template variant. Verdicts are drawn with
+    VERDICT_YES_SHARE; pairwise letters are coin flips."""
+    rng = random.Random(seed)
+    examples = []
+    for sample in problems:
+        question = sample.meta["question"]
+        a, op, b = parse_question(question)
+        task = rng.choices(list(WARMUP_MIX), weights=list(WARMUP_MIX.values()))[0]
+        wrong = str(plausible_wrong(a, op, b, rng))
+        candidate = wrong if rng.random() < WRONG_CANDIDATE_SHARE else sample.gold
+        cot, variant = rng.random() < 0.5, rng.randrange(3)
+        if task == "policy":
+            examples.append((sample.prompt, worked_answer(a, op, b)))
+        elif task == "pointwise":
+            prompt = prompts.pointwise_prompt(question, shown_answer(question, candidate, cot), cot=cot,
+                                              variant=variant)
+            yes_share = VERDICT_YES_SHARE["equal" if candidate == sample.gold else "different"]
+            examples.append((prompt, judge_response(question, candidate, "Yes" if rng.random() < yes_share else "No")))
+        elif task == "pairwise":
+            pair = [shown_answer(question, sample.gold, cot), shown_answer(question, wrong, cot)]
+            rng.shuffle(pair)
+            prompt = prompts.pairwise_prompt(question, *pair, cot=cot, variant=variant)
+            examples.append((prompt, pairwise_response(question, rng.choice("AB"))))
+        else:
+            prompt = prompts.reflection_prompt(question, shown_answer(question, wrong, cot), cot=cot,
+                                               variant=variant)
+            examples.append((prompt, worked_answer(a, op, b)))
+        examples.append(comparison_drill(sample.gold, rng))
+    return examples
