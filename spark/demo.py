@@ -29,15 +29,21 @@ from spark.arithmetic import (
     judge_set,
     pairwise_response,
     problem_rows,
+    question_text,
     split_problems,
     warmup_examples,
     worked_answer,
     write_jsonl,
 )
+from spark.chat import ChatModel, load_chat_model
 from spark.config import TrainConfig, load_config
+from spark.data import Sample
+from spark.evaluation.scoring import self_judgment
 from spark.models import load_model, save_model
+from spark.sampler import Sampling
 from spark.tiny import build_tokenizer, make_tiny_checkpoint
 from spark.trainer import Trainer
+from spark.tts import Problem, answer, run_tts, tts_statistics
 from spark.warmup import warm_up
 
 
@@ -58,14 +64,14 @@ class DemoModel:
 
 def tokenizer_corpus() -> list[str]:
     """Every template variant and response format, with the digits removed (see the module doc)."""
-    a, op, b = 47, "+", 38
-    question, solution = f"What is {a}{op}{b}?", worked_answer(a, op, b)
+    a, op, b = 85, "-", 38
+    question, solution = question_text(a, op, b), worked_answer(a, op, b)
     texts = ["user\n", "assistant\n", prompts.math_prompt(question), solution,
-             judge_response(question, "86", "No"), judge_response(question, "85", "Yes"),
-             pairwise_response(question, "A"), pairwise_response(question, "B"),
+             judge_response(question, "48", "No"), judge_response(question, "47", "Yes"),
+             pairwise_response(question, "47", "A"), pairwise_response(question, "48", "B"),
              *comparison_drill("85", random.Random(0))]
     for cot in (False, True):
-        shown = solution if cot else "85"
+        shown = solution if cot else "47"
         for variant in range(max(prompts.NUM_VARIANTS.values())):
             texts += [prompts.pointwise_prompt(question, shown, cot=cot, variant=variant),
                       prompts.pairwise_prompt(question, shown, "86", cot=cot, variant=variant),
@@ -125,52 +131,110 @@ def plot_metrics(metrics_jsonl: str | Path, png_path: str | Path, ablation_jsonl
 
 @dataclass
 class DemoSetup:
-    """Sizes of the demo's data and warm-up (batches of 32 examples, about half of them comparison drills)."""
+    """Sizes of the demo's data and warm-up (batches of 32 examples, about half of them comparison drills).
 
-    num_train: int = 8000  # RL training problems (the warm-up draws from the same set)
+    The warm-up runs until the policy's greedy accuracy on the probe problems (held out from everything else)
+    reaches `warmup_target`, asked every `warmup_check_every` steps, rather than for a fixed number of steps:
+    where a fixed number of steps ends moves with floating-point rounding (threads, CPU), and the RL start
+    with it."""
+
+    num_train: int = 3400  # RL training problems (the warm-up draws from the same set)
     num_heldout: int = 256  # held-out policy problems
     num_judge: int = 256  # held-out pointwise judge rows, half Yes and half No, from other held-out problems
-    warmup_steps: int = 1300
+    num_probe: int = 128  # held-out problems the warm-up's stopping rule is measured on
+    warmup_target: float = 0.45
+    warmup_check_every: int = 100
+    warmup_max_steps: int = 3000
     warmup_batch: int = 32
     warmup_lr: float = 2e-3
     seed: int = 0
 
 
+GREEDY = Sampling(max_new_tokens=64, temperature=0.0)  # the demo's evaluations: a worked answer is ~30 tokens
+
+
+def policy_accuracy(chat: ChatModel, problems: list[Sample]) -> float:
+    """Greedy accuracy of the model's first answers."""
+    traces = answer(chat, [Problem(s.meta["question"], s.gold) for s in problems], sampling=GREEDY)
+    return sum(bool(t[0].final.correct) for t in traces) / len(traces)
+
+
 def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoModel | None = None) -> dict:
-    """Write the demo's data, build the tiny checkpoint and warm it up.
+    """Write the demo's data, build the tiny checkpoint and warm it up (DemoSetup says until when).
 
     run_dir/data/train.jsonl    rows {question, answer} for the trainer
     run_dir/data/heldout.jsonl  rows {question, answer}: held-out policy problems
     run_dir/data/judge.jsonl    rows {question, answer, label}: held-out pointwise judge set
     run_dir/init/               the random checkpoint; run_dir/warmup/ the warmed-up one (RL starts here)
-    Returns those paths and the warm-up's first and last losses; the trainer's evaluation at step 0 measures
-    the warmed-up held-out accuracies.
+    Returns those paths, the warm-up's steps, its first and last losses and its probe accuracy; the trainer's
+    evaluation at step 0 measures the warmed-up held-out accuracies.
     """
     setup = setup or DemoSetup()
     run_dir = Path(run_dir)
     torch.manual_seed(setup.seed)
-    train, heldout = split_problems(setup.num_train, setup.num_heldout + setup.num_judge, setup.seed)
-    policy_eval, judge_eval = heldout[:setup.num_heldout], judge_set(heldout[setup.num_heldout:], setup.seed)
+    train, heldout = split_problems(setup.num_train, setup.num_heldout + setup.num_judge + setup.num_probe, setup.seed)
+    policy_eval, judge_eval, probe = (heldout[:setup.num_heldout], heldout[setup.num_heldout:-setup.num_probe],
+                                      heldout[-setup.num_probe:])
     paths = {
         "train": write_jsonl(problem_rows(train), run_dir / "data" / "train.jsonl"),
         "heldout": write_jsonl(problem_rows(policy_eval), run_dir / "data" / "heldout.jsonl"),
-        "judge": write_jsonl(judge_eval, run_dir / "data" / "judge.jsonl"),
+        "judge": write_jsonl(judge_set(judge_eval, setup.seed), run_dir / "data" / "judge.jsonl"),
         "init": build_demo_checkpoint(run_dir / "init", model, setup.seed),
         "warmup": run_dir / "warmup",
     }
     tokenizer = PreTrainedTokenizerFast.from_pretrained(paths["init"])
     policy = load_model(paths["init"])
-    examples = warmup_examples(train, setup.seed)
-    losses = warm_up(policy, tokenizer, examples, steps=setup.warmup_steps, batch_size=setup.warmup_batch,
-                     lr=setup.warmup_lr, seed=setup.seed)
+    chat = ChatModel(policy, tokenizer, (tokenizer.eos_token_id,))
+    probed: list[float] = []
+
+    def reached(step: int) -> bool:
+        probed.append(policy_accuracy(chat, probe))
+        print(f"warm-up step {step}: probe policy accuracy {probed[-1]:.3f}", flush=True)
+        return probed[-1] >= setup.warmup_target
+
+    losses = warm_up(policy, tokenizer, warmup_examples(train, setup.seed), steps=setup.warmup_max_steps,
+                     batch_size=setup.warmup_batch, lr=setup.warmup_lr, seed=setup.seed, stop=reached,
+                     check_every=setup.warmup_check_every)
     # Written aside and renamed, so that an interrupted warm-up is redone rather than trained from.
     save_model(policy, run_dir / "warmup.tmp")
     (run_dir / "warmup.tmp").rename(paths["warmup"])
     return {
         **{name: str(path) for name, path in paths.items()},
+        "warmup_steps": len(losses),
         "warmup_loss_first": losses[0],
         "warmup_loss_last": sum(losses[-20:]) / len(losses[-20:]),
+        "warmup_probe_acc": probed[-1],
     }
+
+
+def ensure_prepared(config: TrainConfig) -> dict | None:
+    """The demo's data and warmed-up checkpoint for `config` (configs/tiny.toml: runs/demo/data/*.jsonl and
+    runs/demo/warmup), prepared into model.path's parent unless model.path exists; prepare's summary, or None
+    when there was nothing to do. A benchmark that starts from the demo's start calls this."""
+    checkpoint = Path(config.model.path)
+    if checkpoint.exists():
+        return None
+    return prepare(checkpoint.parent, DemoSetup(seed=config.data.seed))  # data.seed=1: another demo
+
+
+# --------------------------------------------------------------------------- test-time scaling
+
+
+def tts_content(config: TrainConfig) -> str:
+    """The form the run trained its judge in, for the judge and the reflection at test time: answer-based unless
+    every recycled judge sample was CoT-based."""
+    return "cot" if config.spark.recycle.content == "cot" else "answer"
+
+
+def tts_summary(checkpoint: str | Path, heldout: list[dict], *, content: str, max_rounds: int = 2) -> dict:
+    """spark.tts on the held-out rows {question, answer} with `checkpoint`, greedy: the final answers' accuracy,
+    the model's verdicts on its own first answers (self_judgment: precision / recall / F1 of Yes = correct) and the
+    loop's statistics (spark.tts.tts_statistics; accuracy_by_round[0] is the accuracy without the loop)."""
+    chat = load_chat_model(str(checkpoint))
+    traces = run_tts(chat, [Problem(row["question"], row["answer"]) for row in heldout], max_rounds=max_rounds,
+                     sampling=GREEDY, content=content)
+    return {"accuracy": sum(bool(t.final.correct) for t in traces) / len(traces),
+            "self_judgment": self_judgment(traces), **tts_statistics(traces, max_rounds)}
 
 
 # --------------------------------------------------------------------------- `make demo`
@@ -204,21 +268,28 @@ def plot_runs(run_dirs: list[Path]) -> None:
 
 def main(overrides: list[str]) -> dict[str, float]:
     """Warm up the tiny checkpoint into model.path's parent (once: skipped while model.path exists), train with
-    configs/tiny.toml and `overrides`, plot the held-out accuracies (with the policy-only ablation dashed when it
-    has run) and print the summary as the last line."""
+    configs/tiny.toml and `overrides`, run test-time scaling on the held-out problems with the start and the final
+    model, plot the held-out accuracies (with the policy-only ablation dashed when it has run) and print the
+    summary as the last line: held-out policy and judge accuracies at the first and last evaluation, and the
+    accuracy with TTS of the start (tts_acc_start) and of the final model (tts_acc_end)."""
     started = time.time()
     config = load_config(TrainConfig, CONFIG, overrides)
-    checkpoint = Path(config.model.path)
-    if not checkpoint.exists():  # the warm-up's batches of 32 use torch's default threads (both cores here)
-        warmed = prepare(checkpoint.parent, DemoSetup(seed=config.data.seed))  # data.seed=1: another demo
-        print("warm-up:", json.dumps({k: v for k, v in warmed.items() if isinstance(v, float)}), flush=True)
+    warmed = ensure_prepared(config)  # the warm-up's batches of 32 use torch's default threads (both cores here)
+    if warmed is not None:
+        print("warm-up:", json.dumps({k: v for k, v in warmed.items() if not isinstance(v, str)}), flush=True)
     # RL's many small decode steps: on a busy 2-core machine one thread beat two.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     Trainer(config).train()
     out_dir = Path(config.run.out_dir)
     records = read_metrics(out_dir / "metrics.jsonl")
     plot_runs([out_dir, Path(load_config(TrainConfig, CONFIG).run.out_dir)])
-    summary = {**summarize(records), "minutes": round((time.time() - started) / 60, 2)}
+    heldout = read_metrics(config.run.eval_files[0])
+    tts = {name: tts_summary(path, heldout, content=tts_content(config))
+           for name, path in (("start", config.model.path), ("end", out_dir / "export"))}
+    (out_dir / "tts.json").write_text(json.dumps(tts, indent=1))
+    summary = {**summarize(records), **{f"tts_acc_{name}": t["accuracy"] for name, t in tts.items()},
+               **{f"tts_fixed_broke_{name}": [t["fixed"], t["broke"]] for name, t in tts.items()},
+               "minutes": round((time.time() - started) / 60, 2)}
     print(json.dumps(summary), flush=True)
     return summary
 

@@ -7,6 +7,7 @@ a few steps of it so that sampled groups mix right and wrong rollouts. Only the 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,22 +48,27 @@ def response_nll(model: nn.Module, batch: list[tuple[list[int], int]]) -> torch.
 
 
 def warm_up(model: nn.Module, tokenizer: PreTrainedTokenizerFast, examples: list[tuple[str, str]], *,
-            steps: int, batch_size: int = 32, lr: float = 3e-3, seed: int = 0) -> list[float]:
-    """Supervised fine-tuning on random batches of `examples` with AdamW at a constant learning rate;
-    returns the loss of every step. No decay: stopped mid-descent, the policy keeps its correct answers
-    close to its mistakes, which RL then sharpens within minutes (an annealed warm-up with the same
-    accuracy improved far more slowly under RL)."""
+            steps: int, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
+            stop: Callable[[int], bool] | None = None, check_every: int = 100) -> list[float]:
+    """Supervised fine-tuning on random batches of `examples` with AdamW at a constant learning rate, for
+    `steps` steps or until `stop(step)`, asked every `check_every` steps with the model in eval mode, says
+    so; returns the loss of every step. No decay: stopped mid-descent, the policy keeps its correct answers
+    close to its mistakes, which RL then sharpens within minutes."""
     encoded = [encode_example(tokenizer, prompt, response) for prompt, response in examples]
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    model.train()
     losses = []
-    for _ in range(steps):
+    for step in range(1, steps + 1):
+        model.train()
         loss = response_nll(model, rng.sample(encoded, batch_size))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
+        if stop is not None and step % check_every == 0:
+            model.eval()
+            if stop(step):
+                break
     model.eval()
     return losses

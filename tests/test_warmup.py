@@ -41,3 +41,18 @@ def test_warmup_lowers_the_loss(checkpoint):
     with torch.no_grad():
         after = warmup.response_nll(model, batch).item()
     assert len(losses) == 8 and after < before - 0.5
+
+
+def test_warmup_stops_when_asked_and_only_at_checks(checkpoint):
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = load_model(checkpoint)
+    examples = arithmetic.warmup_examples(arithmetic.make_problems(16, seed=0), seed=0)
+    asked = []
+
+    def stop(step: int) -> bool:
+        assert not model.training
+        asked.append(step)
+        return step >= 4
+
+    losses = warmup.warm_up(model, tokenizer, examples, steps=10, batch_size=4, stop=stop, check_every=2)
+    assert asked == [2, 4] and len(losses) == 4 and not model.training
