@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge", action="store_true", help="the model also judges its answers (P/R/F1)")
     parser.add_argument("--tts", action="store_true", help="test-time scaling: judge, then reflect if not Yes")
     parser.add_argument("--max-rounds", type=int, default=2, help="judge -> reflect rounds of --tts")
+    parser.add_argument("--content", default="cot", choices=["cot", "answer"],
+                        help="what --judge / --tts show the judge and the reflection: the whole answer (cot) or its "
+                             "final answer (answer); match the form the model was trained to judge in")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     return parser
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k)
     cfg = EvalConfig(sampling=sampling, seed=args.seed, n=args.n, judge=args.judge, tts=args.tts, max_rounds=args.max_rounds,
+                     content=args.content,
                      batch_size=args.batch_size)
     return evaluate_checkpoint(args.model, ",".join(args.bench), cfg, data_dir=args.data_dir, limit=args.limit,
                                out_dir=args.out, dtype=args.dtype)

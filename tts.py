@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "question's <image> placeholders)")
     parser.add_argument("--gold", help="gold answer: each answer is then marked correct or wrong")
     parser.add_argument("--max-rounds", type=int, default=2, help="judge -> reflect rounds")
+    parser.add_argument("--content", default="cot", choices=["cot", "answer"],
+                        help="what the judge and the reflection see: the whole answer (cot) or its final answer")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--seed", type=int, default=0)
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> str:
     model = load_chat_model(args.model, device=device, dtype=dtype)
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=args.max_rounds,
-                       sampling=sampling, seed=args.seed)
+                       sampling=sampling, seed=args.seed, content=args.content)
     text = format_trace(trace, show_prompts=args.show_prompts)
     print(text)
     return text

@@ -1,11 +1,11 @@
-"""What the demo's pointwise judge writes: recomputation, copy, digit comparison and verdict.
+"""What the demo's pointwise judge writes: copy, addition, digit comparison and verdict.
 
 Decodes the held-out judge rows (runs/demo/data/judge.jsonl, shown as spark.trainer's evaluation shows them:
-final answer, template variant 0) with a checkpoint, greedily and at temperature 1, and parses each response
-"47+38: 7+8=15, 4+3+1=8. 85 vs 86: 8 8 same, 5 6 differ, so different. \\boxed{No}" into:
-  recompute  the judge's own result is the gold answer
-  copy       the number after "vs" is the candidate shown
-  compare    the digit pairs are what spark.demo.digit_pairs says for the two numbers it wrote
+final answer, template variant 0) with a checkpoint, greedily and at temperature 1, and parses each check
+"57+38: 7+8=15, 5+3+1=9. 95 vs 85: 9 8 differ, 5 5 same, so different. \\boxed{No}" into:
+  copy       it added the candidate shown and the question's subtrahend, and compared with its minuend
+  add        its sum is right for the two numbers it added
+  compare    the digit pairs are what spark.arithmetic.digit_pairs says for the two numbers it compared
   summary    the word after "so" follows from its pairs ("different" iff a pair differs, else "equal")
   read_off   balanced accuracy of a verdict read off that word (Yes iff "equal")
   verdict    balanced accuracy of the verdict it gave
@@ -27,12 +27,12 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from spark import prompts
-from spark.arithmetic import parse_question, result
-from spark.demo import digit_pairs, prompt_ids
+from spark.arithmetic import digit_pairs, parse_question
 from spark.models import load_model
 from spark.sampler import SamplingParams, generate
+from spark.warmup import prompt_ids
 
-RESPONSE = re.compile(r"(\d+) vs (\d+): (.*?), so (\w+)\. \\boxed\{(\w+)\}")
+RESPONSE = re.compile(r"(\d+)\+(\d+): .*?\. (\d+) vs (\d+): (.*?), so (\w+)\. \\boxed\{(\w+)\}")
 
 
 def balanced(right: dict[str, list[bool]]) -> float:
@@ -40,7 +40,7 @@ def balanced(right: dict[str, list[bool]]) -> float:
 
 
 def probe(rows: list[dict], responses: list[str]) -> dict[str, float]:
-    counts = {"parsed": 0, "recompute": 0, "copy": 0, "compare": 0, "summary": 0}
+    counts = {"parsed": 0, "copy": 0, "add": 0, "compare": 0, "summary": 0}
     read_off, verdict = {"Yes": [], "No": []}, {"Yes": [], "No": []}
     says_no = {"equal": [], "different": []}
     for row, response in zip(rows, responses):
@@ -49,11 +49,12 @@ def probe(rows: list[dict], responses: list[str]) -> dict[str, float]:
             read_off[row["label"]].append(False)
             verdict[row["label"]].append(False)
             continue
-        own, copied, comparison, agreement, said = match.groups()
+        candidate, subtrahend, total, minuend, comparison, agreement, said = match.groups()
+        a, _, b = parse_question(row["question"])
         counts["parsed"] += 1
-        counts["recompute"] += own == str(result(*parse_question(row["question"])))
-        counts["copy"] += copied == row["answer"]
-        counts["compare"] += comparison == digit_pairs(own, copied)
+        counts["copy"] += (candidate, subtrahend, minuend) == (row["answer"], str(b), str(a))
+        counts["add"] += int(total) == int(candidate) + int(subtrahend)
+        counts["compare"] += comparison == digit_pairs(total, minuend)
         counts["summary"] += agreement == ("different" if "differ" in comparison else "equal")
         read_off[row["label"]].append((agreement == "equal") == (row["label"] == "Yes"))
         verdict[row["label"]].append(said == row["label"])

@@ -1,6 +1,6 @@
 """Long runs stay flat: resident memory and step time over 200 steps of configs/tiny.toml.
 
-The demo's 0.9M-parameter Qwen2 (spark.demo), warmed up for 400 of the demo's 1,300 steps, trained with
+The demo's 0.9M-parameter Qwen2 (spark.demo), warmed up for a fixed 400 steps, trained with
 every setting of configs/tiny.toml (checkpoints every 10 steps, samples every 5) except a smaller batch,
 so that 200 steps run in minutes on a CPU: 4 prompts x 4 rollouts per step, and no held-out evaluation. Every 20 steps it
 prints the process's resident memory (RSS) and the mean step time of those 20 steps; the last line
@@ -60,7 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
-        paths = prepare(folder, DemoSetup(num_train=2000, num_heldout=8, num_judge=8, warmup_steps=400))
+        paths = prepare(folder, DemoSetup(num_train=2000, num_heldout=8, num_judge=8, warmup_max_steps=400,
+                                          warmup_check_every=400, warmup_target=1.0))
         overrides = [f"model.path={json.dumps(paths['warmup'])}", f"data.train_files=[{json.dumps(paths['train'])}]",
                      f"run.out_dir={json.dumps(folder + '/run')}", "data.prompts_per_step=4", "rollout.n=4",
                      f"run.max_steps={args.steps}", "run.eval_every=0", "run.eval_files=[]",

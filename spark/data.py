@@ -171,10 +171,10 @@ def load_questions(paths: list[str], *, question_field: str = "question", answer
     return samples
 
 
-def load_judge_rows(paths: list[str], *, render: Callable[[str, str, bool], str]) -> list[Sample]:
+def load_judge_rows(paths: list[str], *, render: Callable[..., str]) -> list[Sample]:
     """Held-out pointwise judge rows {question, answer, label: Yes|No, cot?} as pointwise Samples;
     `answer` is the candidate shown to the judge (a final answer, or a whole response with cot=true) and
-    `render(question, answer, cot)` builds the judge prompt (spark.prompts.pointwise_prompt)."""
+    `render(question, answer, cot=cot)` builds the judge prompt (spark.prompts.pointwise_prompt)."""
     samples = []
     for path in paths:
         for line, row in read_records(path):
@@ -182,7 +182,7 @@ def load_judge_rows(paths: list[str], *, render: Callable[[str, str, bool], str]
             if label not in ("Yes", "No"):
                 raise DataError(path, line, "label", f"must be Yes or No, got {label!r}")
             question, answer = require_str(row, "question", path, line), require_str(row, "answer", path, line)
-            shown = render(question, answer, bool(row.get("cot", False)))
+            shown = render(question, answer, cot=bool(row.get("cot", False)))
             samples.append(Sample(shown, label, task="pointwise", meta={"source": f"{path}:{line}"}))
     return samples
 

@@ -3,13 +3,19 @@
 One model answers, judges its own answer and, when it does not accept it, reflects:
 
     o_0     = pi(q, I)                              answer, math_prompt                   (eq. 9)
-    r_t     = pi(q, I, judge(o_t))                  pointwise_prompt on the whole o_t     (eq. 10)
+    r_t     = pi(q, I, judge(o_t))                  pointwise_prompt showing o_t          (eq. 10)
     o_{t+1} = o_t                     if r_t = Yes                                        (eq. 11)
               pi(q, I, reflect(o_t))  otherwise     reflection_prompt showing o_t
 
 for t = 0 .. max_rounds - 1; a trace stops at its first Yes. A verdict that cannot be parsed is not
-a Yes. The last reflection is not judged again: nothing would follow from its verdict. Batched
-across problems: each round only the still-open traces go to the model.
+a Yes. The last reflection is not judged again: nothing would follow from its verdict. The reported
+accuracy is that of each trace's final answer. Batched across problems: each round only the
+still-open traces go to the model.
+
+`content` says what the judge and the reflection are shown of o_t, and with it which form of the
+templates they get: "cot", the whole response (the templates' CoT form), or "answer", its final
+\boxed{} answer (the answer form). A model should be asked in the form it was trained to judge in
+(spark.recycle's `content`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from spark.sampler import Sampling
 from spark.verifier import extract_answer, parse_judgment, score_batch
 
 ANSWER_ROLES = ("answer", "reflect")
+CONTENTS = ("cot", "answer")
 
 
 @dataclass
@@ -95,10 +102,18 @@ def answer(model, problems: list[Problem], *, sampling: Sampling, seed: int = 0,
     return [[Trace(p, [turn]) for turn in turns[k * n : (k + 1) * n]] for k, p in enumerate(problems)]
 
 
-def judge(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) -> list[str | None]:
-    """r_t (eq. 10): each trace's model judges its latest answer, reasoning included. Appends a judge turn
-    to every trace; returns the verdicts ("Yes" / "No" / None when none could be parsed)."""
-    prompts = [pointwise_prompt(t.problem.question, t.final.response, cot=True) for t in traces]
+def shown(turn: Turn, content: str) -> str:
+    """What the judge and the reflection see of an answer turn: the whole response ("cot") or its final
+    answer ("answer"; empty when none could be extracted)."""
+    if content not in CONTENTS:
+        raise ValueError(f"tts content must be one of {CONTENTS}, got {content!r}")
+    return turn.response if content == "cot" else turn.extracted or ""
+
+
+def judge(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot") -> list[str | None]:
+    """r_t (eq. 10): each trace's model judges its latest answer, shown as `content` says. Appends a judge
+    turn to every trace; returns the verdicts ("Yes" / "No" / None when none could be parsed)."""
+    prompts = [pointwise_prompt(t.problem.question, shown(t.final, content), cot=content == "cot") for t in traces]
     outputs = _generate(model, prompts, [t.problem.images for t in traces], sampling, seed)
     verdicts = []
     for trace, prompt, (completion,) in zip(traces, prompts, outputs):
@@ -109,9 +124,9 @@ def judge(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) -> l
     return verdicts
 
 
-def reflect(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) -> None:
+def reflect(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot") -> None:
     """o_{t+1} (eq. 11, rejected branch): a revised solution from a prompt that shows the judged one."""
-    prompts = [reflection_prompt(t.problem.question, t.final.response, cot=True) for t in traces]
+    prompts = [reflection_prompt(t.problem.question, shown(t.final, content), cot=content == "cot") for t in traces]
     outputs = _generate(model, prompts, [t.problem.images for t in traces], sampling, seed)
     rounds = [t.final.round + 1 for t in traces]
     turns = _answer_turns("reflect", rounds, [t.problem for t in traces], prompts, [c for (c,) in outputs])
@@ -119,21 +134,23 @@ def reflect(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0) ->
         trace.turns.append(turn)
 
 
-def refine(model, traces: list[Trace], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0) -> None:
+def refine(model, traces: list[Trace], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0,
+           content: str = "cot") -> None:
     """Judge, and reflect on what was not accepted, for up to max_rounds rounds (traces are extended)."""
     open_traces = traces
     for _ in range(max_rounds):
-        verdicts = judge(model, open_traces, sampling=sampling, seed=seed)
+        verdicts = judge(model, open_traces, sampling=sampling, seed=seed, content=content)
         open_traces = [trace for trace, verdict in zip(open_traces, verdicts) if verdict != "Yes"]
         if not open_traces:
             return
-        reflect(model, open_traces, sampling=sampling, seed=seed)
+        reflect(model, open_traces, sampling=sampling, seed=seed, content=content)
 
 
-def run_tts(model, problems: list[Problem], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0) -> list[Trace]:
+def run_tts(model, problems: list[Problem], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0,
+            content: str = "cot") -> list[Trace]:
     """The whole loop for a batch of problems: one trace per problem."""
     traces = [rows[0] for rows in answer(model, problems, sampling=sampling, seed=seed)]
-    refine(model, traces, max_rounds=max_rounds, sampling=sampling, seed=seed)
+    refine(model, traces, max_rounds=max_rounds, sampling=sampling, seed=seed, content=content)
     return traces
 
 

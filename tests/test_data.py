@@ -42,3 +42,16 @@ def test_one_bad_row_is_a_plain_data_error(tmp_path):
     path.write_text(json.dumps({"question": "q", "answer": "1"}) + "\n" + json.dumps({"answer": "1"}) + "\n")
     with pytest.raises(DataError, match=rf"^{path}, line 2, field 'question': missing$"):
         load_questions([str(path)])
+
+
+def test_judge_rows_are_rendered_with_the_pointwise_template(tmp_path):
+    from spark.data import load_judge_rows
+    from spark.prompts import pointwise_prompt
+
+    path = tmp_path / "judge.jsonl"
+    path.write_text('{"question": "What is 2+2?", "answer": "4", "label": "Yes"}\n'
+                    '{"question": "What is 2+2?", "answer": "2+2=5. \\\\boxed{5}", "label": "No", "cot": true}\n')
+    rows = load_judge_rows([str(path)], render=pointwise_prompt)
+    assert [(r.prompt, r.gold, r.task) for r in rows] == [
+        (pointwise_prompt("What is 2+2?", "4"), "Yes", "pointwise"),
+        (pointwise_prompt("What is 2+2?", "2+2=5. \\boxed{5}", cot=True), "No", "pointwise")]

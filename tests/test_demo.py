@@ -1,4 +1,4 @@
-"""The CPU demo's pieces: the arithmetic task, the tiny tokenizer, the warm-up, evaluation and the plot."""
+"""The CPU demo's pieces: the arithmetic task and its formats, the tiny tokenizer, preparing, TTS and the plot."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import tomllib
 import typing
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from spark import arithmetic, demo, prompts
 from spark.config import TrainConfig, load_config
-from spark.models import load_model
 from spark.verifier import is_correct, parse_judgment
 
 
@@ -27,7 +25,7 @@ def test_problems_are_deterministic_and_verifiable():
     for sample in first:
         a, op, b = arithmetic.parse_question(sample.meta["question"])
         assert sample.prompt == prompts.math_prompt(sample.meta["question"])
-        assert int(sample.gold) == (a + b if op == "+" else a - b) >= 0
+        assert op == "-" and int(sample.gold) == a - b >= 0
         assert is_correct(arithmetic.worked_answer(a, op, b), sample.gold)
 
 
@@ -73,13 +71,13 @@ def checkpoint(tmp_path_factory):
 
 def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    texts = [prompts.math_prompt("What is 47+38?"), demo.judge_response("What is 83-38?", "46", "No")]
-    assert texts[1] == "83-38: 13-8=5, 8-3-1=4. 45 vs 46: 4 4 same, 5 6 differ, so different. \\boxed{No}"
-    assert demo.digit_pairs("135", "99") == "1 0 differ, 3 9 differ, 5 9 differ"
+    texts = [prompts.math_prompt("What is 85-38?"), arithmetic.judge_response("What is 83-38?", "46", "No")]
+    assert texts[1] == "46+38: 6+8=14, 4+3+1=8. 84 vs 83: 8 8 same, 4 3 differ, so different. \\boxed{No}"
+    assert arithmetic.digit_pairs("135", "99") == "1 0 differ, 3 9 differ, 5 9 differ"
     texts += [prompts.pointwise_prompt("What is 47+38?", "85", cot=cot, variant=v) for cot in (0, 1) for v in range(3)]
     texts += [prompts.pairwise_prompt("What is 47+38?", "85", "86", variant=v) for v in range(3)]
     texts += [prompts.reflection_prompt("What is 47+38?", "86", cot=True, variant=v) for v in range(3)]
-    texts += demo.comparison_drill("85", random.Random(0))
+    texts += arithmetic.comparison_drill("85", random.Random(0))
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert tokenizer.decode(ids) == text
@@ -92,7 +90,7 @@ def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
 
 def test_warmup_examples_teach_formats_and_a_lenient_weak_verdict():
     problems = arithmetic.make_problems(4000, seed=0)
-    examples = demo.warmup_examples(problems, seed=0)
+    examples = arithmetic.warmup_examples(problems, seed=0)
     tasks, drills = examples[0::2], examples[1::2]  # each problem's task example, then its comparison drill
     verdicts = {"equal": [], "different": []}
     for _, response in tasks:
@@ -100,10 +98,10 @@ def test_warmup_examples_teach_formats_and_a_lenient_weak_verdict():
             agreement = re.search(r", so (\w+)\. ", response).group(1)
             verdicts[agreement].append(parse_judgment(response, "pointwise") == "Yes")
     num_verdicts = sum(len(v) for v in verdicts.values())
-    assert abs(num_verdicts / len(tasks) - demo.WARMUP_MIX["pointwise"]) < 0.05
-    assert abs(len(verdicts["different"]) / num_verdicts - demo.WRONG_CANDIDATE_SHARE) < 0.05
+    assert abs(num_verdicts / len(tasks) - arithmetic.WARMUP_MIX["pointwise"]) < 0.05
+    assert abs(len(verdicts["different"]) / num_verdicts - arithmetic.WRONG_CANDIDATE_SHARE) < 0.05
     for agreement, says_yes in verdicts.items():
-        share = demo.VERDICT_YES_SHARE[agreement]
+        share = arithmetic.VERDICT_YES_SHARE[agreement]
         assert abs(sum(says_yes) / len(says_yes) - share) < 4 * (share * (1 - share) / len(says_yes)) ** 0.5, agreement
     for prompt, response in tasks[:50]:
         assert "\\boxed{" in response and "\\boxed{" in prompt
@@ -111,40 +109,27 @@ def test_warmup_examples_teach_formats_and_a_lenient_weak_verdict():
     pair_words = re.findall(r"\d (same|differ)", "".join(response for _, response in drills))
     assert abs(pair_words.count("same") / len(pair_words) - 0.5) < 0.02
     for problem, (prompt, response) in zip(problems[:50], drills):
-        assert prompt == demo.COMPARISON_PROMPT.format(problem.gold, re.search(r" vs (\d+):", response).group(1))
+        minuend = arithmetic.parse_question(problem.meta["question"])[0]
+        assert prompt == arithmetic.COMPARISON_PROMPT.format(minuend, re.search(r" vs (\d+):", response).group(1))
+
+
+def test_the_judge_checks_by_adding_back():
+    assert arithmetic.check("What is 85-38?", "47") == "47+38: 7+8=15, 4+3+1=8. 85 vs 85: 8 8 same, 5 5 same, so equal"
+    assert arithmetic.check("What is 52-48?", "14") == "14+48: 4+8=12, 1+4+1=6. 62 vs 52: 6 5 differ, 2 2 same, so different"
+    assert arithmetic.pairwise_response("What is 52-48?", "4", "A") == (
+        "4+48: 4+8=12, 0+4+1=5. 52 vs 52: 5 5 same, 2 2 same, so equal. \\boxed{A}")
+    rng = random.Random(0)
+    for sample in arithmetic.make_problems(300, seed=5):  # the check tells the gold from every slip
+        question = sample.meta["question"]
+        wrong = str(arithmetic.plausible_wrong(*arithmetic.parse_question(question), rng))
+        assert arithmetic.check(question, sample.gold).endswith("so equal")
+        assert arithmetic.check(question, wrong).endswith("so different")
 
 
 def test_comparison_drill_by_hand():
-    prompt, response = demo.comparison_drill("85", random.Random(1))
+    prompt, response = arithmetic.comparison_drill("85", random.Random(1))
     assert (prompt, response) == ("Compare 85 and 81 digit by digit.", "85 vs 81: 8 8 same, 5 1 differ, so different.")
-    assert demo.comparison("120", "20") == "120 vs 20: 1 0 differ, 2 2 same, 0 0 same, so different"
-
-
-def test_packed_response_nll_is_the_token_weighted_mean_of_each_sequence(checkpoint):
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = load_model(checkpoint)
-    examples = demo.warmup_examples(arithmetic.make_problems(2, seed=0), seed=0)
-    batch = [demo.encode_example(tokenizer, p, r) for p, r in examples]
-    weights = [len(ids) - num_prompt for ids, num_prompt in batch]  # response tokens (+ end of turn)
-    with torch.no_grad():
-        alone = [demo.response_nll(model, [example]).item() for example in batch]
-        packed = demo.response_nll(model, batch).item()
-    assert packed == pytest.approx(sum(w * x for w, x in zip(weights, alone)) / sum(weights), rel=1e-5)
-
-
-def test_warmup_lowers_the_loss(checkpoint):
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = load_model(checkpoint)
-    examples = demo.warmup_examples(arithmetic.make_problems(64, seed=0), seed=0)
-    batch = [demo.encode_example(tokenizer, p, r) for p, r in examples[:16]]
-    with torch.no_grad():
-        before = demo.response_nll(model, batch).item()
-    losses = demo.warm_up(model, tokenizer, examples, steps=8, batch_size=16, lr=1e-2)
-    with torch.no_grad():
-        after = demo.response_nll(model, batch).item()
-    assert len(losses) == 8 and after < before - 0.5
+    assert arithmetic.comparison("120", "20") == "120 vs 20: 1 0 differ, 2 2 same, 0 0 same, so different"
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -183,3 +168,26 @@ def test_tiny_config_shows_every_setting():
     assert list(missing(TrainConfig, tables)) == []
     config = load_config(TrainConfig, demo.CONFIG)
     assert config.run.eval_every and config.run.eval_files and config.run.judge_eval_files
+
+
+def test_prepare_writes_the_data_and_warms_up_until_the_target(tmp_path):
+    setup = demo.DemoSetup(num_train=40, num_heldout=6, num_judge=4, num_probe=3, warmup_target=0.0,
+                           warmup_check_every=2, warmup_max_steps=6, warmup_batch=4)
+    out = demo.prepare(tmp_path, setup, demo.DemoModel(hidden_size=32, num_layers=1))
+    assert out["warmup_steps"] == 2  # any accuracy reaches 0.0: stopped at the first check
+    assert out["warmup_probe_acc"] == 0.0 and (tmp_path / "warmup" / "config.json").exists()
+    heldout = demo.read_metrics(tmp_path / "data" / "heldout.jsonl")
+    judge = demo.read_metrics(tmp_path / "data" / "judge.jsonl")
+    train = demo.read_metrics(tmp_path / "data" / "train.jsonl")
+    assert [len(heldout), len(judge), len(train)] == [6, 4, 40] and set(heldout[0]) == {"question", "answer"}
+    questions = [{row["question"] for row in rows} for rows in (heldout, judge, train)]
+    assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
+    summary = demo.tts_summary(tmp_path / "warmup", heldout, content="answer", max_rounds=1)
+    assert summary["accuracy"] == summary["accuracy_by_round"][-1] and len(summary["accuracy_by_round"]) == 2
+
+
+def test_tts_is_asked_in_the_form_the_judge_was_trained_in():
+    config = load_config(TrainConfig, demo.CONFIG)
+    assert config.spark.recycle.content == "answer" and demo.tts_content(config) == "answer"
+    for content, form in (("cot", "cot"), ("both", "answer")):
+        assert demo.tts_content(load_config(TrainConfig, demo.CONFIG, [f'spark.recycle.content="{content}"'])) == form

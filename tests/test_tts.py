@@ -140,3 +140,16 @@ def test_cli_prints_the_exchange(monkeypatch, capsys):
     text = tts.main(["--model", "ckpt", "--question", "2+2?", "--gold", "4"])
     assert text == capsys.readouterr().out.rstrip("\n")
     assert "answer: 5 (wrong; gold 4)" in text and "answer: 4 (correct)" in text
+
+
+def test_answer_content_shows_the_final_answer_in_the_answer_form_of_the_templates():
+    # the demo trains answer-based judges: at test time the judge and the reflection see "4", not the response
+    replies = {math_prompt("Q"): boxed("4"), pointwise_prompt("Q", "4", cot=False): NO,
+               reflection_prompt("Q", "4", cot=False): boxed("5"), pointwise_prompt("Q", "5", cot=False): YES}
+    model = ScriptedModel(replies)
+    (trace,) = run_tts(model, [Problem("Q", "5")], max_rounds=2, sampling=Sampling(), content="answer")
+    assert [(turn.role, turn.extracted) for turn in trace.turns] == [("answer", "4"), ("judge", "No"),
+                                                                     ("reflect", "5"), ("judge", "Yes")]
+    assert trace.final.correct and tts_statistics([trace], 2)["fixed"] == 1
+    with pytest.raises(ValueError, match="content"):
+        run_tts(model, [Problem("Q", "5")], sampling=Sampling(), content="both")

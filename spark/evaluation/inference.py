@@ -27,6 +27,7 @@ class EvalConfig:
     judge: bool = False  # the model also judges each of its answers (self-judgment P/R/F1)
     tts: bool = False  # the test-time loop on each answer (implies judging)
     max_rounds: int = 2  # judge -> reflect rounds of the loop
+    content: str = "cot"  # what the judge and the reflection see of an answer: "cot" (all of it) | "answer" (spark.tts)
     batch_size: int = 64  # items per generate call
 
 
@@ -35,9 +36,9 @@ def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:
     rows = answer(model, problems, sampling=cfg.sampling, seed=cfg.seed, n=cfg.n)
     traces = [trace for row in rows for trace in row]
     if cfg.tts:
-        refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling, seed=cfg.seed)
+        refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling, seed=cfg.seed, content=cfg.content)
     elif cfg.judge:
-        judge(model, traces, sampling=cfg.sampling, seed=cfg.seed)
+        judge(model, traces, sampling=cfg.sampling, seed=cfg.seed, content=cfg.content)
     for sample, row in zip(samples, rows):
         if "precision" in sample.meta:  # MathVista's floats: a prediction counts once rounded to the gold's decimals
             for turn in (turn for trace in row for turn in trace.answers):
