@@ -106,13 +106,13 @@ def run_trl(checkpoint: Path, train_file: Path, steps: int, out_dir: Path) -> li
 
 
 def prepared_demo() -> tuple[Path, Path]:
-    """The demo's warmed-up checkpoint and training prompts, made once."""
-    from spark.demo import DemoSetup, prepare
+    """The demo's warmed-up checkpoint and training prompts (configs/tiny.toml's), made once."""
+    from spark.config import TrainConfig, load_config
+    from spark.demo import ensure_prepared
 
-    run_dir = ROOT / "runs/demo"
-    if not (run_dir / "warmup").exists():
-        prepare(run_dir, DemoSetup(seed=0))
-    return run_dir / "warmup", run_dir / "data/train.jsonl"
+    config = load_config(TrainConfig, ROOT / "configs/tiny.toml")
+    ensure_prepared(config)
+    return Path(config.model.path).resolve(), Path(config.data.train_files[0]).resolve()
 
 
 def main() -> None:
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=["spark", "trl", "spark-spark"], help=argparse.SUPPRESS)  # one run
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.chdir(ROOT)  # the demo's paths are relative to the repository
     checkpoint, train_file = prepared_demo()
     if args.engine:
         out = args.out / "run"
