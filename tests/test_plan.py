@@ -123,7 +123,7 @@ def test_kv_cache_formula_is_what_the_sampler_allocates(tmp_path, monkeypatch):
     class Recording(KVCache):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            allocated.append(self.k.nbytes + self.v.nbytes)
+            allocated.append(self.nbytes)
 
     monkeypatch.setattr("spark.sampler.KVCache", Recording)
     prompts = [[5] * 7, [6] * 11, [7] * 3]
