@@ -90,6 +90,18 @@ def image_inputs(images: Iterable[dict[str, torch.Tensor]], device: torch.device
     return {key: value.to(device) for key, value in inputs.items()}
 
 
+def runs(rows: list[ChatPrompt]) -> tuple[list[ChatPrompt], list[int]]:
+    """Consecutive rows holding the same prompt (the same object) -> each run's prompt and its length."""
+    distinct, copies = [], []
+    for row in rows:
+        if distinct and row is distinct[-1]:
+            copies[-1] += 1
+        else:
+            distinct.append(row)
+            copies.append(1)
+    return distinct, copies
+
+
 def user_content(prompt: str, num_images: int) -> list[dict]:
     """The chat-template parts of a user message with images: each of the first `num_images`
     `<image>` placeholders becomes an image part, in order; a prompt without any shows its images first."""
@@ -162,7 +174,8 @@ class ChatModel:
     def complete(self, prompts: list[ChatPrompt], sampling: Sampling, *, n: int = 1, seed: int = 0
                  ) -> list[list[Completion]]:
         """n completions of each rendered prompt (one list per prompt). The n copies of a prompt are
-        consecutive rows; rows are sampled `max_batch_rows` at a time, chunk k seeded with seed + k."""
+        consecutive rows; rows are sampled `max_batch_rows` at a time, chunk k seeded with seed + k. Within a
+        chunk each prompt is prefilled (and its images encoded) once for all its copies (`generate(n=...)`)."""
         knobs = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(Sampling)}  # also of a subclass
         params = SamplingParams(**knobs, stop_token_ids=self.stop_token_ids, banned_token_ids=self.banned_token_ids,
                                 compile=self.compile)
@@ -170,9 +183,9 @@ class ChatModel:
         device = self.model.lm_head.weight.device
         completions: list[Completion] = []
         for chunk, start in enumerate(range(0, len(rows), self.max_batch_rows)):
-            batch = rows[start:start + self.max_batch_rows]
-            out = generate(self.model, [row.ids for row in batch], params, seed=seed + chunk,
-                           **image_inputs((row.images for row in batch), device))
+            distinct, copies = runs(rows[start:start + self.max_batch_rows])
+            out = generate(self.model, [prompt.ids for prompt in distinct], params, n=copies, seed=seed + chunk,
+                           **image_inputs((prompt.images for prompt in distinct), device))
             texts = self.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
             completions += [Completion(text, tokens, reason, logprobs)
                             for text, tokens, reason, logprobs in zip(texts, out.tokens, out.finish_reasons, out.logprobs)]

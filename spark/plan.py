@@ -12,8 +12,11 @@ What a GPU holds (FSDP2 over `gpus` ranks; e = bytes of the compute dtype: 2 wit
                  shards when kl_coef > 0 (e per parameter: frozen, it has no fp32 master copy; resharded
                  after each pass, so its gathered root is transient);
   rollout        the KV cache, rows x (max_prompt_tokens + max_new_tokens) x layers x 2 x kv_heads x head_dim x e,
-                 rows = min(rollout.batch_size, the sequences one rank samples in one call); the prefill's
-                 largest transient (one block's MLP over every prompt token, and every image patch);
+                 rows = min(rollout.batch_size, the sequences one rank samples in one call) (with rollout.compile
+                 it is kept between calls, so it is resident instead, its length rounded up to the sampler's
+                 CACHE_QUANTUM); the prefill's transients: the embeddings of the call's distinct prompts (rows / n:
+                 each prompt is prefilled once for its n rollouts) and one block's MLP over one prefill chunk
+                 (at most the sampler's prefill_tokens tokens), and the vision tower over every distinct image;
   update         fp32 gradient shards; FSDP's gathered copies (the root unit - embeddings, head, norm, vision
                  patch embedding and merger - and two blocks, in e bytes) and the root's unsharded gradients;
                  the activations autograd keeps for one micro-batch of loss.micro_batch_tokens tokens; the
@@ -47,6 +50,7 @@ from spark.images import ImageConfig
 from spark.models.checkpoint import build_model, read_config
 from spark.models.qwen2 import ModelConfig
 from spark.models.qwen2_vl import VisionConfig
+from spark.sampler import CACHE_QUANTUM, SamplingParams
 
 GB = 2**30
 USABLE_FRACTION, RESERVED = 0.95, 2 * GB  # what a run can allocate of a GPU's memory
@@ -178,10 +182,13 @@ def logprob_chunk_bytes(cfg: ModelConfig, chunk: int, element: int) -> int:
     return max(block + 3 * block32, head32 + 2 * block32 + block)
 
 
-def prefill_bytes(cfg: ModelConfig, tokens: int, element: int) -> int:
-    """The sampler's prefill in inference mode: one block at a time, at most its MLP (gate|up, silu, product)
-    and a few hidden-state tensors per token."""
-    return tokens * element * (4 * cfg.intermediate_size + 4 * cfg.hidden_size)
+def prefill_bytes(cfg: ModelConfig, prompts: int, prompt_tokens: int, chunk_tokens: int, element: int) -> int:
+    """The sampler's prefill in inference mode: the embeddings of `prompts` distinct prompts of `prompt_tokens`
+    tokens, then one chunk of at most max(chunk_tokens, prompts) tokens at a time through one block at a time:
+    at most its MLP (gate|up, silu, product) and a few hidden-state tensors per token."""
+    tokens = prompts * prompt_tokens
+    chunk = min(tokens, max(chunk_tokens, prompts))
+    return tokens * element * cfg.hidden_size + chunk * element * (4 * cfg.intermediate_size + 4 * cfg.hidden_size)
 
 
 def vision_prefill_bytes(vision: VisionConfig, patches: int, element: int) -> int:
@@ -279,6 +286,9 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
     loss, rollout = config.loss, config.rollout
     rows = rollout_rows(config, world_size)
     length = config.data.max_prompt_tokens + rollout.max_new_tokens
+    if rollout.compile:  # the sampler's static cache, rounded up and kept between calls
+        length = -(-length // CACHE_QUANTUM) * CACHE_QUANTUM
+    prompts = -(-rows // rollout.n)  # distinct prompts per call: the n rollouts of a prompt share its prefill
     trainable_shard = shapes.shard_numel(world_size, trainable_only=True, freeze_vision=freeze)
     root = shapes.count(unit="root")
     items = {
@@ -286,8 +296,9 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
         "parameter shards": shapes.shard_numel(world_size) * 4,
         "AdamW state": 2 * trainable_shard * 4 + 4 * shapes.tensors(freeze_vision=freeze),
         "reference shards": shapes.shard_numel(world_size) * element if loss.kl_coef > 0 else 0,
-        "KV cache": kv_cache_bytes(cfg, rows, length, element),
-        "sampler prefill": prefill_bytes(cfg, rows * config.data.max_prompt_tokens, element),
+        "KV cache": 0 if rollout.compile else kv_cache_bytes(cfg, rows, length, element),
+        "sampler prefill": prefill_bytes(cfg, prompts, config.data.max_prompt_tokens,
+                                         SamplingParams.prefill_tokens, element),
         "gradient shards": trainable_shard * 4,
         "gathered parameters": (root + 2 * shapes.largest_block()) * element,
         # bf16 gradients of the gathered root, and their fp32 copy for the reduce-scatter (fp32: one copy)
@@ -299,7 +310,6 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
     if vision is not None:
         patches = image_patches(config, vision, checkpoint_max_pixels)
         image_tokens = patches // vision.spatial_merge_size**2
-        prompts = -(-rows // config.rollout.n)  # the n rollouts of a prompt share one encoding of its image
         items["sampler prefill"] += vision_prefill_bytes(vision, prompts * patches, element)
         notes.append(f"{patches} patches ({image_tokens} image tokens) per image; the sampler encodes each "
                      f"prompt's image once, {prompts} prompts ({rows} rows) per call")
@@ -307,6 +317,8 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
             batch_patches = tokens * image_tokens // (image_tokens + IMAGE_TEXT_TOKENS) * vision.spatial_merge_size**2
             for ac in (False, True):
                 activations[ac] += vision_activation_bytes(vision, batch_patches, element, ac)
+    if rollout.compile:
+        items["static KV cache"] = kv_cache_bytes(cfg, rows, length, element)
     items["activations"] = activations[config.model.activation_checkpointing]
     items["log-prob chunk"] = logprob_chunk_bytes(cfg, loss.logprob_chunk, element)
     notes.append(f"{shapes.count() / 1e9:.2f}B parameters; KV cache of {rows} rows x {length} tokens")

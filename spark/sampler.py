@@ -1,15 +1,19 @@
 """Batched, KV-cached generation for RL rollouts (in the spirit of gpt-fast's generate.py).
 
-One `generate` call:
-  1. prefill: the prompts are right-padded to [B, T] and one forward writes the KV cache; the
-     lm_head is applied only at each row's last prompt position (never a [B, T, vocab] tensor);
+One `generate` call samples n rows of each prompt (the n rollouts of a GRPO group):
+  1. prefill: each distinct prompt once (and, for a VL model, its images through the vision tower once),
+     right-padded to [D, T], in chunks of at most `prefill_tokens` tokens (rows x columns) per forward so the
+     prefill's temporaries stay bounded; the lm_head is applied only at each prompt's last position (never a
+     [D, T, vocab] tensor). Each prompt's cache rows are then copied to its other n - 1 rows;
   2. decode: one token per row per step at position `cache_lens + rope_deltas`, sampled with
      temperature / top-k / top-p (or greedily), until each row has produced a stop token or its
      own `max_new_tokens`;
-  3. finished rows stop costing compute: once a quarter of the batch has finished, those rows are
-     dropped from the batch and from the KV cache.
-The KV cache is allocated once, for the longest prompt plus the most new tokens. On CPU the weight
-matrices are held column-major during the call (see `column_major_weights`): faster decode matmuls.
+  3. finished rows stop costing compute: once a quarter of the batch has finished, the live rows are moved
+     to the front of the cache in place (`KVCache.keep_rows`: no reallocation, a peak of one layer's live rows
+     on top of the cache) and the batch shrinks to them.
+The KV cache (one tensor per layer) is allocated once per call, for the longest prompt plus the most new
+tokens; with `compile` it is kept and reused across calls (`static_cache`). On CPU the weight matrices are
+held column-major during the call (see `column_major_weights`): faster decode matmuls.
 
 Log-probs: for each sampled token we return log_softmax(logits / temperature) at that token (the
 plain log_softmax(logits) when greedy), i.e. before top-k / top-p truncation: the same quantity the
@@ -30,6 +34,7 @@ prefill forward only.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,10 +62,10 @@ class SamplingParams(Sampling):
 
     stop_token_ids: tuple[int, ...] = ()
     banned_token_ids: tuple[int, ...] = ()  # never sampled (logits set to -inf), e.g. Qwen2.5-VL's vision tokens
-    # torch.compile(mode="reduce-overhead") of the decode step (CUDA graphs). Shapes are then static:
-    # keys are read over the whole cache and finished rows are never dropped. Each call's new cache
-    # is marked as a static address, so the graph is re-recorded once per call, not copied per step.
+    # torch.compile of the decode step (CUDA graphs on CUDA). Shapes are then static: keys are read over the
+    # whole cache, finished rows are never dropped, and the cache is kept for the next call (`static_cache`).
     compile: bool = False
+    prefill_tokens: int = 8192  # prompt tokens (rows x columns) one prefill forward takes at most
 
 
 @dataclass
@@ -119,18 +124,51 @@ def decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
 
 
 @functools.cache
-def compiled_decode_step():
-    return torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
+def compiled_decode_step(device_type: str):
+    """`decode_step` compiled whole (fullgraph): CUDA graphs on CUDA ("reduce-overhead"), inductor's default
+    elsewhere (CUDA graphs need CUDA)."""
+    mode = "reduce-overhead" if device_type == "cuda" else "default"
+    return torch.compile(decode_step, mode=mode, fullgraph=True)
 
 
-def check_prompts(prompts: list[list[int]], max_new_tokens: list[int]) -> None:
+# The compiled path's KV caches, one per model, kept between calls (see `static_cache`).
+STATIC_CACHES: weakref.WeakKeyDictionary[nn.Module, KVCache] = weakref.WeakKeyDictionary()
+CACHE_QUANTUM = 256  # a static cache's length is rounded up to a multiple of this, so later calls fit in it
+
+
+def static_cache(model: nn.Module, batch: int, length: int) -> KVCache:
+    """The compiled path's KV cache: allocated once per model and reused by every call with `batch` rows and at
+    most its length in prompt + new tokens, so the decode graph's inputs keep their shapes and addresses (no
+    recompile, and CUDA graphs replay without copying the cache); otherwise replaced (the old one freed first)
+    by one of `length` rounded up to CACHE_QUANTUM. It stays allocated between calls: spark.plan counts it as
+    resident when rollout.compile. The eager path allocates a cache per call instead, freed on return."""
+    weight = model.lm_head.weight
+    cache = STATIC_CACHES.pop(model, None)
+    if cache is None or (cache.batch, cache.k[0].dtype, cache.k[0].device) != (batch, weight.dtype, weight.device) \
+            or cache.max_len < length:
+        cache = None
+        cfg = model.config
+        cache = KVCache(cfg.num_hidden_layers, batch, -(-length // CACHE_QUANTUM) * CACHE_QUANTUM,
+                        cfg.num_key_value_heads, cfg.head_dim, device=weight.device, dtype=weight.dtype)
+        for tensor in cache.k + cache.v:  # written in place: CUDA graphs must not copy them in per replay
+            torch._dynamo.mark_static_address(tensor)
+    STATIC_CACHES[model] = cache
+    return cache
+
+
+def check_prompts(prompts: list[list[int]], copies: list[int], max_new_tokens: list[int]) -> None:
     if not prompts:
         raise ValueError("generate: no prompts")
-    if len(max_new_tokens) != len(prompts):
-        raise ValueError(f"generate: max_new_tokens has {len(max_new_tokens)} entries for {len(prompts)} prompts")
-    for row, (prompt, limit) in enumerate(zip(prompts, max_new_tokens)):
+    if len(copies) != len(prompts):
+        raise ValueError(f"generate: n has {len(copies)} entries for {len(prompts)} prompts")
+    if len(max_new_tokens) != sum(copies):
+        raise ValueError(f"generate: max_new_tokens has {len(max_new_tokens)} entries for {sum(copies)} rows")
+    for row, (prompt, n) in enumerate(zip(prompts, copies)):
         if not prompt:
             raise ValueError(f"generate: prompt {row} is empty")
+        if n < 1:
+            raise ValueError(f"generate: prompt {row}: n must be >= 1, got {n}")
+    for row, limit in enumerate(max_new_tokens):
         if limit < 1:
             raise ValueError(f"generate: row {row}: max_new_tokens must be >= 1, got {limit}")
 
@@ -157,56 +195,88 @@ def column_major_weights(model: nn.Module) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def generate(model: nn.Module, prompts: list[list[int]], params: SamplingParams, *,
+def generate(model: nn.Module, prompts: list[list[int]], params: SamplingParams, *, n: int | list[int] = 1,
              max_new_tokens: list[int] | None = None, seed: int | None = None, **model_inputs) -> Rollouts:
-    """Sample a completion for every prompt (token ids, no padding) in one KV-cached batch."""
-    limits = max_new_tokens if max_new_tokens is not None else [params.max_new_tokens] * len(prompts)
-    check_prompts(prompts, limits)
+    """Sample `n` completions of every prompt (token ids, no padding; n may differ per prompt) in one
+    KV-cached batch. Rows come out prompt by prompt, a prompt's n rows consecutive; `max_new_tokens` and
+    `model_inputs` (each distinct prompt's images once) follow that order. Each prompt is prefilled once."""
+    copies = [n] * len(prompts) if isinstance(n, int) else list(n)
+    limits = max_new_tokens if max_new_tokens is not None else [params.max_new_tokens] * sum(copies)
+    check_prompts(prompts, copies, limits)
     generator = torch.Generator(model.lm_head.weight.device)
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
     with column_major_weights(model):
-        out_tokens, out_logp = sample_batch(model, prompts, limits, params, generator, **model_inputs)
+        out_tokens, out_logp = sample_batch(model, prompts, copies, limits, params, generator, **model_inputs)
     return finish(out_tokens, out_logp, limits, set(params.stop_token_ids))
 
 
-def sample_batch(model: nn.Module, prompts: list[list[int]], limits: list[int], params: SamplingParams,
-                 generator: torch.Generator, **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefill and decode -> sampled tokens [B, N] and their log-probs [B, N], N = max(limits). A row's
-    entries after its stop token or its limit are garbage (or zero once the row was dropped)."""
+def prefill(model: nn.Module, cache: KVCache, input_ids: torch.Tensor, prompt_lens: torch.Tensor,
+            positions: torch.Tensor, chunk_tokens: int, **model_inputs) -> torch.Tensor:
+    """Write the keys and values of D right-padded prompts input_ids [D, T] into cache rows [0, D) and return
+    the logits [D, V] (fp32) after each prompt's last token (never a [D, T, V] tensor).
+
+    The prompts are embedded once (a VL model's vision tower runs here), then the decoder runs over columns
+    [start, start + w) of every row at a time, w = max(1, chunk_tokens // D), attending to the cache's first
+    start + w positions: the prefill's per-block temporaries (the MLP's gate|up, ...) are bounded by
+    chunk_tokens tokens, whatever the prompts' lengths. positions: [D, T] or [3, D, T].
+    """
+    D, T = input_ids.shape
+    embeds = model.prompt_embeddings(input_ids, **model_inputs)  # [D, T, hidden]
+    width = max(1, chunk_tokens // D)
+    last = prompt_lens - 1  # [D]
+    hidden = embeds.new_zeros(D, embeds.shape[-1])  # [D, hidden] at each row's last prompt token
+    rows = torch.arange(D, device=input_ids.device)
+    cache.rows = D
+    for start in range(0, T, width):
+        end = min(T, start + width)
+        filled = torch.full_like(prompt_lens, start)
+        out = model.model(embeds[:, start:end], positions[..., start:end], decoding=Decoding(cache, filled, end))
+        inside = ((last >= start) & (last < end))[:, None]
+        hidden = torch.where(inside, out[rows, (last - start).clamp(0, end - start - 1)], hidden)
+    return model.lm_head(hidden).float()
+
+
+def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], limits: list[int],
+                 params: SamplingParams, generator: torch.Generator, **model_inputs
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefill and decode -> sampled tokens [B, N] and their log-probs [B, N], B = sum(copies) rows,
+    N = max(limits). A row's entries after its stop token or its limit are garbage (or zero once the row
+    was dropped)."""
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
     cfg = model.config
-    B, T, N = len(prompts), max(map(len, prompts)), max(limits)
+    D, B, T, N = len(prompts), sum(copies), max(map(len, prompts)), max(limits)
     stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.long, device=device)
     banned_ids = torch.tensor(params.banned_token_ids, dtype=torch.long, device=device)
 
+    # Cache row r holds the caller's row rows[r] of prompt source[r]: the first copy of each prompt in rows
+    # [0, D) (prefilled), its other copies after them (their prompt's rows of the cache copied).
+    first = [sum(copies[:d]) for d in range(D)]
+    others = [(first[d] + j, d) for d in range(D) for j in range(1, copies[d])]
+    rows = torch.tensor(first + [row for row, _ in others], device=device)
+    source = torch.tensor(list(range(D)) + [d for _, d in others], device=device)
+
     # Prefill: right-padded prompts; pad positions write garbage keys that decode overwrites or masks.
-    input_ids = torch.zeros(B, T, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, :len(prompt)] = torch.tensor(prompt)
+    input_ids = torch.zeros(D, T, dtype=torch.long)
+    for d, prompt in enumerate(prompts):
+        input_ids[d, :len(prompt)] = torch.tensor(prompt)
     input_ids = input_ids.to(device)
     prompt_lens = torch.tensor(list(map(len, prompts)), device=device)
-    cache = KVCache(cfg.num_hidden_layers, B, T + N, cfg.num_key_value_heads, cfg.head_dim,
-                    device=device, dtype=dtype)
+    if params.compile:
+        cache = static_cache(model, B, T + N)
+    else:
+        cache = KVCache(cfg.num_hidden_layers, B, T + N, cfg.num_key_value_heads, cfg.head_dim,
+                        device=device, dtype=dtype)
     positions, rope_deltas = prefill_positions(model, input_ids, prompt_lens, **model_inputs)
-    hidden = model(input_ids, positions, decoding=Decoding(cache, torch.zeros_like(prompt_lens), T),
-                   return_hidden=True, **model_inputs)  # [B, T, hidden]
-    logits = model.lm_head(hidden[torch.arange(B, device=device), prompt_lens - 1]).float()  # [B, V]
+    logits = prefill(model, cache, input_ids, prompt_lens, positions, params.prefill_tokens, **model_inputs)
+    cache.repeat_rows(source[D:], T)
+    logits, cache_lens, rope_deltas = logits[source], prompt_lens[source], rope_deltas[source]
     mrope = positions.dim() == 3
 
-    step_fn = decode_step
-    if params.compile:
-        step_fn = compiled_decode_step()
-        # The cache is written in place: keep it at a fixed address so CUDA graphs do not copy it.
-        for static in (cache.k, cache.v):
-            torch._dynamo.mark_static_address(static)
-
-    # Per-row state of the current (possibly compacted) batch; `rows` maps it to the caller's rows.
-    rows = torch.arange(B, device=device)
-    cache_lens = prompt_lens.clone()
-    row_limits = torch.tensor(limits, device=device)
+    step_fn = compiled_decode_step(device.type) if params.compile else decode_step
+    row_limits = torch.tensor(limits, device=device)[rows]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out_tokens = torch.zeros(B, N, dtype=torch.long, device=device)
     out_logp = torch.zeros(B, N, device=device)
@@ -228,7 +298,7 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], limits: list[int], 
                 break
             if not params.compile and num_done > 0 and num_done >= len(rows) // 4:
                 keep = (~done).nonzero()[:, 0]
-                cache.select_rows(keep)
+                cache.keep_rows(keep, T + step)
                 rows, tokens, cache_lens, row_limits, done, rope_deltas = (
                     t[keep] for t in (rows, tokens, cache_lens, row_limits, done, rope_deltas))
         decode_positions = (cache_lens + rope_deltas)[:, None]  # [B, 1]

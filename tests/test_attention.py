@@ -140,7 +140,7 @@ def test_cached_attention_writes_and_reads_like_sdpa(backend, monkeypatch):
     # Row b's real positions: its prompt, then the decoded tokens (pads between are overwritten or masked).
     for b, n in enumerate(prompt_lens):
         for tensor, reference in ((cache.k, expected.k), (cache.v, expected.v)):
-            assert torch.equal(tensor[0, b, :n + 3], reference[0, b, :n + 3]), f"row {b}"
+            assert torch.equal(tensor[0][b, :n + 3], reference[0][b, :n + 3]), f"row {b}"
     for step, (out, reference) in enumerate(zip(outs, expected_outs)):
         rows = [(b, slice(0, n)) for b, n in enumerate(prompt_lens)] if step == 0 else [(b, slice(0, 1)) for b in range(3)]
         for b, positions in rows:

@@ -123,7 +123,7 @@ def test_kv_cache_formula_is_what_the_sampler_allocates(tmp_path, monkeypatch):
     class Recording(KVCache):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            allocated.append(self.k.nbytes + self.v.nbytes)
+            allocated.append(self.nbytes)
 
     monkeypatch.setattr("spark.sampler.KVCache", Recording)
     prompts = [[5] * 7, [6] * 11, [7] * 3]
@@ -142,9 +142,11 @@ def test_verdicts_on_the_shipped_configs():
     for name in ("7b.toml", "vl7b.toml"):  # their rollout.batch_size is what fits 80 GB cards
         for memory in (80, 141):
             assert known_plan(name, 8, memory)[2].fits
-    config, model_config, plan = known_plan("7b.toml", 8, 80, "rollout.batch_size=256")
+    # Each prompt prefilled once, in chunks: 128 rows (all a rank samples) fit; 512 rows' KV cache does not.
+    assert known_plan("7b.toml", 8, 80, "rollout.batch_size=256")[2].fits
+    config, model_config, plan = known_plan("7b.toml", 8, 80, "rollout.batch_size=512", "data.prompts_per_step=512")
     assert not plan.fits
-    assert fitting_settings(config, model_config, 8, 80) == ["rollout.batch_size=64"]
+    assert fitting_settings(config, model_config, 8, 80) == ["rollout.batch_size=128"]
     for memory in (80, 141):
         config, model_config, plan = known_plan("vl32b.toml", 8, memory)
         assert not plan.fits and fitting_settings(config, model_config, 8, memory) is None
@@ -170,3 +172,11 @@ def test_image_patches_follow_the_config():
     vision = Shapes.from_hf(KNOWN_CONFIGS["Qwen2.5-VL-7B-Instruct"]).vision
     config = load_config(TrainConfig, None, ["data.max_pixels=1003520"])
     assert planning.image_patches(config, vision, ImageConfig.max_pixels) == 1003520 // 196
+
+
+def test_compiled_sampler_keeps_its_cache_resident():
+    """rollout.compile keeps the sampler's static cache between calls: the same bytes, counted as resident."""
+    eager, compiled = known_plan("7b.toml", 8, 80)[2], known_plan("7b.toml", 8, 80, "rollout.compile=true")[2]
+    assert compiled.items["KV cache"] == 0
+    assert compiled.items["static KV cache"] == eager.items["KV cache"]  # 2048 + 768 tokens: a multiple of 256
+    assert compiled.resident == eager.resident + eager.items["KV cache"]

@@ -255,3 +255,25 @@ def test_a_prompt_with_images_packed_once_for_its_responses_is_exact(model, imag
     (_, shared, shared_grads), (_, separate, separate_grads) = shared_and_separate(model, prompts, responses, row_inputs)
     assert torch.allclose(shared, separate, atol=1e-5)
     assert all((a - b).abs().max() < 1e-4 * b.abs().max() for a, b in zip(shared_grads, separate_grads))
+
+
+def test_n_rollouts_encode_and_prefill_each_prompt_once(model, images, prompts):
+    """generate(n=3): the vision tower encodes the batch's images once and the decoder prefills 3 rows (one
+    per distinct prompt), and the samples equal those of the batch holding every copy (same seed)."""
+    pixel_values, grid = images
+    rows = [prompt for prompt in prompts for _ in range(3)]
+    every_copy = {"pixel_values": pixel_values, "image_grid_thw": grid,
+                  "image_index": torch.tensor([0, 0, 0, 1, 2, 1, 2, 1, 2])}
+    every_copy["image_grid_thw"] = grid[every_copy["image_index"]]
+    encoded, prefilled = [], []
+    hooks = [model.visual.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0])),
+             model.model.register_forward_hook(
+                 lambda module, args, out: prefilled.append(args[0].shape[0]) if args[0].shape[1] > 1 else None)]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0)
+    try:
+        shared = generate(model, prompts, params, n=3, seed=4, pixel_values=pixel_values, image_grid_thw=grid)
+        assert encoded == [len(pixel_values)] and prefilled == [3]
+        assert shared.tokens == generate(model, rows, params, seed=4, **every_copy).tokens
+    finally:
+        for hook in hooks:
+            hook.remove()

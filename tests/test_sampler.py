@@ -1,14 +1,20 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
 from transformers import Qwen2ForCausalLM
 
 from spark.models import Packing, load_model
+from spark.models import attention as attn
 from spark.models.attention import KVCache
-from spark.sampler import SamplingParams, generate, truncate
+from spark.sampler import STATIC_CACHES, SamplingParams, generate, truncate
 from spark.tiny import make_tiny_checkpoint
+from tests import attention_references as references
 
 PROMPT_LENGTHS = [3, 20, 7, 12, 5, 16]
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
@@ -41,13 +47,14 @@ def first_stop_cut(tokens: list[int], stop: int) -> list[int]:
     return tokens[:tokens.index(stop) + 1] if stop in tokens else tokens
 
 
-def test_greedy_matches_transformers_per_row(models):
+@pytest.mark.parametrize("prefill_tokens", [8192, 8], ids=["one-prefill", "chunked-prefill"])
+def test_greedy_matches_transformers_per_row(models, prefill_tokens):
     ours, hf = models
     prompts = make_prompts(ours.config.vocab_size)
     limits = [12, 4, 9, 12, 1, 7]
     eos = hf.generation_config.eos_token_id
-    rollouts = generate(ours, prompts, SamplingParams(temperature=0.0, stop_token_ids=(eos,)),
-                        max_new_tokens=limits)
+    params = SamplingParams(temperature=0.0, stop_token_ids=(eos,), prefill_tokens=prefill_tokens)
+    rollouts = generate(ours, prompts, params, max_new_tokens=limits)
     for row, (prompt, limit) in enumerate(zip(prompts, limits)):
         assert rollouts.tokens[row] == hf_greedy(hf, prompt, limit, eos), f"row {row}"
 
@@ -86,6 +93,49 @@ def test_logprobs_match_a_full_forward(model, temperature, top_k):
         torch.testing.assert_close(rollouts.logprobs[row], expected, atol=1e-5, rtol=0, msg=f"row {row}")
 
 
+def prefill_shapes(model: nn.Module) -> tuple[list[tuple[int, int]], object]:
+    """A list that records [rows, columns] of every prefill forward (a decoder call over more than one
+    column) of `model`, and the hook's handle."""
+    shapes = []
+    handle = model.model.register_forward_hook(
+        lambda module, args, out: shapes.append(tuple(args[0].shape[:2])) if args[0].shape[1] > 1 else None)
+    return shapes, handle
+
+
+def test_n_copies_share_one_prefill(model):
+    """generate(n=...) prefills each distinct prompt once and copies its cache rows: the same samples as
+    the batch that repeats every prompt n times (same seed, same per-row uniforms), one prefill row per prompt."""
+    prompts = make_prompts(model.config.vocab_size)
+    copies = [3, 1, 2, 3, 1, 2]
+    repeated = [prompt for prompt, n in zip(prompts, copies) for _ in range(n)]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    shapes, handle = prefill_shapes(model)
+    try:
+        shared = generate(model, prompts, params, n=copies, seed=11)
+        assert shapes == [(len(prompts), max(PROMPT_LENGTHS))]
+        every_row = generate(model, repeated, params, seed=11)
+    finally:
+        handle.remove()
+    assert shapes[1] == (len(repeated), max(PROMPT_LENGTHS))
+    assert shared.tokens == every_row.tokens
+    for row, (ours, theirs) in enumerate(zip(shared.logprobs, every_row.logprobs)):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0, msg=f"row {row}")
+
+
+def test_chunked_prefill_bounds_the_tokens_per_forward(model):
+    """prefill_tokens=16 over 6 prompts of up to 20 tokens: forwards of 6 rows x 2 columns (12 tokens), and
+    the same samples as one prefill."""
+    prompts = make_prompts(model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    shapes, handle = prefill_shapes(model)
+    try:
+        chunked = generate(model, prompts, dataclasses.replace(params, prefill_tokens=16), seed=2)
+    finally:
+        handle.remove()
+    assert shapes == [(6, 2)] * 10
+    assert chunked.tokens == generate(model, prompts, params, seed=2).tokens
+
+
 def test_seeded_sampling_is_reproducible(model):
     prompts = make_prompts(model.config.vocab_size)
     params = SamplingParams(max_new_tokens=10, temperature=1.0)
@@ -113,15 +163,21 @@ def test_truncate_keeps_the_top_k_and_the_nucleus():
 
 def test_compacted_batch_matches_rows_alone(model, monkeypatch):
     """Rows with staggered limits get dropped from the batch as they finish; every row must come out as
-    if it had been generated on its own."""
+    if it had been generated on its own. Compaction moves the kept rows in place: the cache's tensors are
+    never reallocated (the peak is the cache plus one layer's kept rows)."""
     compactions = []
-    select_rows = KVCache.select_rows
-    monkeypatch.setattr(KVCache, "select_rows", lambda cache, rows: (compactions.append(len(rows)),
-                                                                    select_rows(cache, rows)))
+    keep_rows = KVCache.keep_rows
+
+    def recording(cache, keep, length):
+        before = [t.data_ptr() for t in cache.k + cache.v]
+        keep_rows(cache, keep, length)
+        compactions.append((len(keep), before == [t.data_ptr() for t in cache.k + cache.v]))
+
+    monkeypatch.setattr(KVCache, "keep_rows", recording)
     prompts = make_prompts(model.config.vocab_size)
     limits = [2, 12, 3, 5, 1, 8]
     batched = generate(model, prompts, GREEDY, max_new_tokens=limits)
-    assert compactions, "no row was dropped from the batch"
+    assert [rows for rows, _ in compactions] == [5, 4, 3, 2, 1] and all(same for _, same in compactions)
     for row, (prompt, limit) in enumerate(zip(prompts, limits)):
         alone = generate(model, [prompt], GREEDY, max_new_tokens=[limit])
         assert batched.tokens[row] == alone.tokens[0], f"row {row}"
@@ -162,15 +218,65 @@ def test_bad_requests_name_the_row(model):
         generate(model, [[5], []], GREEDY)
     with pytest.raises(ValueError, match="row 0: max_new_tokens"):
         generate(model, [[5]], GREEDY, max_new_tokens=[0])
-    with pytest.raises(ValueError, match="2 entries for 1 prompts"):
+    with pytest.raises(ValueError, match="2 entries for 1 rows"):
         generate(model, [[5]], GREEDY, max_new_tokens=[3, 4])
+    with pytest.raises(ValueError, match="n has 1 entries for 2 prompts"):
+        generate(model, [[5], [6]], GREEDY, n=[2])
+    with pytest.raises(ValueError, match="prompt 1: n must be >= 1"):
+        generate(model, [[5], [6]], GREEDY, n=[2, 0])
+
+
+def compiled_runs(model, prompts: list[list[int]], params: SamplingParams
+                  ) -> tuple[list[list[list[int]]], list[int], list[str]]:
+    """Two generate calls through the compiled decode step, from a fresh compiler state (run_and_get_code
+    resets dynamo; no cached graphs): each call's tokens, the number of graphs dynamo has compiled after each
+    call, and the generated code of the graphs."""
+    counters.clear()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        first, code = run_and_get_code(generate, model, prompts, params, seed=0)
+        graphs = [counters["stats"]["unique_graphs"]]
+        second = generate(model, prompts, params, seed=0)
+        graphs.append(counters["stats"]["unique_graphs"])
+    return [first.tokens, second.tokens], graphs, code
 
 
 @pytest.mark.slow
-def test_compiled_decode_matches_eager(model):
+def test_compiled_decode_reuses_its_graph_and_cache(model):
+    """rollout.compile on CPU (inductor's default mode; CUDA graphs need CUDA): the same tokens as eager, one
+    graph for both calls (no recompile), the same cache tensors for both calls, and the cache written in place
+    by the graph (no copy of it in and back: each layer's cache is an input of its own)."""
     prompts = make_prompts(model.config.vocab_size)
-    compiled = SamplingParams(max_new_tokens=GREEDY.max_new_tokens, temperature=0.0, compile=True)
-    assert generate(model, prompts, compiled).tokens == generate(model, prompts, GREEDY).tokens
+    params = SamplingParams(max_new_tokens=GREEDY.max_new_tokens, temperature=0.0, compile=True)
+    generate(model, prompts, params)
+    addresses = [t.data_ptr() for t in STATIC_CACHES[model].k]
+    tokens, graphs, code = compiled_runs(model, prompts, params)
+    assert tokens == [generate(model, prompts, GREEDY).tokens] * 2
+    assert graphs == [1, 1]
+    assert [t.data_ptr() for t in STATIC_CACHES[model].k] == addresses
+    # A write into a slice of a larger input shows up as kernels that loop over the whole tensor (copy it
+    # in, write it back); the cache write here is a loop over the new keys only.
+    layer = STATIC_CACHES[model].k[0]
+    assert len(code) == 1 and "index_copy" in code[0]
+    assert f"<static_cast<int64_t>({layer.numel()}L)" not in code[0]
+    assert f"<static_cast<int64_t>({layer[0].numel()}L)" not in code[0]
+
+
+@pytest.mark.slow
+def test_compiled_decode_through_the_flash_attn_op(tmp_path, monkeypatch):
+    """With flash-attn the decode calls `flash_attn_with_kvcache` through our registered op (spark::), which
+    fullgraph compilation traces; here its kernel is the pure-PyTorch reference (flash-attn is CUDA-only). The
+    op mutates the caches: inductor must keep the write in place (no missed re-inplacing, no clone)."""
+    monkeypatch.setattr(attn, "flash_attn_with_kvcache", references.flash_attn_with_kvcache)
+    monkeypatch.setattr(attn, "attention_backend",
+                        lambda device, dtype: attn.FLASH_ATTN if dtype in attn.HALF else attn.SDPA)
+    model = load_model(make_tiny_checkpoint(tmp_path / "c", tie=False, seed=1), dtype=torch.bfloat16)
+    prompts = make_prompts(model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=8, temperature=0.0)
+    tokens, graphs, code = compiled_runs(model, prompts, dataclasses.replace(params, compile=True))
+    assert tokens == [generate(model, prompts, params).tokens] * 2
+    assert graphs == [1, 1]
+    assert "spark.flash_attn_with_kvcache" in code[0] and "clone" not in code[0]
+    assert counters["inductor"]["possibly_missed_reinplacing_opportunities"] == 0
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

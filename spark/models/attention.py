@@ -126,26 +126,58 @@ def describe_attention(device: torch.device, dtype: torch.dtype) -> str:
 
 
 class KVCache:
-    """Keys and values for every layer, allocated once per generation call.
+    """Keys and values, one tensor per layer (gpt-fast's layout), allocated once and written in place.
 
-    k, v: [num_layers, B, max_len, num_kv_heads, head_dim]. Row b holds `cache_lens[b]` valid
-    positions; the sampler owns `cache_lens` and passes it to each forward.
+    k[layer], v[layer]: [batch, max_len, num_kv_heads, head_dim]. Separate tensors, not slices of one
+    [layers, ...] tensor: a compiled decode step that writes into a view of a larger graph input makes inductor
+    copy that input and write it back whole every step, while an in-place write into an input of its own is
+    kept in place. Rows [0, rows) are the live batch (`layer` hands out their views); row b holds
+    `cache_lens[b]` valid positions, and the sampler owns `cache_lens` and passes it to each forward.
     """
 
     def __init__(self, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
                  *, device: torch.device | str, dtype: torch.dtype):
-        shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, max_len, num_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.rows = batch  # live rows, a host int
+
+    @property
+    def batch(self) -> int:
+        return self.k[0].shape[0]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1]
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` (a LongTensor of row indices): finished rows stop costing compute."""
-        self.k = self.k[:, rows]
-        self.v = self.v[:, rows]
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k + self.v)
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys and values of the live rows, [rows, max_len, Hkv, D] each: the tensors themselves
+        when every row is live (what a compiled step sees), else views of their first rows."""
+        k, v = self.k[layer], self.v[layer]
+        if self.rows == self.batch:
+            return k, v
+        return k[:self.rows], v[:self.rows]
+
+    def repeat_rows(self, sources: torch.Tensor, length: int) -> None:
+        """Rows [rows, rows + len(sources)) become copies of rows `sources` (< rows) over their first `length`
+        positions, and join the live rows: the n rollouts of a prompt share its prefill. One layer's copied
+        rows are the only temporary."""
+        end = self.rows + len(sources)
+        for t in self.k + self.v:
+            t[self.rows:end, :length] = t[sources, :length]
+        self.rows = end
+
+    def keep_rows(self, keep: torch.Tensor, length: int) -> None:
+        """Keep only the live rows `keep` (ascending indices), moved to the front in place over their first
+        `length` positions: finished rows stop costing compute. The tensors are never reallocated; the
+        memory peak is the cache plus one layer's kept rows x `length` (the gathered temporary)."""
+        for t in self.k + self.v:
+            t[:len(keep), :length] = t[keep, :length]
+        self.rows = len(keep)
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
@@ -223,35 +255,59 @@ def bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     return out.transpose(1, 2)
 
 
+@torch.library.custom_op("spark::flash_attn_with_kvcache", mutates_args=("k_cache", "v_cache"))
+def flash_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  cache_seqlens: torch.Tensor) -> torch.Tensor:
+    """flash-attn's `flash_attn_with_kvcache` as a registered torch op that mutates the caches, so that
+    torch.compile(fullgraph=True) traces through it (the raw extension call is opaque to dynamo). On CUDA the
+    compiled step calls the kernel as one extern op, the caches written in place (inductor re-inplaces the
+    op's functionalized form, as the cache tensors are graph inputs of their own), and CUDA graphs capture it
+    like any kernel. It writes k, v [B, T, Hkv, D] into k_cache / v_cache [B, max_len, Hkv, D] from index
+    cache_seqlens[b] on and attends with a bottom-right causal mask: new query i of row b sees keys
+    [0, cache_seqlens[b] + i] (flash_attn/flash_attn_interface.py docstring). q [B, T, Hq, D] -> [B, T, Hq, D]."""
+    return flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=cache_seqlens, causal=True)
+
+
+@flash_kvcache.register_fake
+def _(q, k_cache, v_cache, k, v, cache_seqlens):
+    return torch.empty_like(q)
+
+
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, layer: int,
                      cache_lens: torch.Tensor, kv_len: int, key_mask: torch.Tensor) -> torch.Tensor:
     """Write the new keys/values of each row at its fill level and attend over the row's prefix.
 
-    q: [B, T, Hq, D], k/v: [B, T, Hkv, D], cache_lens: [B] (positions already filled, before this
-    call). T > 1 is a prefill of right-padded prompts into an empty cache (pad queries are garbage
-    the caller ignores; causality keeps real tokens from seeing pads). T == 1 is one decode step.
-    `kv_len` bounds the keys read (a host int, so no device sync); pass cache.max_len for static
-    shapes (CUDA graphs). key_mask [B, 1, 1, kv_len] is True where a key index is <= the row's cache_lens.
+    q: [B, T, Hq, D], k/v: [B, T, Hkv, D], cache_lens: [B] (positions already filled, before this call),
+    B = cache.rows. T > 1 is a prefill chunk of right-padded prompts: columns [kv_len - T, kv_len) of every row
+    (all rows filled to kv_len - T; pad queries are garbage the caller ignores, causality keeps real tokens
+    from seeing pads). T == 1 is one decode step. `kv_len` bounds the keys read (a host int, so no device
+    sync); pass cache.max_len for static shapes (CUDA graphs). key_mask [B, 1, 1, kv_len] is True where a key
+    index is <= the row's cache_lens (decode).
     """
-    k_cache, v_cache = cache.k[layer], cache.v[layer]  # [B, max_len, Hkv, D]
+    k_cache, v_cache = cache.layer(layer)  # [B, max_len, Hkv, D]
     B, T = q.shape[:2]
     backend = attention_backend(q.device, q.dtype)
     if backend == FLASH_ATTN:
-        # flash_attn_with_kvcache writes k, v into the caches in place from index cache_seqlens[b] on, and
-        # its causal mask is aligned bottom-right: new query i of row b sees keys [0, cache_seqlens[b] + i]
-        # (flash_attn/flash_attn_interface.py docstring).
-        return flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=cache_lens.int(), causal=True)
+        return flash_kvcache(q, k_cache, v_cache, k, v, cache_lens.int())
     if T > 1:
-        k_cache[:, :T] = k
-        v_cache[:, :T] = v
+        start = kv_len - T
+        k_cache[:, start:kv_len] = k
+        v_cache[:, start:kv_len] = v
+        if start > 0:  # a later prefill chunk: query i sees keys [0, start + i]
+            visible = torch.arange(kv_len, device=q.device) <= torch.arange(start, kv_len, device=q.device)[:, None]
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2),
+                attn_mask=visible, enable_gqa=True)
+            return out.transpose(1, 2)
         if backend == TORCH_VARLEN:  # the B padded rows as B packed sequences of T tokens
             starts = torch.arange(0, B * T + 1, T, device=q.device, dtype=torch.int32)
             out = torch_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), starts, starts, T, T, causal=True)
             return out.view(q.shape)
         return causal_attention(q, k, v)
-    rows = torch.arange(B, device=q.device)
-    k_cache[rows, cache_lens] = k[:, 0]
-    v_cache[rows, cache_lens] = v[:, 0]
+    # Row b's new key goes to flat index b * max_len + cache_lens[b] of this layer's own tensor, in place.
+    slots = torch.arange(B, device=q.device) * cache.max_len + cache_lens
+    k_cache.view(-1, *k.shape[2:]).index_copy_(0, slots, k[:, 0])
+    v_cache.view(-1, *v.shape[2:]).index_copy_(0, slots, v[:, 0])
     if backend == TORCH_VARLEN and torch_varlen.decodes:
         # Row b is sequence b of the flattened cache: keys [b * max_len, b * max_len + cache_lens[b] + 1).
         starts = torch.arange(B + 1, device=q.device, dtype=torch.int32)

@@ -289,6 +289,11 @@ class Qwen2(nn.Module):
             hidden = hidden[:, -1:]
         return self.lm_head(hidden)
 
+    def prompt_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] -> the decoder's input [B, T, hidden] (the sampler's prefill embeds once, then runs
+        the decoder chunk by chunk). Vision-language subclasses take their image inputs here."""
+        return self.model.embed_tokens(input_ids)
+
     def logprobs(self, input_ids: torch.Tensor, targets: torch.Tensor, *, packing: Packing | None = None,
                  scored: torch.Tensor | None = None, temperature: float = 1.0, chunk_size: int = 1024,
                  **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -394,6 +394,13 @@ class Qwen2_5_VL(Qwen2):
         image_tokens = self.image_tokens(pixel_values, image_grid_thw, image_index).to(embeds.dtype)
         return embeds.masked_scatter((input_ids == self.image_token_id)[..., None], image_tokens)
 
+    def prompt_embeddings(self, input_ids: torch.Tensor, *, pixel_values: torch.Tensor | None = None,
+                          image_grid_thw: torch.Tensor | None = None,
+                          image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Right-padded prompts [B, T] -> [B, T, hidden] with their image tokens in place: the vision tower runs
+        here, once per distinct image."""
+        return self.embed(input_ids, pixel_values, image_grid_thw, None, image_index)
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
                 pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
                 image_index: torch.Tensor | None = None, packing: Packing | None = None, decoding: Decoding | None = None, last_only: bool = False,
