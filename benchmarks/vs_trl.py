@@ -62,7 +62,7 @@ def run_spark(checkpoint: Path, train_file: Path, steps: int, out_dir: Path, mod
 def run_trl(checkpoint: Path, train_file: Path, steps: int, out_dir: Path) -> list[dict]:
     """The same steps with TRL's GRPOTrainer, timed from its step-begin to its step-end callback."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from spark.prompts import math_prompt
@@ -101,6 +101,7 @@ def run_trl(checkpoint: Path, train_file: Path, steps: int, out_dir: Path) -> li
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(checkpoint, dtype="float32"),
                           reward_funcs=reward, args=args, train_dataset=dataset,
                           processing_class=AutoTokenizer.from_pretrained(checkpoint), callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)  # its per-step log lines; the clock keeps what is needed
     trainer.train()
     return clock.records
 
