@@ -166,7 +166,7 @@ def run_trainer_step(checkpoint: Path, device: str, work: dict, out: Path) -> di
     metrics = trainer.train_step()
     model = FlopModel.of(trainer.rollouts.chat.model)
     flops = step_flops(model, updated=shared_prompts(trained),
-                       generated=[(len(e.prompt_ids), len(e.response_ids)) for e in trained],
+                       generated=shared_prompts(trained),
                        reference=trainer.reference is not None)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = peak_tflops(name)

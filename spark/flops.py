@@ -84,14 +84,11 @@ class FlopModel:
         return 2 * self.matmul_params * length + 2 * self.layers * self.attention_width * length * (length + 1)
 
     def shared(self, prompt: int, responses: list[int]) -> float:
-        """Forward FLOPs of a prompt packed once with its responses continuing it (spark.packing): the prompt,
-        plus for each response what its tokens add to the prompt's: sequence(p + r) - sequence(p)."""
+        """Forward FLOPs of a prompt computed once for its responses: the prompt, plus for each response what its
+        tokens add to the prompt's, sequence(p + r) - sequence(p). Both the update (a prompt packed once with its
+        responses continuing it, spark.packing) and the sampler (a prompt prefilled once for its n rollouts, each
+        decoded token attending to all before it) cost this."""
         return self.sequence(prompt) + sum(self.sequence(prompt + r) - self.sequence(prompt) for r in responses)
-
-    def generation(self, prompt: int, new: int) -> float:
-        """Forward FLOPs of sampling `new` tokens after a `prompt`-token prefill: the same as one forward over
-        prompt + new tokens, since token t attends to t keys either way."""
-        return self.sequence(prompt + new)
 
     def images(self, patches: list[int]) -> float:
         """Forward FLOPs of the vision tower over images of these patch counts."""
@@ -104,13 +101,14 @@ class FlopModel:
         return total
 
 
-def step_flops(model: FlopModel, *, updated: list[tuple[int, list[int]]], generated: list[tuple[int, int]], reference: bool,
+def step_flops(model: FlopModel, *, updated: list[tuple[int, list[int]]], generated: list[tuple[int, list[int]]],
+               reference: bool,
                ppo_epochs: int = 1, updated_patches: list[int] = (), generated_patches: list[int] = (),
                vision_trained: bool = True) -> dict[str, float]:
     """Model FLOPs of one step on one rank, by phase.
 
-    updated: (prompt length, response lengths) of each prompt trained once with its responses (`shared_prompts`);
-    generated: (prompt, new tokens) per
+    updated / generated: (prompt length, response lengths) of each prompt trained / sampled once for its responses
+    (`shared_prompts`);
     rollout; *_patches: the patch count of each image in those sequences. The update is 3 forwards per
     epoch (plus one forward for the old log-probs when ppo_epochs > 1); the reference one forward.
     """
@@ -120,7 +118,7 @@ def step_flops(model: FlopModel, *, updated: list[tuple[int, list[int]]], genera
     vision_passes = update_passes if vision_trained else ppo_epochs + (1 if ppo_epochs > 1 else 0)
     return {"update": update_passes * text + vision_passes * vision,
             "reference": (text + vision) if reference else 0.0,
-            "rollout": sum(model.generation(p, n) for p, n in generated) + model.images(list(generated_patches))}
+            "rollout": sum(model.shared(prompt, new) for prompt, new in generated) + model.images(list(generated_patches))}
 
 
 def shared_prompts(experiences: list) -> list[tuple[int, list[int]]]:
@@ -172,7 +170,7 @@ def experience_flop_metrics(model: FlopModel, trained: list, sampled: list, seco
         return [int(t * h * w) for e in experiences
                 for t, h, w in e.images.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
 
-    local = step_flops(model, updated=shared_prompts(trained), generated=[(len(e.prompt_ids), len(e.response_ids)) for e in sampled],
+    local = step_flops(model, updated=shared_prompts(trained), generated=shared_prompts(sampled),
                        reference=reference, ppo_epochs=config.loss.ppo_epochs, updated_patches=patches(trained),
                        generated_patches=patches(sampled), vision_trained=not config.model.freeze_vision)
     totals = reduce_metrics({**local, "trained_tokens": sum(lengths(trained)), "sampled_tokens": sum(lengths(sampled))})

@@ -17,13 +17,12 @@ def test_tiny_model_by_hand():
     assert model.matmul_params == 2 * 576 + 80 == 1232
     # 3 tokens: 2 N x 3 = 7392, attention 4 L d (1 + 2 + 3) = 4 x 2 x 8 x 6 = 384.
     assert model.sequence(3) == 7392 + 384
-    assert model.generation(2, 1) == model.sequence(3)
-    flops = step_flops(model, updated=[(2, [1]), (1, [2])], generated=[(2, 1)] * 2, reference=True)
+    flops = step_flops(model, updated=[(2, [1]), (1, [2])], generated=[(2, [1]), (1, [2])], reference=True)
     assert flops == {"update": 6 * 7776, "reference": 2 * 7776, "rollout": 2 * 7776}
     # Two 1-token responses to one 2-token prompt packed once: the prompt's 2 tokens once, and the two
     # responses' third tokens, each attending to 3 keys: 2 x (3 x 2 N / 3 + 4 L d 3).
-    shared = step_flops(model, updated=[(2, [1, 1])], generated=[], reference=False)["update"]
-    assert shared == 3 * (model.sequence(2) + 2 * (2 * 1232 + 4 * 2 * 8 * 3))
+    shared = step_flops(model, updated=[(2, [1, 1])], generated=[(2, [1, 1])], reference=False)
+    assert shared["update"] == 3 * (model.sequence(2) + 2 * (2 * 1232 + 4 * 2 * 8 * 3)) == 3 * shared["rollout"]
     two_epochs = step_flops(model, updated=[(3, [0])], generated=[], reference=False, ppo_epochs=2)
     assert two_epochs["update"] == (3 * 2 + 1) * 7776 and two_epochs["reference"] == 0
 
