@@ -3,6 +3,7 @@
 import sys
 
 from spark.config import TrainConfig, load_config
+from spark.distributed import close_distributed
 from spark.trainer import Trainer
 
 
@@ -12,6 +13,7 @@ def main(argv: list[str]) -> None:
         return
     config = load_config(TrainConfig, argv[0], argv[1:])
     Trainer(config).train()
+    close_distributed()
 
 
 if __name__ == "__main__":

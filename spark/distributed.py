@@ -51,6 +51,14 @@ def init_distributed(timeout_s: float | None = None) -> World:
     return World(dist.get_rank(), dist.get_world_size(), device)
 
 
+def close_distributed() -> None:
+    """Leave the process group once a run is done: gloo's threads still running at interpreter exit can abort
+    the process ("terminate called without an active exception") after all its work succeeded."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard_model(model: nn.Module, *, mixed_precision: bool, methods: tuple[str, ...] = ()) -> nn.Module:
     """FSDP2: each transformer block (and vision block) is a unit, the root holds embeddings, norm and head.
 

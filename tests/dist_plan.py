@@ -13,7 +13,7 @@ from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spark.distributed import all_gather_objects  # noqa: E402
+from spark.distributed import all_gather_objects, close_distributed  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
 from tests.dist_update import fixed_experiences  # noqa: E402
 from tests.trainer_utils import tiny_config  # noqa: E402
@@ -42,6 +42,7 @@ def main(checkpoint: str, data: str, out_dir: str, result: str, *overrides: str)
     everyone = all_gather_objects(measured)
     if world.is_main:
         Path(result).write_text(json.dumps(everyone))
+    close_distributed()
 
 
 if __name__ == "__main__":

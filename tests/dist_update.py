@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spark.data import Sample  # noqa: E402
-from spark.distributed import full_state_dict  # noqa: E402
+from spark.distributed import close_distributed, full_state_dict  # noqa: E402
 from spark.rollout import Experience  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
 from tests.trainer_utils import tiny_config  # noqa: E402
@@ -38,6 +38,7 @@ def main(checkpoint: str, data: str, out_dir: str, result: str, *overrides: str)
     state = full_state_dict(trainer.policy)
     if world.is_main:
         torch.save({"state": state, "metrics": metrics}, result)
+    close_distributed()
 
 
 if __name__ == "__main__":
