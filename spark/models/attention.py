@@ -293,12 +293,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: K
         start = kv_len - T
         k_cache[:, start:kv_len] = k
         v_cache[:, start:kv_len] = v
-        if start > 0:  # a later prefill chunk: query i sees keys [0, start + i]
-            visible = torch.arange(kv_len, device=q.device) <= torch.arange(start, kv_len, device=q.device)[:, None]
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2),
-                attn_mask=visible, enable_gqa=True)
-            return out.transpose(1, 2)
+        if start > 0:  # a later prefill chunk: query i sees keys [0, start + i] (bottom-right causal)
+            return causal_attention(q, k_cache[:, :kv_len], v_cache[:, :kv_len])
         if backend == TORCH_VARLEN:  # the B padded rows as B packed sequences of T tokens
             starts = torch.arange(0, B * T + 1, T, device=q.device, dtype=torch.int32)
             out = torch_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), starts, starts, T, T, causal=True)
