@@ -36,6 +36,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/verifier.py
 	PYTHONPATH=. $(PY) benchmarks/vl_rollout.py
 	PYTHONPATH=. $(PY) benchmarks/vs_trl.py
+	PYTHONPATH=. $(PY) benchmarks/update.py
 
 # The one-shot device check (benchmarks/gpu_check.py): runs on a bare device image, so it uses the venv's python
 # when there is one and the system's otherwise, and installs nothing. Report: runs/gpu_check/gpu_check.json.
