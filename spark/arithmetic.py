@@ -23,8 +23,8 @@ own templates (spark.prompts):
 
 - policy:      the worked answer;
 - pointwise:   the check above, then a verdict. The verdicts are noisy and lenient (VERDICT_YES_SHARE), so
-               the greedy judge starts at chance but its verdict leans, weakly, on its own comparison, a
-               lean RL turns into a judgement;
+               a sampled verdict leans only weakly on the judge's own comparison, a lean RL turns into a
+               judgement;
 - pairwise:    the check of answer (A), then the letter of the correct answer;
 - reflection:  the worked answer of the question (the candidate shown is wrong);
 - comparison drills: each problem's minuend beside a variant of it, compared digit by digit
@@ -159,7 +159,7 @@ WRONG_CANDIDATE_SHARE = 0.5
 # The comparison drill's user message (comparison_drill).
 COMPARISON_PROMPT = "Compare {} and {} digit by digit."
 # How often a warm-up judge says Yes after its comparison found the numbers equal / different: a lenient judge
-# whose verdict leans weakly on the comparison, and which says Yes to everything when decoded greedily.
+# whose sampled verdict leans weakly on the comparison (decoded greedily, it follows the comparison).
 VERDICT_YES_SHARE = {"equal": 0.8, "different": 0.6}
 
 

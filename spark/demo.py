@@ -274,11 +274,12 @@ def main(overrides: list[str]) -> dict[str, float]:
     accuracy with TTS of the start (tts_acc_start) and of the final model (tts_acc_end)."""
     started = time.time()
     config = load_config(TrainConfig, CONFIG, overrides)
-    warmed = ensure_prepared(config)  # the warm-up's batches of 32 use torch's default threads (both cores here)
+    # One thread unless OMP_NUM_THREADS says otherwise: RL's many small decode steps ran faster on one thread of a
+    # busy 2-core machine, and a two-thread warm-up crawled there whenever another process held a core.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    warmed = ensure_prepared(config)
     if warmed is not None:
         print("warm-up:", json.dumps({k: v for k, v in warmed.items() if not isinstance(v, str)}), flush=True)
-    # RL's many small decode steps: on a busy 2-core machine one thread beat two.
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     Trainer(config).train()
     out_dir = Path(config.run.out_dir)
     records = read_metrics(out_dir / "metrics.jsonl")

@@ -1,0 +1,66 @@
+"""Test-time scaling along a demo run: the TTS gain of the start and of every checkpoint the run kept.
+
+For the warmed-up start and each `out_dir/checkpoints/step_*` (a demo run with `run.save_every=5
+run.keep_last=8` keeps one every 5 steps), runs spark.demo.tts_summary on the held-out problems (greedy,
+`max_rounds` 2, the form the run trained its judge in) and prints one line per model: the accuracy after
+each round, the gain (last round minus no TTS), the judge's false accept / reject rates on the model's own
+answers, and the reflections that fixed / broke an answer.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/demo_tts.py [--run runs/demo] [--content answer]
+
+The last line is one JSON object: the rows by model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from spark.demo import read_metrics, tts_summary
+from spark.models import load_model, save_model
+
+
+def export_checkpoint(checkpoint: Path, start: Path, folder: Path) -> Path:
+    """The policy weights of a training checkpoint (spark.checkpointing, one rank) as a Hugging Face folder,
+    with the start's config and tokenizer."""
+    model = load_model(start)
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=checkpoint)
+    model.load_state_dict(state["model"])
+    save_model(model, folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/demo", help="the demo run's out_dir")
+    parser.add_argument("--start", default="runs/demo/warmup", help="the checkpoint the run started from")
+    parser.add_argument("--heldout", default="runs/demo/data/heldout.jsonl")
+    parser.add_argument("--content", default="answer", choices=("answer", "cot"))
+    parser.add_argument("--max-rounds", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    heldout = read_metrics(args.heldout)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"start": Path(args.start)}
+        for checkpoint in sorted((Path(args.run) / "checkpoints").glob("step_*")):
+            models[checkpoint.name] = export_checkpoint(checkpoint, Path(args.start), Path(tmp) / checkpoint.name)
+        for name, path in models.items():
+            tts = tts_summary(path, heldout, content=args.content, max_rounds=args.max_rounds)
+            by_round = tts["accuracy_by_round"]
+            rows[name] = {"accuracy_by_round": [round(a, 3) for a in by_round], "gain": round(by_round[-1] - by_round[0], 3),
+                          "false_accept_rate": round(tts["false_accept_rate"], 3),
+                          "false_reject_rate": round(tts["false_reject_rate"], 3),
+                          "fixed": tts["fixed"], "broke": tts["broke"], "reflections": tts["reflections"]}
+            print(name, json.dumps(rows[name]), flush=True)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
