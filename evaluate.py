@@ -17,6 +17,7 @@ from pathlib import Path
 from spark.evaluation import EvalConfig, evaluate_checkpoint
 from spark.evaluation.loaders import BUILTIN, HUB
 from spark.sampler import Sampling
+from spark.tts import CONTENTS
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge", action="store_true", help="the model also judges its answers (P/R/F1)")
     parser.add_argument("--tts", action="store_true", help="test-time scaling: judge, then reflect if not Yes")
     parser.add_argument("--max-rounds", type=int, default=2, help="judge -> reflect rounds of --tts")
-    parser.add_argument("--content", default="cot", choices=["cot", "answer"],
+    parser.add_argument("--content", default="cot", choices=CONTENTS,
                         help="what --judge / --tts show the judge and the reflection: the whole answer (cot) or its "
                              "final answer (answer); match the form the model was trained to judge in")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from spark.sampler import Sampling
-from spark.tts import Problem, format_trace, run_tts
+from spark.tts import CONTENTS, Problem, format_trace, run_tts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "question's <image> placeholders)")
     parser.add_argument("--gold", help="gold answer: each answer is then marked correct or wrong")
     parser.add_argument("--max-rounds", type=int, default=2, help="judge -> reflect rounds")
-    parser.add_argument("--content", default="cot", choices=["cot", "answer"],
+    parser.add_argument("--content", default="cot", choices=CONTENTS,
                         help="what the judge and the reflection see: the whole answer (cot) or its final answer")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

@@ -94,7 +94,7 @@ class Packing:
         key_lengths = [len(rows) for rows in key_rows]
         cu_keys = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu_keys[1:] = torch.tensor(key_lengths).cumsum(0)
-        keys = Keys(torch.tensor(sum(key_rows, []), device=device), cu_keys.to(device), max(key_lengths))
+        keys = Keys(torch.tensor([row for rows in key_rows for row in rows], device=device), cu_keys.to(device), max(key_lengths))
         return cls(cu.to(device), max(lengths), list(continues), keys)
 
     def positions(self) -> torch.Tensor:

@@ -351,9 +351,10 @@ class Qwen2_5_VL(Qwen2):
         goes on as text after the last position of the sequence it continues."""
         sequences = split_packed(input_ids, packing)
         positions = self.sequence_positions(sequences, image_grid_thw, "packed sequence")
+        last = [p.max() for p in positions]  # on the device: no host sync per continuation
         for s, prefix in enumerate(packing.continues or []):
             if prefix >= 0:
-                positions[s] = positions[s] + int(positions[prefix].max()) + 1
+                positions[s] = positions[s] + last[prefix] + 1
         return torch.cat(positions, dim=1)[:, None]
 
     def image_tokens(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
