@@ -351,8 +351,10 @@ class Qwen2_5_VL(Qwen2):
         goes on as text after the last position of the sequence it continues."""
         sequences = split_packed(input_ids, packing)
         positions = self.sequence_positions(sequences, image_grid_thw, "packed sequence")
-        last = [p.max() for p in positions]  # on the device: no host sync per continuation
-        for s, prefix in enumerate(packing.continues or []):
+        continues = packing.continues or []
+        # on the device (no host sync per continuation), once per prefix; a prefix continues none (Packing)
+        last = {prefix: positions[prefix].max() for prefix in set(continues) if prefix >= 0}
+        for s, prefix in enumerate(continues):
             if prefix >= 0:
                 positions[s] = positions[s] + last[prefix] + 1
         return torch.cat(positions, dim=1)[:, None]
