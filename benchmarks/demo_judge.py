@@ -28,9 +28,9 @@ from transformers import PreTrainedTokenizerFast
 
 from spark import prompts
 from spark.arithmetic import digit_pairs, parse_question
+from spark.chat import user_prompt_ids
 from spark.models import load_model
 from spark.sampler import SamplingParams, generate
-from spark.warmup import prompt_ids
 
 RESPONSE = re.compile(r"(\d+)\+(\d+): .*?\. (\d+) vs (\d+): (.*?), so (\w+)\. \\boxed\{(\w+)\}")
 
@@ -74,7 +74,7 @@ def main() -> None:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(args.checkpoint)
     model = load_model(args.checkpoint)
     rows = [json.loads(line) for line in Path(args.judge_file).read_text().splitlines()]
-    ids = [prompt_ids(tokenizer, prompts.pointwise_prompt(row["question"], row["answer"], cot=False, variant=0))
+    ids = [user_prompt_ids(tokenizer, prompts.pointwise_prompt(row["question"], row["answer"], cot=False, variant=0))
            for row in rows]
     out = {}
     for name, temperature in (("greedy", 0.0), ("t1", 1.0)):

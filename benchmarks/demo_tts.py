@@ -23,6 +23,7 @@ import torch.distributed.checkpoint as dcp
 
 from spark.demo import read_metrics, tts_summary
 from spark.models import load_model, save_model
+from spark.tts import CONTENTS
 
 
 def export_checkpoint(checkpoint: Path, start: Path, folder: Path) -> Path:
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/demo", help="the demo run's out_dir")
     parser.add_argument("--start", default="runs/demo/warmup", help="the checkpoint the run started from")
     parser.add_argument("--heldout", default="runs/demo/data/heldout.jsonl")
-    parser.add_argument("--content", default="answer", choices=("answer", "cot"))
+    parser.add_argument("--content", default="answer", choices=CONTENTS)
     parser.add_argument("--max-rounds", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)

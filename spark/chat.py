@@ -145,22 +145,26 @@ class ChatModel:
 
     def render(self, prompts: list[str], images: list[list[ImageSource]] | None = None, *,
                image_config: ImageConfig | None = None) -> list[ChatPrompt]:
-        """User messages (each with its list of images, maybe empty) -> chat-templated prompts. Each image
-        is loaded and preprocessed once, with `image_config` (default: the checkpoint's), e.g. a larger
-        max_pixels."""
+        """User messages (each with its list of images, maybe empty) -> chat-templated prompts. The images
+        are preprocessed with `image_config` (default: the checkpoint's), e.g. a larger max_pixels; prompts
+        with the same images (a question's recycled judge prompts) share one decode and its tensors."""
         images = images if images is not None else [[]] * len(prompts)
         if len(images) != len(prompts):
             raise ValueError(f"ChatModel: image lists for {len(images)} prompts, but {len(prompts)} prompts")
-        return [self.render_one(prompt, own, image_config or self.image_config)
+        preprocessed: dict[tuple[ImageSource, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        return [self.render_one(prompt, own, image_config or self.image_config, preprocessed)
                 for prompt, own in zip(prompts, images)]
 
-    def render_one(self, prompt: str, images: list[ImageSource], image_config: ImageConfig | None) -> ChatPrompt:
+    def render_one(self, prompt: str, images: list[ImageSource], image_config: ImageConfig | None,
+                   preprocessed: dict[tuple[ImageSource, ...], tuple[torch.Tensor, torch.Tensor]]) -> ChatPrompt:
+        """One prompt of `render`; `preprocessed` holds the image inputs already made with `image_config`."""
         if not images:
-            return ChatPrompt(self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False))
+            return ChatPrompt(user_prompt_ids(self.tokenizer, prompt))
         if image_config is None:
             raise NotImplementedError(f"{image_label(images[0])}: images need a Qwen2.5-VL checkpoint")
-        pixel_values, image_grid_thw = preprocess([load_image(image) for image in images], image_config)
+        if tuple(images) not in preprocessed:
+            preprocessed[tuple(images)] = preprocess([load_image(image) for image in images], image_config)
+        pixel_values, image_grid_thw = preprocessed[tuple(images)]
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": user_content(prompt, len(images))}],
                                                   add_generation_prompt=True, tokenize=False)
         text = expand_image_pads(text, image_grid_thw, image_config.merge_size)

@@ -23,7 +23,7 @@ from torch import nn
 from spark.distributed import reduce_metrics
 from spark.models.checkpoint import build_model
 from spark.models.qwen2 import ModelConfig
-from spark.packing import shared_prompt
+from spark.packing import group_by_prompt
 
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor datasheets; SXM parts). Matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -125,10 +125,8 @@ def shared_prompts(experiences: list) -> list[tuple[int, list[int]]]:
     """(prompt length, response lengths) of each prompt the update packs once for its responses: the experiences
     (spark.rollout.Experience) grouped as spark.packing groups them (a group split over micro-batches, which
     packs its prompt again, is counted once)."""
-    groups: dict[tuple, tuple[int, list[int]]] = {}
-    for e in experiences:
-        groups.setdefault(shared_prompt(e), (len(e.prompt_ids), []))[1].append(len(e.response_ids))
-    return list(groups.values())
+    return [(len(group[0].prompt_ids), [len(e.response_ids) for e in group])
+            for group in group_by_prompt(experiences).values()]
 
 
 def throughput(flops: float, seconds: float, peak: float | None) -> dict[str, float]:

@@ -63,14 +63,20 @@ def shared_prompt(experience: Experience) -> tuple:
     return experience.group, tuple(experience.prompt_ids)
 
 
+def group_by_prompt(experiences: list[Experience]) -> dict[tuple, list[Experience]]:
+    """The experiences by the prompt they share (`shared_prompt`), in first-seen order."""
+    groups: dict[tuple, list[Experience]] = {}
+    for experience in experiences:
+        groups.setdefault(shared_prompt(experience), []).append(experience)
+    return groups
+
+
 def split_by_tokens(experiences: list[Experience], budget: int) -> list[list[Experience]]:
     """Micro-batches of at most `budget` stream tokens, each prompt counted once per micro-batch with its
     responses after it. Groups go largest first and stay together; a group that does not fit in what is left
     goes on in the next micro-batch, where its prompt is packed again (a prompt and one response longer
     than the budget get a micro-batch of their own)."""
-    groups: dict[tuple, list[Experience]] = {}
-    for experience in experiences:
-        groups.setdefault(shared_prompt(experience), []).append(experience)
+    groups = group_by_prompt(experiences)
 
     def size(group: list[Experience]) -> int:
         return len(group[0].prompt_ids) + sum(len(e.response_ids) - 1 for e in group)

@@ -59,8 +59,13 @@ class Rollouts:
     def render(self, samples: list[Sample]) -> list[ChatPrompt]:
         """Chat-templated prompts with their image inputs, each image at its task's resolution; a prompt
         over `max_prompt_tokens` is a DataError naming its source row."""
-        prompts = [self.chat.render([s.prompt], [s.images], image_config=self.image_configs[s.task])[0]
-                   for s in samples]
+        rendered: dict[int, ChatPrompt] = {}
+        # One render per image resolution, so that a question's recycled prompts share its image decode.
+        for config in dict.fromkeys(self.image_configs[s.task] for s in samples):
+            indices = [i for i, s in enumerate(samples) if self.image_configs[s.task] == config]
+            rendered.update(zip(indices, self.chat.render([samples[i].prompt for i in indices],
+                                                          [samples[i].images for i in indices], image_config=config)))
+        prompts = [rendered[i] for i in range(len(samples))]
         for sample, prompt in zip(samples, prompts):
             if len(prompt.ids) > self.max_prompt_tokens:
                 raise DataError(sample.meta.get("source", "<recycled>"), None, "question",

@@ -14,19 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
+from spark.chat import user_prompt_ids
 from spark.models import Packing
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
-    """The chat-templated user message, ending with the assistant header."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_example(tokenizer: PreTrainedTokenizerFast, prompt: str, response: str) -> tuple[list[int], int]:
     """Token ids of prompt + response + end-of-turn, and the number of prompt tokens."""
-    context = prompt_ids(tokenizer, prompt)
+    context = user_prompt_ids(tokenizer, prompt)
     completion = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return context + completion, len(context)
 

@@ -21,10 +21,11 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 import spark.chat
 from spark.chat import ChatModel, image_inputs, load_chat_model
 from spark.data import Sample
+from spark.images import load_image
 from spark.models import Qwen2_5_VL, load_model, save_model
 from spark.packing import pack
 from spark.prompts import math_prompt
-from spark.rollout import Experience
+from spark.rollout import Experience, Rollouts, task_image_configs
 from spark.sampler import Sampling, SamplingParams, generate
 from spark.tiny import make_tiny_vl_checkpoint
 from spark.trainer import Trainer
@@ -195,6 +196,26 @@ def test_rollouts_of_a_prompt_encode_its_images_once(vl_files):
     finally:
         hook.remove()
     assert encoded == [len(inputs["pixel_values"])]
+
+
+def test_recycled_prompts_share_their_questions_image_decode(vl_files, monkeypatch):
+    """A question's policy prompt and its recycled judge prompts (other text, the same image) decode the image
+    once per task resolution, and each prompt gets the pixels it would get alone."""
+    checkpoint, _, data = vl_files
+    chat = load_chat_model(str(checkpoint))
+    rollouts = Rollouts(chat, task_image_configs(chat.image_config, judge_max_pixels=JUDGE_MAX_PIXELS), 4096)
+    image = [str(data.parent / "shapes_2.png")]
+    samples = [Sample(QUESTION, "3", "policy", image), Sample("Is 3 correct?", "Yes", "pointwise", image),
+               Sample("Which is correct?", "A", "pairwise", image), Sample(QUESTION, "2", "policy", image)]
+    alone = [rollouts.render([sample])[0] for sample in samples]
+    decoded = []
+    monkeypatch.setattr(spark.chat, "load_image", lambda source: decoded.append(source) or load_image(source))
+    together = rollouts.render(samples)
+    assert decoded == image * 2  # the policy resolution, then the judges' smaller one
+    for one, shared in zip(alone, together):
+        assert one.ids == shared.ids
+        assert torch.equal(one.images["pixel_values"], shared.images["pixel_values"])
+    assert len(together[1].images["pixel_values"]) < len(together[0].images["pixel_values"])
 
 
 def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
