@@ -18,7 +18,7 @@ Each figure is the mean over seeds, +- their sample standard deviation. Writes O
 OUT/ablation.png and OUT/ablation.json; each run's figures are kept in OUT/ROW-sSEED/result.json, so an
 interrupted benchmark resumes where it stopped. The last line printed is one JSON object.
 
-    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/ablation.py [--steps 25] [--seeds 0 1 2] [--out runs/ablation]
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python benchmarks/ablation.py [--steps 25] [--seeds 0 1 2] [--out runs/ablation]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def plot(table: dict[str, dict[str, list[float]]], png: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=25, help="RL steps of every run (25: the whole table in "
-                                                              "about 90 minutes on 2 cores)")
+                                                              "29 minutes on 2 cores, OMP_NUM_THREADS=2)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
