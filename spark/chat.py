@@ -116,6 +116,12 @@ def user_content(prompt: str, num_images: int) -> list[dict]:
     return [part for part in content if part["type"] == "image" or part["text"]]
 
 
+def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """A text-only user message, chat-templated and tokenized, ending with the assistant turn's header."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, path: Path) -> tuple[int, ...]:
     """EOS ids from the tokenizer and generation_config.json, plus Qwen's stop tokens when in the vocab."""
     ids = [tokenizer.eos_token_id]
