@@ -4,7 +4,8 @@ For the warmed-up start and each `out_dir/checkpoints/step_*` (a demo run with `
 run.keep_last=8` keeps one every 5 steps), runs spark.demo.tts_summary on the held-out problems (greedy,
 `max_rounds` 2, the form the run trained its judge in) and prints one line per model: the accuracy after
 each round, the gain (last round minus no TTS), the judge's false accept / reject rates on the model's own
-answers, and the reflections that fixed / broke an answer.
+answers, the reflections that fixed / broke an answer, and what one reflection on every first answer
+fixes and keeps with the judge left out (`reflection_alone`).
 
     PYTHONPATH=. .venv/bin/python benchmarks/demo_tts.py [--run runs/demo] [--content answer]
 
@@ -58,7 +59,8 @@ def main() -> None:
             rows[name] = {"accuracy_by_round": [round(a, 3) for a in by_round], "gain": round(by_round[-1] - by_round[0], 3),
                           "false_accept_rate": round(tts["false_accept_rate"], 3),
                           "false_reject_rate": round(tts["false_reject_rate"], 3),
-                          "fixed": tts["fixed"], "broke": tts["broke"], "reflections": tts["reflections"]}
+                          "fixed": tts["fixed"], "broke": tts["broke"], "reflections": tts["reflections"],
+                          "reflection_alone": tts["reflection_alone"]}
             print(name, json.dumps(rows[name]), flush=True)
     print(json.dumps(rows))
 

@@ -43,7 +43,7 @@ from spark.models import load_model, save_model
 from spark.sampler import Sampling
 from spark.tiny import build_tokenizer, make_tiny_checkpoint
 from spark.trainer import Trainer
-from spark.tts import Problem, answer, run_tts, tts_statistics
+from spark.tts import Problem, answer, reflection_alone, run_tts, tts_statistics
 from spark.warmup import warm_up
 
 
@@ -229,12 +229,14 @@ def tts_content(config: TrainConfig) -> str:
 def tts_summary(checkpoint: str | Path, heldout: list[dict], *, content: str, max_rounds: int = 2) -> dict:
     """spark.tts on the held-out rows {question, answer} with `checkpoint`, greedy: the final answers' accuracy,
     the model's verdicts on its own first answers (self_judgment: precision / recall / F1 of Yes = correct) and the
-    loop's statistics (spark.tts.tts_statistics; accuracy_by_round[0] is the accuracy without the loop)."""
+    loop's statistics (spark.tts.tts_statistics; accuracy_by_round[0] is the accuracy without the loop), and
+    what one reflection on every first answer, the judge left out, fixes and keeps (spark.tts.reflection_alone)."""
     chat = load_chat_model(str(checkpoint))
     traces = run_tts(chat, [Problem(row["question"], row["answer"]) for row in heldout], max_rounds=max_rounds,
                      sampling=GREEDY, content=content)
     return {"accuracy": sum(bool(t.final.correct) for t in traces) / len(traces),
-            "self_judgment": self_judgment(traces), **tts_statistics(traces, max_rounds)}
+            "self_judgment": self_judgment(traces), **tts_statistics(traces, max_rounds),
+            "reflection_alone": reflection_alone(chat, traces, sampling=GREEDY, content=content)}
 
 
 # --------------------------------------------------------------------------- `make demo`

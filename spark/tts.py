@@ -154,6 +154,18 @@ def run_tts(model, problems: list[Problem], *, max_rounds: int = 2, sampling: Sa
     return traces
 
 
+def reflection_alone(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot"
+                     ) -> dict[str, int]:
+    """The reflection with the judge left out: every trace's first answer reflected on once, as if the judge had
+    said No. `fixed` of the `wrong` first answers turn right, `kept` of the `right` ones stay right. A loop
+    whose reflections fix few wrong answers cannot gain whatever its judge (traces are not changed)."""
+    copies = [Trace(t.problem, t.turns[:1]) for t in traces]
+    reflect(model, copies, sampling=sampling, seed=seed, content=content)
+    first, revised = [bool(t.turns[0].correct) for t in copies], [bool(t.final.correct) for t in copies]
+    return {"fixed": sum(r and not f for f, r in zip(first, revised)), "wrong": first.count(False),
+            "kept": sum(r and f for f, r in zip(first, revised)), "right": first.count(True)}
+
+
 def rate(count: int, total: int) -> float:
     """count / total, 0 when there is nothing to count."""
     return count / total if total else 0.0

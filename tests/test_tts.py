@@ -10,7 +10,7 @@ import pytest
 
 from spark.prompts import math_prompt, pointwise_prompt, reflection_prompt
 from spark.sampler import Sampling
-from spark.tts import Problem, Trace, format_trace, run_tts, tts_statistics
+from spark.tts import Problem, Trace, format_trace, reflection_alone, run_tts, tts_statistics
 
 
 @dataclass
@@ -103,6 +103,17 @@ def test_statistics(traces_and_model):
     assert (stats["false_reject"], stats["false_reject_rate"]) == (2, pytest.approx(2 / 4))  # Q3, Q5 round 1
     assert (stats["reflections"], stats["fixed"], stats["broke"]) == (5, 2, 1)
     assert (stats["answer_tokens"], stats["extra_tokens"]) == (50, (8 + 5) * 10)
+
+
+def test_reflection_alone_reflects_every_first_answer_once(traces_and_model):
+    traces, model = traces_and_model
+    model.replies[reflection_prompt("Q2", boxed("7"), cot=True)] = boxed("7")  # right, kept
+    model.replies[reflection_prompt("Q4", boxed("0"), cot=True)] = boxed("0")  # wrong, not fixed
+    turns_before = [len(t.turns) for t in traces]
+    # Q1 4 -> 5 and Q5 1 -> 2 fixed, Q3 3 -> 2 broken.
+    assert reflection_alone(model, traces, sampling=Sampling()) == {"fixed": 2, "wrong": 3, "kept": 1, "right": 2}
+    assert model.calls[-1] == [reflection_prompt(q, boxed(a[0]), cot=True) for q, _, a, _ in CASES]
+    assert [len(t.turns) for t in traces] == turns_before
 
 
 def test_zero_rounds_is_plain_answering():
