@@ -5,9 +5,11 @@ run.keep_last=8` keeps one every 5 steps), runs spark.demo.tts_summary on the he
 `max_rounds` 2, the form the run trained its judge in) and prints one line per model: the accuracy after
 each round, the gain (last round minus no TTS), the judge's false accept / reject rates on the model's own
 answers, the reflections that fixed / broke an answer, and what one reflection on every first answer
-fixes and keeps with the judge left out (`reflection_alone`).
+fixes and keeps with the judge left out (`reflection_alone`). With `--sampled-wrong N`, also what one greedy
+reflection fixes of the model's wrong answers among N sampled at temperature 1 per problem, the kind of
+wrong answer RL recycles into reflections (`reflection_of_sampled_wrong`).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/demo_tts.py [--run runs/demo] [--content answer]
+    PYTHONPATH=. .venv/bin/python benchmarks/demo_tts.py [--run runs/demo] [--content answer] [--sampled-wrong 8]
 
 The last line is one JSON object: the rows by model.
 """
@@ -15,6 +17,7 @@ The last line is one JSON object: the rows by model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -22,9 +25,10 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from spark.demo import read_metrics, tts_summary
+from spark.chat import load_chat_model
+from spark.demo import GREEDY, read_metrics, tts_summary
 from spark.models import load_model, save_model
-from spark.tts import CONTENTS
+from spark.tts import CONTENTS, Problem, answer, reflection_alone
 
 
 def export_checkpoint(checkpoint: Path, start: Path, folder: Path) -> Path:
@@ -38,6 +42,17 @@ def export_checkpoint(checkpoint: Path, start: Path, folder: Path) -> Path:
     return folder
 
 
+def sampled_wrong_reflection(checkpoint: Path, heldout: list[dict], n: int, content: str) -> dict[str, int]:
+    """One greedy reflection (spark.tts.reflection_alone) on each wrong answer among `n` sampled at temperature 1
+    per held-out problem: `fixed` of `wrong`."""
+    chat = load_chat_model(str(checkpoint))
+    problems = [Problem(row["question"], row["answer"]) for row in heldout]
+    sampled = answer(chat, problems, sampling=dataclasses.replace(GREEDY, temperature=1.0), seed=1, n=n)
+    wrong = [trace for traces in sampled for trace in traces if trace.final.correct is False]
+    counts = reflection_alone(chat, wrong, sampling=GREEDY, content=content)
+    return {"fixed": counts["fixed"], "wrong": counts["wrong"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/demo", help="the demo run's out_dir")
@@ -45,6 +60,8 @@ def main() -> None:
     parser.add_argument("--heldout", default="runs/demo/data/heldout.jsonl")
     parser.add_argument("--content", default="answer", choices=CONTENTS)
     parser.add_argument("--max-rounds", type=int, default=2)
+    parser.add_argument("--sampled-wrong", type=int, default=0, help="answers sampled at temperature 1 per problem "
+                                                                     "whose wrong ones are reflected on (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     heldout = read_metrics(args.heldout)
@@ -61,6 +78,9 @@ def main() -> None:
                           "false_reject_rate": round(tts["false_reject_rate"], 3),
                           "fixed": tts["fixed"], "broke": tts["broke"], "reflections": tts["reflections"],
                           "reflection_alone": tts["reflection_alone"]}
+            if args.sampled_wrong:
+                rows[name]["reflection_of_sampled_wrong"] = sampled_wrong_reflection(path, heldout, args.sampled_wrong,
+                                                                                      args.content)
             print(name, json.dumps(rows[name]), flush=True)
     print(json.dumps(rows))
 
