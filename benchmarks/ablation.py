@@ -14,6 +14,9 @@ SPARK with answer-based, CoT-based and both kinds of recycled judge data; each w
                   the model's verdicts on its own first answers (Yes = correct) against the verifier
   fixed, broke    reflections that turned a wrong answer right / a right one wrong (counts over the held-out set)
 
+Each run's result.json also keeps spark.tts.reflection_alone (one reflection on every first answer, the judge
+left out), which the table does not show.
+
 Each figure is the mean over seeds, +- their sample standard deviation. Writes OUT/ablation.md (the table),
 OUT/ablation.png and OUT/ablation.json; each run's figures are kept in OUT/ROW-sSEED/result.json, so an
 interrupted benchmark resumes where it stopped. The last line printed is one JSON object.
@@ -48,7 +51,7 @@ METRICS = ("policy_acc", "tts_acc", "tts_gain", "judge_acc", "self_precision", "
            "broke")
 
 
-def run_one(overrides: list[str], out_dir: Path, steps: int, seed: int) -> dict[str, float]:
+def run_one(overrides: list[str], out_dir: Path, steps: int, seed: int) -> dict:
     """Train one row for `steps` steps from the common start, then measure it (see the module doc)."""
     result_file = out_dir / "result.json"
     if result_file.exists():
@@ -62,7 +65,7 @@ def run_one(overrides: list[str], out_dir: Path, steps: int, seed: int) -> dict[
     result = {"policy_acc": evaluated["policy_acc_end"], "tts_acc": tts["accuracy"],
               "tts_gain": tts["accuracy"] - tts["accuracy_by_round"][0], "judge_acc": evaluated["judge_acc_end"],
               **{f"self_{k}": tts["self_judgment"][k] for k in ("precision", "recall", "f1")},
-              "fixed": tts["fixed"], "broke": tts["broke"]}
+              "fixed": tts["fixed"], "broke": tts["broke"], "reflection_alone": tts["reflection_alone"]}
     result_file.write_text(json.dumps(result))
     return result
 

@@ -168,9 +168,10 @@ class ChatModel:
             return ChatPrompt(user_prompt_ids(self.tokenizer, prompt))
         if image_config is None:
             raise NotImplementedError(f"{image_label(images[0])}: images need a Qwen2.5-VL checkpoint")
-        if tuple(images) not in preprocessed:
-            preprocessed[tuple(images)] = preprocess([load_image(image) for image in images], image_config)
-        pixel_values, image_grid_thw = preprocessed[tuple(images)]
+        key = tuple(images)
+        if key not in preprocessed:
+            preprocessed[key] = preprocess([load_image(image) for image in images], image_config)
+        pixel_values, image_grid_thw = preprocessed[key]
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": user_content(prompt, len(images))}],
                                                   add_generation_prompt=True, tokenize=False)
         text = expand_image_pads(text, image_grid_thw, image_config.merge_size)
