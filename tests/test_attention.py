@@ -51,10 +51,9 @@ def test_backend_choice(monkeypatch):
         "with seqused_k); compute dtype: bfloat16")
     monkeypatch.setattr(attn, "torch_varlen", None)
     assert attn.attention_backend(cuda, torch.bfloat16) == "sdpa"
-    assert attn.describe_attention(cuda, torch.bfloat16) == (
-        "attention: sdpa (packed sequences padded into one call); compute dtype: bfloat16")
-    assert attn.describe_attention(cpu, torch.float32) == (
-        "attention: sdpa (packed sequences one call each); compute dtype: float32")
+    for device, dtype in ((cuda, torch.bfloat16), (cpu, torch.float32)):
+        assert attn.describe_attention(device, dtype) == (
+            f"attention: sdpa (packed sequences padded, one call per length bucket); compute dtype: {str(dtype)[6:]}")
 
 
 def test_varlen_signature_forms():
@@ -95,19 +94,30 @@ def test_packed_attention_against_reference(backend, packed, causal):
     assert (out.float() - reference_packed(q, k, v, packing, causal)).abs().max() < 2e-2
 
 
-@pytest.mark.parametrize("packed, causal", CASES)
-def test_padded_sdpa_equals_one_call_per_sequence(packed, causal):
-    """The accelerator's SDPA path (one padded call) against the CPU's (one call per sequence)."""
-    lengths, continues = PACKINGS[packed]
-    q, k, v = qkv(sum(lengths), dtype=torch.float32, seed=1)
+# Lengths that fall in several buckets of padded_plan (queries 1, 2, 3-4, 5-8, 9-16; keys likewise): two prompts,
+# the first continued by four responses of 1 to 9 tokens, the second by one, and a plain sequence of 12.
+BUCKETED = ([6, 1, 3, 9, 2, 3, 4, 12], [-1, 0, 0, 0, 0, -1, 5, -1])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_padded_attention_in_buckets_matches_the_reference_with_gradients(causal):
+    """The SDPA path (CPU, and accelerators without a flash kernel): sequences padded in length buckets, one SDPA
+    call each, outputs back in stream order; values and gradients equal one sequence at a time."""
+    lengths, continues = BUCKETED if causal else (LENGTHS, None)
     packing = Packing.from_lengths(lengths, continues=continues)
-    keys = packing.keys
-    k_, v_ = (k[keys.index], v[keys.index]) if keys else (k, v)
-    cu_k, max_k = (keys.cu_seqlens, keys.max_seqlen) if keys else (packing.cu_seqlens, packing.max_seqlen)
-    padded = attn.padded_attention(q, k_, v_, packing.cu_seqlens, cu_k, packing.max_seqlen, max_k, causal)
-    looped = attn.packed_attention(q, k, v, packing, causal=causal)
-    assert (padded - looped).abs().max() < 1e-6
-    assert (padded - reference_packed(q, k, v, packing, causal)).abs().max() < 1e-5
+    plan = packing.padded(causal)
+    assert len(plan.buckets) > 2 and packing.padded(causal) is plan  # several buckets, planned once
+    padded = sum(b.mask.shape[0] * b.mask.shape[2] for b in plan.buckets)
+    assert sum(lengths) <= padded <= 2 * sum(lengths)  # a pad at most doubles a sequence's queries
+    q, k, v = (x.requires_grad_() for x in qkv(sum(lengths), dtype=torch.float32, seed=1))
+    out = attn.packed_attention(q, k, v, packing, causal=causal)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    expected = reference_packed(q, k, v, packing, causal)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    assert (out - expected).abs().max() < 1e-5
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert (grad - expected_grad).abs().max() < 1e-5
 
 
 def run_cache(prompt_lens: list[int], steps: int, seed: int = 2) -> tuple[list[torch.Tensor], KVCache]:
@@ -193,7 +203,7 @@ def test_model_packed_and_decode_through_the_kernels(backend, bf16_model, monkey
 @pytest.mark.parametrize("backend", ["flash-attn", "torch-varlen:enable_gqa"], indirect=True)
 def test_vl_packed_forward_is_one_kernel_call_per_block(backend, tmp_path, monkeypatch):
     """With a flash backend, a packed vision-language forward calls the kernel once per decoder layer and once per
-    vision block, whatever the number of sequences, frames and windows (the SDPA path on CPU loops over them)."""
+    vision block, whatever the number of sequences, frames and windows (the SDPA path makes one call per length bucket)."""
     model = load_model(make_tiny_vl_checkpoint(tmp_path / "vl", vision_depth=3), dtype=torch.bfloat16)
     calls = []
     for name in ("flash_attn_varlen_func", "torch_varlen"):

@@ -14,8 +14,9 @@ line a run prints at its start):
     (torch >= 2.10), on CUDA in fp16 / bf16, for packed sequences, vision windows and prefill, and for
     decode where the torch version takes `seqused_k` (2.12+);
   * "sdpa": everything else (CPU, fp32, a torch without varlen_attn): F.scaled_dot_product_attention.
-    Packed sequences go into one padded SDPA call on an accelerator, never a Python loop per sequence;
-    on CPU they go one call per sequence (no padding, and the path the CPU figures were measured on).
+    Packed sequences are padded in buckets of similar lengths (`padded_plan`: a pad at most doubles a
+    sequence), one SDPA call per bucket, never a Python loop per sequence: on CPU a call costs far more
+    than the few padded keys of short sequences (benchmarks/update.py).
 All give the same numbers up to kernel rounding; tests/test_attention.py checks our calls against
 pure-PyTorch references of each kernel's documented semantics.
 """
@@ -121,7 +122,7 @@ def describe_attention(device: torch.device, dtype: torch.dtype) -> str:
     backend = attention_backend(device, dtype)
     detail = {FLASH_ATTN: "flash_attn_varlen_func, flash_attn_with_kvcache",
               TORCH_VARLEN: torch_varlen.describe() if torch_varlen is not None else "",
-              SDPA: "packed sequences " + ("one call each" if device.type == "cpu" else "padded into one call")}
+              SDPA: "packed sequences padded, one call per length bucket"}
     return f"attention: {backend} ({detail[backend]}); compute dtype: {str(dtype).removeprefix('torch.')}"
 
 
@@ -188,52 +189,91 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing:
     A sequence that continues another (`packing.keys`) reads that one's keys before its own: its queries are
     the last of its keys, so "causal" is aligned to the bottom right (query i of Tq sees keys j <= i + Tk - Tq),
     as in flash-attn's varlen kernel."""
-    cu_q, max_q = packing.cu_seqlens, packing.max_seqlen
-    cu_k, max_k = cu_q, max_q
-    if packing.keys is not None:
-        k, v = k[packing.keys.index], v[packing.keys.index]
-        cu_k, max_k = packing.keys.cu_seqlens, packing.keys.max_seqlen
     backend = attention_backend(q.device, q.dtype)
-    if backend == FLASH_ATTN:
-        # flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ..., causal):
-        # GQA when k, v have fewer heads; the causal mask bottom-right aligned (flash_attn_interface.py docstring).
-        return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal)
-    if backend == TORCH_VARLEN:
+    if backend in (FLASH_ATTN, TORCH_VARLEN):
+        cu_q, max_q = packing.cu_seqlens, packing.max_seqlen
+        cu_k, max_k = cu_q, max_q
+        if packing.keys is not None:
+            k, v = k[packing.keys.index], v[packing.keys.index]
+            cu_k, max_k = packing.keys.cu_seqlens, packing.keys.max_seqlen
+        if backend == FLASH_ATTN:
+            # flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ..., causal):
+            # GQA when k, v have fewer heads; the causal mask bottom-right aligned (flash_attn_interface.py docstring).
+            return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal)
         return torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal)
-    if q.device.type != "cpu":
-        return padded_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal)
-    # One call per sequence, the pieces by split and cat: their backward is one cat and one split, where
-    # writing each output into a slice of one tensor costs a full-size zero gradient per sequence.
-    q_lengths, k_lengths = cu_q.diff().tolist(), cu_k.diff().tolist()
-    attention = causal_attention if causal else bidirectional_attention
-    return torch.cat([attention(q_[None], k_[None], v_[None])[0]
-                      for q_, k_, v_ in zip(q.split(q_lengths), k.split(k_lengths), v.split(k_lengths))])
+    return padded_attention(q, k, v, packing.padded(causal))
 
 
-def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
-                     max_q: int, max_k: int, causal: bool) -> torch.Tensor:
-    """`packed_attention` by one SDPA call: the S sequences' queries padded to [S, max_q] and their keys to
-    [S, max_k], keys past each sequence's end (and, if causal, after each query, bottom-right aligned) masked
-    out, and the real query positions gathered back. q: [Nq, Hq, D], k/v: [Nk, Hkv, D] -> [Nq, Hq, D]."""
-    device = q.device
+@dataclass(frozen=True)
+class PaddedBucket:
+    """Sequences of similar lengths padded together: their queries [S, Lq] and keys [S, Lk], as stream rows."""
 
-    def pad_index(cu: torch.Tensor, width: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cu = cu.long()
-        offsets = torch.arange(width, device=device)  # [L]
-        return (cu[:-1, None] + offsets).clamp(max=total - 1), cu.diff()  # [S, L] (pads read any real row), [S]
+    q_rows: torch.Tensor  # [S * Lq] long: the stream row of each padded query (a pad repeats its sequence's last)
+    k_rows: torch.Tensor  # [S * Lk] long: the stream row of each padded key
+    mask: torch.Tensor  # [S, 1, Lq, Lk] bool: the keys each query sees
+    kept: torch.Tensor  # [n] long: where the bucket's real queries are in the flattened [S * Lq]
 
-    q_index, q_lengths = pad_index(cu_q, max_q, q.shape[0])
-    k_index, k_lengths = pad_index(cu_k, max_k, k.shape[0])
-    query, key = torch.arange(max_q, device=device)[:, None], torch.arange(max_k, device=device)
-    mask = key < k_lengths[:, None, None]  # [S, 1, L_k]
-    if causal:
-        mask = mask & (key <= query + (k_lengths - q_lengths)[:, None, None])  # [S, L_q, L_k]
-    out = F.scaled_dot_product_attention(q[q_index].transpose(1, 2), k[k_index].transpose(1, 2),
-                                         v[k_index].transpose(1, 2), attn_mask=mask[:, None], enable_gqa=True)
-    Nq = q.shape[0]
-    sequence = torch.repeat_interleave(torch.arange(len(q_lengths), device=device), q_lengths, output_size=Nq)
-    position = torch.arange(Nq, device=device) - cu_q.long()[sequence]
-    return out.transpose(1, 2)[sequence, position]
+
+@dataclass(frozen=True)
+class PaddedPlan:
+    """How `padded_attention` lays out a packing: its buckets, and where each stream query's output is in the
+    buckets' outputs joined (`order`; None when they are already in stream order)."""
+
+    buckets: list[PaddedBucket]
+    order: torch.Tensor | None
+
+
+def padded_plan(cu_q: torch.Tensor, cu_k: torch.Tensor, key_rows: torch.Tensor | None, causal: bool) -> PaddedPlan:
+    """Sequences s (queries cu_q[s]:cu_q[s+1] of the stream, keys key_rows[cu_k[s]:cu_k[s+1]], or the stream's
+    own rows cu_k[s]:cu_k[s+1] when key_rows is None) grouped by the powers of two above their query and key
+    counts, so a pad at most doubles a sequence's queries and keys whatever the mix of lengths."""
+    device = cu_q.device
+    cu_q, cu_k = cu_q.long(), cu_k.long()
+    q_lengths, k_lengths = cu_q.diff(), cu_k.diff()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for s, (lq, lk) in enumerate(zip(q_lengths.tolist(), k_lengths.tolist())):
+        groups.setdefault(((lq - 1).bit_length(), (lk - 1).bit_length()), []).append(s)
+    buckets, kept_rows = [], []
+    for members in groups.values():
+        seqs = torch.tensor(members, device=device)
+        lq, lk = q_lengths[seqs], k_lengths[seqs]  # [S]
+        width_q, width_k = int(lq.max()), int(lk.max())
+        query, key = torch.arange(width_q, device=device), torch.arange(width_k, device=device)
+        q_rows = cu_q[seqs, None] + torch.minimum(query, lq[:, None] - 1)  # [S, Lq]
+        k_rows = cu_k[seqs, None] + torch.minimum(key, lk[:, None] - 1)  # [S, Lk]
+        if key_rows is not None:
+            k_rows = key_rows.long()[k_rows]
+        mask = key < lk[:, None, None]  # [S, 1, Lk]
+        if causal:
+            mask = mask & (key <= query[:, None] + (lk - lq)[:, None, None])  # [S, Lq, Lk]
+        real = (query < lq[:, None]).flatten()  # [S * Lq]
+        buckets.append(PaddedBucket(q_rows.flatten(), k_rows.flatten(), mask[:, None].expand(-1, 1, width_q, -1),
+                                    real.nonzero().squeeze(1)))
+        kept_rows.append(q_rows.flatten()[real])
+    order = None
+    if len(buckets) > 1:
+        rows = torch.cat(kept_rows)
+        order = torch.empty_like(rows)
+        order[rows] = torch.arange(len(rows), device=device)
+    return PaddedPlan(buckets, order)
+
+
+def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: PaddedPlan) -> torch.Tensor:
+    """`packed_attention` by SDPA, one call per bucket of padded sequences (`padded_plan`), never one per
+    sequence: every gather is an index_select, whose backward is one index_add.
+    q: [N, Hq, D], k/v: [N, Hkv, D] -> [N, Hq, D]."""
+    (heads, dim), kv_heads = q.shape[1:], k.shape[1]
+    outs = []
+    for bucket in plan.buckets:
+        S, _, Lq, Lk = bucket.mask.shape
+        out = F.scaled_dot_product_attention(q.index_select(0, bucket.q_rows).view(S, Lq, heads, dim).transpose(1, 2),
+                                             k.index_select(0, bucket.k_rows).view(S, Lk, kv_heads, dim).transpose(1, 2),
+                                             v.index_select(0, bucket.k_rows).view(S, Lk, kv_heads, dim).transpose(1, 2),
+                                             attn_mask=bucket.mask, enable_gqa=True)  # [S, Hq, Lq, D]
+        outs.append(out.transpose(1, 2).reshape(S * Lq, heads, dim).index_select(0, bucket.kept))
+    if plan.order is None:
+        return outs[0]
+    return torch.cat(outs).index_select(0, plan.order)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

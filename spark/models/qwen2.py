@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from spark.models.attention import KVCache, cached_attention, causal_attention, packed_attention
+from spark.models.attention import KVCache, PaddedPlan, cached_attention, causal_attention, packed_attention, padded_plan
 from spark.models.logprobs import token_logprobs
 
 
@@ -77,6 +77,9 @@ class Packing:
     max_seqlen: int
     continues: list[int] | None = None
     keys: Keys | None = None
+    # SDPA's layout of this packing (spark.models.attention.padded_plan), by causal; built at its first
+    # layer, reused by the others and by backward
+    plans: dict[bool, PaddedPlan] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_lengths(cls, lengths: list[int], device: torch.device | str = "cpu",
@@ -96,6 +99,14 @@ class Packing:
         cu_keys[1:] = torch.tensor(key_lengths).cumsum(0)
         keys = Keys(torch.tensor([row for rows in key_rows for row in rows], device=device), cu_keys.to(device), max(key_lengths))
         return cls(cu.to(device), max(lengths), list(continues), keys)
+
+    def padded(self, causal: bool) -> PaddedPlan:
+        """The buckets `padded_attention` runs this packing in (built once per causal flag)."""
+        if causal not in self.plans:
+            keys = self.keys
+            self.plans[causal] = padded_plan(self.cu_seqlens, keys.cu_seqlens if keys else self.cu_seqlens,
+                                             keys.index if keys else None, causal)
+        return self.plans[causal]
 
     def positions(self) -> torch.Tensor:
         """[1, N]: each token's index within its sequence (a continuation's after those of the one it continues)."""
