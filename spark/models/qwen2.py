@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from spark.models.attention import KVCache, PaddedPlan, cached_attention, causal_attention, packed_attention, padded_plan
+from spark.models.attention import (
+    KVCache,
+    PaddedPlan,
+    cached_attention,
+    causal_attention,
+    packed_attention,
+    padded_plan,
+)
 from spark.models.logprobs import token_logprobs
 
 
