@@ -350,7 +350,10 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: K
         out = torch_varlen(q[:, 0], k_cache.flatten(0, 1), v_cache.flatten(0, 1), starts, starts * cache.max_len,
                            1, cache.max_len, causal=False, seqused_k=(cache_lens + 1).int())
         return out[:, None]
+    # The G query heads that read one kv head (h // G) go in as G query rows of it: B x Hkv attention tasks of
+    # G rows rather than B x Hq of one, and no repeated keys (20-45% faster on CPU, benchmarks/sampler.py).
+    heads, kv_heads, dim = q.shape[2], k.shape[2], q.shape[3]
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2),
-        attn_mask=key_mask, enable_gqa=True)
-    return out.transpose(1, 2)
+        q.reshape(B, kv_heads, heads // kv_heads, dim), k_cache[:, :kv_len].transpose(1, 2),
+        v_cache[:, :kv_len].transpose(1, 2), attn_mask=key_mask)  # [B, Hkv, G, D]
+    return out.reshape(B, 1, heads, dim)
