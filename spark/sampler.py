@@ -12,8 +12,8 @@ One `generate` call samples n rows of each prompt (the n rollouts of a GRPO grou
      to the front of the cache in place (`KVCache.keep_rows`: no reallocation, a peak of one layer's live rows
      on top of the cache) and the batch shrinks to them.
 The KV cache (one tensor per layer) is allocated once per call, for the longest prompt plus the most new
-tokens; with `compile` it is kept and reused across calls (`static_cache`). On CPU the weight matrices are
-held column-major during the call (see `column_major_weights`): faster decode matmuls.
+tokens; with `compile` it is kept and reused across calls (`static_cache`). On CPU the linear layers run
+with weights prepacked for oneDNN during the call (see `packed_linear_weights`): faster decode matmuls.
 
 Log-probs: for each sampled token we return log_softmax(logits / temperature) at that token (the
 plain log_softmax(logits) when greedy), i.e. before top-k / top-p truncation: the same quantity the
@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -173,25 +173,31 @@ def check_prompts(prompts: list[list[int]], copies: list[int], max_new_tokens: l
             raise ValueError(f"generate: row {row}: max_new_tokens must be >= 1, got {limit}")
 
 
-@contextmanager
-def column_major_weights(model: nn.Module) -> Iterator[None]:
-    """On CPU, hold every weight matrix column-major (same shape, same values) for the duration.
+def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
-    Decoding multiplies a few rows by each weight: x [B, in] @ W.T. MKL runs these skinny products faster
-    when W.T is contiguous, and large ones (prefill, training) about equally fast either way. The weights
-    take twice their memory during the call; the original tensors are put back afterwards.
+
+@contextmanager
+def packed_linear_weights(model: nn.Module) -> Iterator[None]:
+    """On CPU in fp32, run every nn.Linear of `model` for the duration with its weight prepacked in oneDNN's
+    blocked layout (`torch.ops.mkldnn._linear_pointwise`, the kernel inductor's CPU weight freezing uses).
+
+    Decoding multiplies a few rows by each weight; the packed layout streams the weight faster, so a decode
+    step's matmuls take about 30% less time, large ones (prefill) about 10% less. Same results up to rounding.
+    The packed copies take the weights' memory again; the modules are as before once the call returns.
     """
-    if model.lm_head.weight.device.type != "cpu":
+    weight = model.lm_head.weight
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
         yield
         return
-    originals = {p: p.data for p in model.parameters() if p.dim() == 2}
-    for p, data in originals.items():
-        p.data = data.t().contiguous().t()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for m in linears:  # an instance attribute shadows the class's forward until deleted
+        m.forward = functools.partial(_packed_linear, m.weight.detach().to_mkldnn(), m.bias)
     try:
         yield
     finally:
-        for p, data in originals.items():
-            p.data = data
+        for m in linears:
+            del m.forward
 
 
 @torch.inference_mode()
@@ -208,7 +214,7 @@ def generate(model: nn.Module, prompts: list[list[int]], params: SamplingParams,
         generator.seed()
     else:
         generator.manual_seed(seed)
-    with column_major_weights(model):
+    with nullcontext() if params.compile else packed_linear_weights(model):  # inductor lays out its own weights
         out_tokens, out_logp = sample_batch(model, prompts, copies, limits, params, generator, **model_inputs)
     return finish(out_tokens, out_logp, limits, set(params.stop_token_ids))
 
