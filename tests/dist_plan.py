@@ -42,8 +42,8 @@ def main(checkpoint: str, data: str, out_dir: str, result: str, *overrides: str)
     everyone = all_gather_objects(measured)
     if world.is_main:
         Path(result).write_text(json.dumps(everyone))
-    close_distributed()
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    close_distributed()  # once the trainer is gone (see close_distributed)

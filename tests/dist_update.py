@@ -38,8 +38,8 @@ def main(checkpoint: str, data: str, out_dir: str, result: str, *overrides: str)
     state = full_state_dict(trainer.policy)
     if world.is_main:
         torch.save({"state": state, "metrics": metrics}, result)
-    close_distributed()
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    close_distributed()  # once the trainer is gone (see close_distributed)
