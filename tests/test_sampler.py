@@ -12,7 +12,7 @@ from transformers import Qwen2ForCausalLM
 from spark.models import Packing, load_model
 from spark.models import attention as attn
 from spark.models.attention import KVCache
-from spark.sampler import STATIC_CACHES, SamplingParams, generate, truncate
+from spark.sampler import STATIC_CACHES, SamplingParams, generate, packed_linear_weights, truncate
 from spark.tiny import make_tiny_checkpoint
 from tests import attention_references as references
 
@@ -320,3 +320,16 @@ def test_bf16_sampler_logprobs_match_the_bf16_forward(tmp_path):
         start += len(row) - 1
     differences = torch.cat(differences)
     assert differences.mean() < 0.002 and differences.max() < 0.01, (differences.mean(), differences.max())
+
+
+def test_packed_linear_weights_compute_the_same_and_are_undone(model):
+    """During a call every fp32 linear layer runs on its oneDNN-packed copy (same outputs up to rounding);
+    afterwards the modules run their own forward on their own weights again."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    x = torch.randn(3, 1, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    dense = model.lm_head(x)
+    with torch.inference_mode(), packed_linear_weights(model):
+        assert all("forward" in m.__dict__ for m in linears) == torch.backends.mkldnn.is_available()
+        packed = model.lm_head(x)
+    assert not any("forward" in m.__dict__ for m in linears)
+    torch.testing.assert_close(packed, dense, atol=1e-5, rtol=1e-5)
