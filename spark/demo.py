@@ -10,6 +10,7 @@ digit stays its own token (as in Qwen's tokenizer) and template words become sin
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -298,4 +299,7 @@ def main(overrides: list[str]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print("python -m spark.demo [section.key=value ...]\n\n" + inspect.getdoc(main))
+    else:
+        main(sys.argv[1:])

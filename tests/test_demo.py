@@ -6,6 +6,8 @@ import dataclasses
 import json
 import random
 import re
+import subprocess
+import sys
 import tomllib
 import typing
 
@@ -191,3 +193,9 @@ def test_tts_is_asked_in_the_form_the_judge_was_trained_in():
     assert config.spark.recycle.content == "answer" and demo.tts_content(config) == "answer"
     for content, form in (("cot", "cot"), ("both", "answer")):
         assert demo.tts_content(load_config(TrainConfig, demo.CONFIG, [f'spark.recycle.content="{content}"'])) == form
+
+
+def test_demo_help_prints_its_usage_and_runs_nothing():
+    done = subprocess.run([sys.executable, "-m", "spark.demo", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("python -m spark.demo [section.key=value ...]") and "tts_acc_end" in done.stdout
