@@ -59,13 +59,16 @@ class Rollouts:
     def render(self, samples: list[Sample]) -> list[ChatPrompt]:
         """Chat-templated prompts with their image inputs, each image at its task's resolution; a prompt
         over `max_prompt_tokens` is a DataError naming its source row."""
-        rendered: dict[int, ChatPrompt] = {}
         # One render per image resolution, so that a question's recycled prompts share its image decode.
-        for config in dict.fromkeys(self.image_configs[s.task] for s in samples):
-            indices = [i for i, s in enumerate(samples) if self.image_configs[s.task] == config]
-            rendered.update(zip(indices, self.chat.render([samples[i].prompt for i in indices],
-                                                          [samples[i].images for i in indices], image_config=config)))
-        prompts = [rendered[i] for i in range(len(samples))]
+        by_config: dict[ImageConfig | None, list[int]] = {}
+        for i, sample in enumerate(samples):
+            by_config.setdefault(self.image_configs[sample.task], []).append(i)
+        prompts: list[ChatPrompt] = [None] * len(samples)
+        for config, indices in by_config.items():
+            rendered = self.chat.render([samples[i].prompt for i in indices], [samples[i].images for i in indices],
+                                        image_config=config)
+            for i, prompt in zip(indices, rendered):
+                prompts[i] = prompt
         for sample, prompt in zip(samples, prompts):
             if len(prompt.ids) > self.max_prompt_tokens:
                 raise DataError(sample.meta.get("source", "<recycled>"), None, "question",
