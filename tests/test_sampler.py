@@ -323,13 +323,16 @@ def test_bf16_sampler_logprobs_match_the_bf16_forward(tmp_path):
 
 
 def test_packed_linear_weights_compute_the_same_and_are_undone(model):
-    """During a call every fp32 linear layer runs on its oneDNN-packed copy (same outputs up to rounding);
-    afterwards the modules run their own forward on their own weights again."""
+    """During a call every fp32 linear layer runs on its oneDNN-packed copy (same outputs up to rounding,
+    whether fewer or more rows come than the layout was chosen for); afterwards the modules run their own
+    forward on their own weights again."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    x = torch.randn(3, 1, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
-    dense = model.lm_head(x)
-    with torch.inference_mode(), packed_linear_weights(model):
+    inputs = [torch.randn(rows, 1, model.config.hidden_size, generator=torch.Generator().manual_seed(rows))
+              for rows in (1, 3, 40)]
+    dense = [model.lm_head(x) for x in inputs]
+    with torch.inference_mode(), packed_linear_weights(model, rows=8):
         assert all("forward" in m.__dict__ for m in linears) == torch.backends.mkldnn.is_available()
-        packed = model.lm_head(x)
+        packed = [model.lm_head(x) for x in inputs]
     assert not any("forward" in m.__dict__ for m in linears)
-    torch.testing.assert_close(packed, dense, atol=1e-5, rtol=1e-5)
+    for p, d in zip(packed, dense):
+        torch.testing.assert_close(p, d, atol=1e-5, rtol=1e-5)
