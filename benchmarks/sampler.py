@@ -6,8 +6,10 @@ weights) on CPU; 16 ragged prompts of 32-96 tokens; temperature 1.0, top-p 1.0, 
   ragged: rows stop at EOS at different lengths, as RL rollouts do. The weights give the EOS logit
           a steady bias (see STEADY), so each step ends a row with probability ~1/100 and the
           lengths spread over about 16-256; only tokens up to and including each row's EOS count.
-Both engines are timed interleaved in the same process (the CPU is shared), median of several runs
-after a short warm-up. Run: `.venv/bin/python benchmarks/sampler.py [--runs 3] [--profile]`.
+Ours runs eager and compiled (`SamplingParams.compile`: on CPU inductor with dynamic shapes; the warm-up
+compiles its graphs for all rows, some rows and one row). The engines are timed interleaved in the same process
+(the CPU is shared), median of several runs after the warm-up.
+Run: `.venv/bin/python benchmarks/sampler.py [--runs 3] [--profile]`.
 """
 
 from __future__ import annotations
@@ -60,10 +62,10 @@ def kept_lengths(rows: list[list[int]], eos: int | None) -> list[int]:
     return [row.index(eos) + 1 if eos in row else len(row) for row in rows]
 
 
-def run_ours(model, prompts: list[list[int]], eos: int | None, seed: int, new_tokens: int = NEW_TOKENS
-             ) -> list[int]:
+def run_ours(model, prompts: list[list[int]], eos: int | None, seed: int, new_tokens: int = NEW_TOKENS,
+             compile: bool = False) -> list[int]:
     params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0,
-                            stop_token_ids=() if eos is None else (eos,))
+                            stop_token_ids=() if eos is None else (eos,), compile=compile)
     return [len(t) for t in generate(model, prompts, params, seed=seed).tokens]
 
 
@@ -113,13 +115,17 @@ def main() -> None:
     if args.profile:
         profile_ours(ours, prompts)
 
-    engines = {"ours": lambda *a: run_ours(ours, *a), "hf": lambda *a: run_hf(hf, *a)}
+    engines = {"ours": lambda *a: run_ours(ours, *a), "compiled": lambda *a: run_ours(ours, *a, compile=True),
+               "hf": lambda *a: run_hf(hf, *a)}
     scenarios = {"fixed": None, "ragged": EOS}
     times = {(s, e): [] for s in scenarios for e in engines}
     tokens = {(s, e): [] for s in scenarios for e in engines}
     with torch.inference_mode():
         for fn in engines.values():  # warm-up
             fn(prompts, None, 0, 16)
+        # the compiled step's graphs: all rows, some rows, one row
+        run_ours(ours, prompts, EOS, 0, compile=True)
+        run_ours(ours, prompts[:1], None, 0, 4, compile=True)
         for run in range(args.runs):
             for scenario, eos in scenarios.items():
                 for engine, fn in engines.items():
@@ -131,24 +137,27 @@ def main() -> None:
     result: dict[str, dict] = {}
     print(f"{num_params / 1e6:.1f}M params, batch {BATCH}, prompts {MIN_PROMPT}-{MAX_PROMPT} tokens, "
           f"{NEW_TOKENS} new tokens max, {torch.get_num_threads()} threads, median of {args.runs} runs")
-    print(f"{'scenario':<8} {'engine':<6} {'kept tokens':>12} {'seconds':>8} {'tok/s':>8}")
+    print(f"{'scenario':<8} {'engine':<8} {'kept tokens':>12} {'seconds':>8} {'tok/s':>8}")
     for scenario in scenarios:
         tok_s = {}
         for engine in engines:
             rates = [n / t for n, t in zip(tokens[scenario, engine], times[scenario, engine])]
             tok_s[engine] = statistics.median(rates)
-            print(f"{scenario:<8} {engine:<6} {statistics.median(tokens[scenario, engine]):>12.0f} "
+            print(f"{scenario:<8} {engine:<8} {statistics.median(tokens[scenario, engine]):>12.0f} "
                   f"{statistics.median(times[scenario, engine]):>8.2f} {tok_s[engine]:>8.1f}")
-        result[scenario] = {"ours_tok_s": round(tok_s["ours"], 1), "hf_tok_s": round(tok_s["hf"], 1),
-                            "ratio": round(tok_s["ours"] / tok_s["hf"], 2)}
+        result[scenario] = {"ours_tok_s": round(tok_s["ours"], 1), "compiled_tok_s": round(tok_s["compiled"], 1),
+                            "hf_tok_s": round(tok_s["hf"], 1), "ratio": round(tok_s["ours"] / tok_s["hf"], 2),
+                            "compiled_ratio": round(tok_s["compiled"] / tok_s["hf"], 2)}
     bandwidth = read_bandwidth_gb_s()
     floor_tok_s = bandwidth * 1e9 / (num_params * 4) * BATCH
     result["floor"] = {"params_mb": round(num_params * 4 / 1e6, 1), "read_gb_s": round(bandwidth, 1),
                        "tok_s": round(floor_tok_s, 1),
-                       "ours_fixed_fraction": round(result["fixed"]["ours_tok_s"] / floor_tok_s, 3)}
+                       "ours_fixed_fraction": round(result["fixed"]["ours_tok_s"] / floor_tok_s, 3),
+                       "compiled_fixed_fraction": round(result["fixed"]["compiled_tok_s"] / floor_tok_s, 3)}
     print(f"memory-bandwidth floor: {num_params * 4 / 1e6:.0f} MB of weights per step at {bandwidth:.1f} GB/s "
           f"-> {floor_tok_s:.0f} tok/s at batch {BATCH}; ours (fixed) reaches "
-          f"{result['floor']['ours_fixed_fraction']:.0%} of it")
+          f"{result['floor']['ours_fixed_fraction']:.0%} of it eager, "
+          f"{result['floor']['compiled_fixed_fraction']:.0%} compiled")
     print(json.dumps(result))
 
 

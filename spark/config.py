@@ -143,7 +143,7 @@ class RolloutSettings(Sampling):
     max_new_tokens: int = 768
     n: int = 8  # rollouts per prompt (group size)
     batch_size: int = 256  # sequences per sampler call
-    compile: bool = False  # torch.compile the decode step (CUDA graphs)
+    compile: bool = False  # torch.compile the decode step (CUDA graphs on CUDA; fused small ops on CPU)
 
     def __post_init__(self):
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:

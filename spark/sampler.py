@@ -12,8 +12,9 @@ One `generate` call samples n rows of each prompt (the n rollouts of a GRPO grou
      to the front of the cache in place (`KVCache.keep_rows`: no reallocation, a peak of one layer's live rows
      on top of the cache) and the batch shrinks to them.
 The KV cache (one tensor per layer) is allocated once per call, for the longest prompt plus the most new
-tokens; with `compile` it is kept and reused across calls (`static_cache`). On CPU the linear layers run
-with weights prepacked for oneDNN during the call (see `packed_linear_weights`): faster decode matmuls.
+tokens; with `compile` on an accelerator it is kept and reused across calls (`static_cache`). On CPU the linear
+layers run with weights prepacked for oneDNN during the call (see `packed_linear_weights`): faster decode
+matmuls; a compiled CPU step keeps them, behind an op inductor calls (`packed_linear`), and fuses the rest.
 
 Log-probs: for each sampled token we return log_softmax(logits / temperature) at that token (the
 plain log_softmax(logits) when greedy), i.e. before top-k / top-p truncation: the same quantity the
@@ -36,7 +37,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -62,8 +63,9 @@ class SamplingParams(Sampling):
 
     stop_token_ids: tuple[int, ...] = ()
     banned_token_ids: tuple[int, ...] = ()  # never sampled (logits set to -inf), e.g. Qwen2.5-VL's vision tokens
-    # torch.compile of the decode step (CUDA graphs on CUDA). Shapes are then static: keys are read over the
-    # whole cache, finished rows are never dropped, and the cache is kept for the next call (`static_cache`).
+    # torch.compile of the decode step. On accelerators (CUDA graphs on CUDA) shapes are then static: keys are
+    # read over the whole cache, finished rows are never dropped, and the cache is kept for the next call
+    # (`static_cache`). On CPU they stay dynamic (inductor fuses the small ops; no graphs to replay).
     compile: bool = False
     prefill_tokens: int = 8192  # prompt tokens (rows x columns) one prefill forward takes at most
 
@@ -123,12 +125,17 @@ def decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
     return model(tokens[:, None], positions, decoding=decoding)[:, 0].float()
 
 
+# Devices whose compiled decode step keeps dynamic shapes (see SamplingParams.compile).
+DYNAMIC_COMPILE_DEVICES = {"cpu"}
+
+
 @functools.cache
-def compiled_decode_step(device_type: str):
+def compiled_decode_step(device_type: str, dynamic: bool):
     """`decode_step` compiled whole (fullgraph): CUDA graphs on CUDA ("reduce-overhead"), inductor's default
-    elsewhere (CUDA graphs need CUDA)."""
+    elsewhere (CUDA graphs need CUDA). `dynamic`: one graph for any number of rows and keys (dynamo still
+    specialises one row)."""
     mode = "reduce-overhead" if device_type == "cuda" else "default"
-    return torch.compile(decode_step, mode=mode, fullgraph=True)
+    return torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=dynamic or None)
 
 
 # The compiled path's KV caches, one per model, kept between calls (see `static_cache`).
@@ -177,11 +184,43 @@ def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Ten
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+# The packed copies of the weights during a traced call, by the dense weight's address (see `packed_linear`).
+PACKED_WEIGHTS: dict[int, torch.Tensor] = {}
+
+
+# Registered with torch.library's low-level API: a `custom_op` wrapper costs about twice as much per call.
+_LIBRARY = torch.library.Library("spark", "FRAGMENT")
+_LIBRARY.define("packed_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+
+
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias on weight's packed copy: an opaque call to torch.compile, which cannot trace oneDNN's
+    tensors (inductor fuses the elementwise work around it)."""
+    return _packed_linear(PACKED_WEIGHTS[weight.data_ptr()], bias, x)
+
+
+_LIBRARY.impl("packed_linear", packed_linear, "CPU")
+
+
+@torch.library.register_fake("spark::packed_linear")
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def _traced_packed_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.spark.packed_linear(x, module.weight, module.bias)
+
+
+# One traced forward per module for its lifetime: a compiled graph guards on the identity of `module.forward`.
+TRACED_FORWARDS: weakref.WeakKeyDictionary[nn.Module, functools.partial] = weakref.WeakKeyDictionary()
+
+
 @contextmanager
-def packed_linear_weights(model: nn.Module, rows: int) -> Iterator[None]:
+def packed_linear_weights(model: nn.Module, rows: int, traced: bool = False) -> Iterator[None]:
     """On CPU, run every fp32 nn.Linear of `model` for the duration with its weight prepacked in oneDNN's
     blocked layout for `rows` input rows (`torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise`,
-    what inductor's CPU weight freezing uses); any number of rows still computes the same.
+    what inductor's CPU weight freezing uses); any number of rows still computes the same. `traced`: through
+    the `packed_linear` op, which torch.compile can trace (it costs eager calls ~15 us more each).
 
     Decoding multiplies a few rows by each weight, and the packed layout streams the weight faster than the
     dense one (benchmarks/sampler.py: 542 -> 616 tokens/s on a 2-core AMD EPYC; a layout chosen for the
@@ -191,13 +230,18 @@ def packed_linear_weights(model: nn.Module, rows: int) -> Iterator[None]:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.device.type == "cpu"
                and m.weight.dtype == torch.float32] if torch.backends.mkldnn.is_available() else []
     for m in linears:  # an instance attribute shadows the class's forward until deleted
-        m.forward = functools.partial(
-            _packed_linear, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows), m.bias)
+        packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
+        if traced:
+            PACKED_WEIGHTS[m.weight.data_ptr()] = packed
+            m.forward = TRACED_FORWARDS.setdefault(m, functools.partial(_traced_packed_linear, m))
+        else:
+            m.forward = functools.partial(_packed_linear, packed, m.bias)
     try:
         yield
     finally:
         for m in linears:
             del m.forward
+        PACKED_WEIGHTS.clear()
 
 
 @torch.inference_mode()
@@ -214,7 +258,7 @@ def generate(model: nn.Module, prompts: list[list[int]], params: SamplingParams,
         generator.seed()
     else:
         generator.manual_seed(seed)
-    with nullcontext() if params.compile else packed_linear_weights(model, len(limits)):  # inductor: its own layout
+    with packed_linear_weights(model, len(limits), traced=params.compile):
         out_tokens, out_logp = sample_batch(model, prompts, copies, limits, params, generator, **model_inputs)
     return finish(out_tokens, out_logp, limits, set(params.stop_token_ids))
 
@@ -270,7 +314,8 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
         input_ids[d, :len(prompt)] = torch.tensor(prompt)
     input_ids = input_ids.to(device)
     prompt_lens = torch.tensor(list(map(len, prompts)), device=device)
-    if params.compile:
+    static = params.compile and device.type not in DYNAMIC_COMPILE_DEVICES
+    if static:
         cache = static_cache(model, B, T + N)
     else:
         cache = KVCache(cfg.num_hidden_layers, B, T + N, cfg.num_key_value_heads, cfg.head_dim,
@@ -281,7 +326,7 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
     logits, cache_lens, rope_deltas = logits[source], prompt_lens[source], rope_deltas[source]
     mrope = positions.dim() == 3
 
-    step_fn = compiled_decode_step(device.type) if params.compile else decode_step
+    step_fn = compiled_decode_step(device.type, not static) if params.compile else decode_step
     row_limits = torch.tensor(limits, device=device)[rows]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out_tokens = torch.zeros(B, N, dtype=torch.long, device=device)
@@ -302,7 +347,7 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
             num_done = int(done.sum())
             if num_done == len(rows):
                 break
-            if not params.compile and num_done > 0 and num_done >= len(rows) // 4:
+            if not static and num_done > 0 and num_done >= len(rows) // 4:
                 keep = (~done).nonzero()[:, 0]
                 cache.keep_rows(keep, T + step)
                 rows, tokens, cache_lens, row_limits, done, rope_deltas = (
@@ -310,7 +355,7 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
         decode_positions = (cache_lens + rope_deltas)[:, None]  # [B, 1]
         if mrope:
             decode_positions = decode_positions[None].expand(3, -1, -1)
-        kv_len = cache.max_len if params.compile else T + step + 1
+        kv_len = cache.max_len if static else T + step + 1
         logits = step_fn(model, tokens, decode_positions, Decoding(cache, cache_lens, kv_len))
         cache_lens += 1
     return out_tokens, out_logp

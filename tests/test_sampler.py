@@ -9,6 +9,7 @@ from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
 from transformers import Qwen2ForCausalLM
 
+from spark import sampler
 from spark.models import Packing, load_model
 from spark.models import attention as attn
 from spark.models.attention import KVCache
@@ -241,10 +242,12 @@ def compiled_runs(model, prompts: list[list[int]], params: SamplingParams
 
 
 @pytest.mark.slow
-def test_compiled_decode_reuses_its_graph_and_cache(model):
-    """rollout.compile on CPU (inductor's default mode; CUDA graphs need CUDA): the same tokens as eager, one
-    graph for both calls (no recompile), the same cache tensors for both calls, and the cache written in place
-    by the graph (no copy of it in and back: each layer's cache is an input of its own)."""
+def test_compiled_decode_reuses_its_graph_and_cache(model, monkeypatch):
+    """rollout.compile's static shapes, as on accelerators (run here with inductor's default mode; CUDA graphs
+    need CUDA): the same tokens as eager, one graph for both calls (no recompile), the same cache tensors for
+    both calls, and the cache written in place by the graph (no copy of it in and back: each layer's cache is
+    an input of its own)."""
+    monkeypatch.setattr(sampler, "DYNAMIC_COMPILE_DEVICES", set())
     prompts = make_prompts(model.config.vocab_size)
     params = SamplingParams(max_new_tokens=GREEDY.max_new_tokens, temperature=0.0, compile=True)
     generate(model, prompts, params)
@@ -262,10 +265,36 @@ def test_compiled_decode_reuses_its_graph_and_cache(model):
 
 
 @pytest.mark.slow
+def test_compiled_cpu_decode_drops_finished_rows_and_keeps_packed_weights(model):
+    """rollout.compile on CPU keeps dynamic shapes: rows of different lengths give the same tokens as eager,
+    finished rows are still dropped (one graph for all rows, one for some, one for a single row; the second
+    call compiles nothing new), every linear layer runs through `spark::packed_linear`, and the cache is
+    written in place."""
+    prompts = make_prompts(model.config.vocab_size)
+    limits = [3, 12, 7, 5, 10, 9]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, compile=True)
+    counters.clear()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        first, code = run_and_get_code(generate, model, prompts, params, max_new_tokens=limits)
+        graphs = [counters["stats"]["unique_graphs"]]
+        second = generate(model, prompts, params, max_new_tokens=limits)
+        graphs.append(counters["stats"]["unique_graphs"])
+    eager = generate(model, prompts, GREEDY, max_new_tokens=limits)
+    assert first.tokens == second.tokens == eager.tokens
+    assert [len(row) for row in eager.tokens] == limits
+    assert graphs == [3, 3]
+    linears = sum(isinstance(m, nn.Linear) for m in model.modules())
+    assert all(c.count("torch.ops.spark.packed_linear.default(") == linears for c in code)
+    assert all("index_copy" in c for c in code)
+
+
+@pytest.mark.slow
 def test_compiled_decode_through_the_flash_attn_op(tmp_path, monkeypatch):
     """With flash-attn the decode calls `flash_attn_with_kvcache` through our registered op (spark::), which
     fullgraph compilation traces; here its kernel is the pure-PyTorch reference (flash-attn is CUDA-only). The
-    op mutates the caches: inductor must keep the write in place (no missed re-inplacing, no clone)."""
+    op mutates the caches: inductor must keep the write in place (no missed re-inplacing, no clone). Static
+    shapes, as CUDA compiles them."""
+    monkeypatch.setattr(sampler, "DYNAMIC_COMPILE_DEVICES", set())
     monkeypatch.setattr(attn, "flash_attn_with_kvcache", references.flash_attn_with_kvcache)
     monkeypatch.setattr(attn, "attention_backend",
                         lambda device, dtype: attn.FLASH_ATTN if dtype in attn.HALF else attn.SDPA)

@@ -334,10 +334,11 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: K
             out = torch_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), starts, starts, T, T, causal=True)
             return out.view(q.shape)
         return causal_attention(q, k, v)
-    # Row b's new key goes to flat index b * max_len + cache_lens[b] of this layer's own tensor, in place.
+    # Row b's new key goes to flat index b * max_len + cache_lens[b] of this layer's own tensor (the live rows are
+    # its first rows), in place: a compiled step that wrote into a view of it would copy the whole tensor.
     slots = torch.arange(B, device=q.device) * cache.max_len + cache_lens
-    k_cache.view(-1, *k.shape[2:]).index_copy_(0, slots, k[:, 0])
-    v_cache.view(-1, *v.shape[2:]).index_copy_(0, slots, v[:, 0])
+    cache.k[layer].view(-1, *k.shape[2:]).index_copy_(0, slots, k[:, 0])
+    cache.v[layer].view(-1, *v.shape[2:]).index_copy_(0, slots, v[:, 0])
     if backend == TORCH_VARLEN and torch_varlen.decodes:
         # Row b is sequence b of the flattened cache: keys [b * max_len, b * max_len + cache_lens[b] + 1).
         starts = torch.arange(B + 1, device=q.device, dtype=torch.int32)
