@@ -188,7 +188,7 @@ def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Ten
 PACKED_WEIGHTS: dict[int, torch.Tensor] = {}
 
 
-# Registered with torch.library's low-level API: a `custom_op` wrapper costs about twice as much per call.
+# Registered with torch.library's low-level API: a `custom_op` wrapper adds more per call.
 _LIBRARY = torch.library.Library("spark", "FRAGMENT")
 _LIBRARY.define("packed_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 
@@ -220,7 +220,7 @@ def packed_linear_weights(model: nn.Module, rows: int, traced: bool = False) -> 
     """On CPU, run every fp32 nn.Linear of `model` for the duration with its weight prepacked in oneDNN's
     blocked layout for `rows` input rows (`torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise`,
     what inductor's CPU weight freezing uses); any number of rows still computes the same. `traced`: through
-    the `packed_linear` op, which torch.compile can trace (it costs eager calls ~15 us more each).
+    the `packed_linear` op, which torch.compile can trace (in eager, one more dispatch per call).
 
     Decoding multiplies a few rows by each weight, and the packed layout streams the weight faster than the
     dense one (benchmarks/sampler.py: 542 -> 616 tokens/s on a 2-core AMD EPYC; a layout chosen for the
