@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -65,7 +66,8 @@ def make_prompts() -> list[list[int]]:
 def ragged_lengths(seed: int) -> list[int]:
     """Each row's new tokens: the step at which a STOP_HAZARD chance per step first ends it, at most NEW_TOKENS."""
     u = torch.rand(BATCH, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
-    return (u.log() / torch.tensor(1 - STOP_HAZARD, dtype=torch.float64).log()).ceil().clamp(1, NEW_TOKENS).long().tolist()
+    steps = (u.log() / math.log1p(-STOP_HAZARD)).ceil()  # geometric: the first step whose draw ends the row
+    return steps.clamp(1, NEW_TOKENS).long().tolist()
 
 
 def run_ours(model, prompts: list[list[int]], lengths: list[int], seed: int, compile: bool = False) -> list[int]:
