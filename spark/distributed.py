@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.constants import default_pg_timeout
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
@@ -48,8 +49,27 @@ def init_distributed(timeout_s: float | None = None) -> World:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s) if timeout_s else None
-        dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
+        dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None,
+                                **_restart_store(timeout))
     return World(dist.get_rank(), dist.get_world_size(), device)
+
+
+def _restart_store(timeout: timedelta | None) -> dict:
+    """The store of a process restarted by torchrun (`--max-restarts`), in a namespace of its own attempt.
+
+    torchrun's agent keeps one TCPStore for all the attempts of a run (TORCHELASTIC_USE_AGENT_STORE), and
+    the process group's keys are the same in each: a restarted rank can read a dead peer's address from the
+    attempt before and fail to connect ("Connection refused") or wait for it forever (gloo's connectFullMesh;
+    5 of 6 two-rank restarts here, pytorch/pytorch#135712). All the workers of a node restart together, and
+    torchrun restarts every node's workers when one fails, so the attempt number is the same on every rank.
+    Empty (torch's own env:// set-up) outside torchrun and on its first attempt."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or attempt == 0:
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout or default_pg_timeout)
+    return {"store": dist.PrefixStore(f"spark/attempt_{attempt}", store), "rank": int(os.environ["RANK"]),
+            "world_size": int(os.environ["WORLD_SIZE"])}
 
 
 def close_distributed() -> None:

@@ -8,6 +8,8 @@ Rank RANK injects FAULT in the middle of step STEP (1-based), in each of that st
   sigkill  SIGKILLs itself, on torchrun's first attempt only (TORCHELASTIC_RESTART_COUNT=0)
   nan      its loss is NaN
   stall    no training: it sleeps while the other ranks wait in a collective, which must time out
+  rejoin   no training: every rank joins the process group; on torchrun's first attempt RANK then SIGKILLs
+           itself, and on the restart every rank joins again and prints "attempt 1 rank R joined"
 """
 
 import os
@@ -20,13 +22,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import spark.checkpointing  # noqa: E402
 import spark.trainer  # noqa: E402
-from spark.distributed import init_distributed, reduce_metrics  # noqa: E402
+from spark.distributed import close_distributed, init_distributed, reduce_metrics  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
 from tests.trainer_utils import tiny_config  # noqa: E402
 
 
 def main(fault: str, rank: str, step: str, checkpoint: str, data: str, out_dir: str, *overrides: str) -> None:
     config = tiny_config(Path(checkpoint), Path(data), Path(out_dir), *overrides)
+    if fault == "rejoin":
+        world, attempt = init_distributed(config.run.collective_timeout_s), os.environ["TORCHELASTIC_RESTART_COUNT"]
+        reduce_metrics({"x": 1.0})
+        if attempt == "0" and world.rank == int(rank):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if attempt == "0":  # fails once the peer is gone, and torchrun restarts both ranks
+            reduce_metrics({"x": 1.0})
+        print(f"attempt {attempt} rank {world.rank} joined", flush=True)
+        return
     if fault == "stall":
         world = init_distributed(config.run.collective_timeout_s)
         if world.rank == int(rank):
@@ -66,3 +77,4 @@ def main(fault: str, rank: str, step: str, checkpoint: str, data: str, out_dir: 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    close_distributed()  # once the trainer is gone (see close_distributed)

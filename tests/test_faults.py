@@ -130,6 +130,16 @@ def test_a_killed_rank_restarts_from_the_last_checkpoint_to_the_same_weights(run
         assert (expected[key] - restarted[key]).abs().max() < 1e-6, key
 
 
+def test_ranks_restarted_by_torchrun_join_a_new_process_group(run_files, tmp_path):
+    # torchrun keeps one store for all attempts; without a namespace per attempt the restarted ranks read the
+    # dead attempt's addresses and fail or hang in gloo's connectFullMesh (5 of 6 such restarts did).
+    checkpoint, data = run_files
+    for _ in range(2):
+        done = torchrun(2, "tests/dist_faults.py", "rejoin", "1", "0", str(checkpoint), str(data), str(tmp_path),
+                        "run.collective_timeout_s=30", max_restarts=1)
+        assert sorted(re.findall(r"attempt 1 rank (\d) joined", done.stdout)) == ["0", "1"]
+
+
 @pytest.mark.slow
 def test_a_nan_on_one_rank_skips_the_update_on_both(run_files, tmp_path):
     out = tmp_path / "run"
