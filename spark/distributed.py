@@ -59,10 +59,13 @@ def _restart_store(timeout: timedelta | None) -> dict:
 
     torchrun's agent keeps one TCPStore for all the attempts of a run (TORCHELASTIC_USE_AGENT_STORE), and
     the process group's keys are the same in each: a restarted rank can read a dead peer's address from the
-    attempt before and fail to connect ("Connection refused") or wait for it forever (gloo's connectFullMesh;
-    5 of 6 two-rank restarts here, pytorch/pytorch#135712). All the workers of a node restart together, and
-    torchrun restarts every node's workers when one fails, so the attempt number is the same on every rank.
-    Empty (torch's own env:// set-up) outside torchrun and on its first attempt."""
+    attempt before and fail to connect ("Connection refused") or wait for it forever in gloo's connectFullMesh
+    (pytorch/pytorch#135712; tests/test_faults.py restarts two ranks to show it). The workers of a node restart
+    together, so on one node the attempt number is the same on every rank. Across nodes it is too when every
+    node's workers fail with the dead one, but an agent that restarts its workers because a node is waiting to
+    join does not count that restart: there, `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun ...` gives each
+    attempt a store of its own (and this function nothing to do). Empty (torch's own env:// set-up) outside
+    torchrun and on its first attempt."""
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or attempt == 0:
         return {}

@@ -131,8 +131,8 @@ def test_a_killed_rank_restarts_from_the_last_checkpoint_to_the_same_weights(run
 
 
 def test_ranks_restarted_by_torchrun_join_a_new_process_group(run_files, tmp_path):
-    # torchrun keeps one store for all attempts; without a namespace per attempt the restarted ranks read the
-    # dead attempt's addresses and fail or hang in gloo's connectFullMesh (5 of 6 such restarts did).
+    # torchrun keeps one store for all attempts; without a namespace per attempt the restarted ranks can read the
+    # dead attempt's addresses and fail or hang in gloo's connectFullMesh (spark.distributed._restart_store).
     checkpoint, data = run_files
     for _ in range(2):
         done = torchrun(2, "tests/dist_faults.py", "rejoin", "1", "0", str(checkpoint), str(data), str(tmp_path),
