@@ -7,9 +7,13 @@ each round, the gain (last round minus no TTS), the judge's false accept / rejec
 answers, the reflections that fixed / broke an answer, and what one reflection on every first answer
 fixes and keeps with the judge left out (`reflection_alone`). With `--sampled-wrong N`, also what one greedy
 reflection fixes of the model's wrong answers among N sampled at temperature 1 per problem, the kind of
-wrong answer RL recycles into reflections (`reflection_of_sampled_wrong`).
+wrong answer RL recycles into reflections (`reflection_of_sampled_wrong`). With `--fresh-samples N`, how often
+an answer sampled at temperature 1 is right, on the problems whose greedy answer is right and on those whose
+greedy answer is wrong, and the same for a reflection sampled at temperature 1 shown the greedy answer
+(`sampled_accuracy`), with the gain the loop could reach with a judge that never errs (`perfect_judge_gain`).
 
     PYTHONPATH=. .venv/bin/python benchmarks/demo_tts.py [--run runs/demo] [--content answer] [--sampled-wrong 8]
+                                                         [--fresh-samples 8]
 
 The last line is one JSON object: the rows by model.
 """
@@ -25,10 +29,10 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from spark.chat import load_chat_model
+from spark.chat import ChatModel, load_chat_model
 from spark.demo import GREEDY, read_metrics, tts_summary
 from spark.models import load_model, save_model
-from spark.tts import CONTENTS, Problem, answer, reflection_alone
+from spark.tts import CONTENTS, Problem, Trace, answer, reflect, reflection_alone
 
 
 def export_checkpoint(checkpoint: Path, start: Path, folder: Path) -> Path:
@@ -42,15 +46,47 @@ def export_checkpoint(checkpoint: Path, start: Path, folder: Path) -> Path:
     return folder
 
 
-def sampled_wrong_reflection(checkpoint: Path, heldout: list[dict], n: int, content: str) -> dict[str, int]:
+def sampled_wrong_reflection(chat: ChatModel, heldout: list[dict], n: int, content: str) -> dict[str, int]:
     """One greedy reflection (spark.tts.reflection_alone) on each wrong answer among `n` sampled at temperature 1
     per held-out problem: `fixed` of `wrong`."""
-    chat = load_chat_model(str(checkpoint))
     problems = [Problem(row["question"], row["answer"]) for row in heldout]
     sampled = answer(chat, problems, sampling=dataclasses.replace(GREEDY, temperature=1.0), seed=1, n=n)
     wrong = [trace for traces in sampled for trace in traces if trace.final.correct is False]
     counts = reflection_alone(chat, wrong, sampling=GREEDY, content=content)
     return {"fixed": counts["fixed"], "wrong": counts["wrong"]}
+
+
+def perfect_judge_gain(rates_on_wrong: list[float], num_problems: int, rounds: int) -> float:
+    """The expected accuracy gain of `rounds` rounds of judge and reflection when the judge never errs (it accepts
+    every right answer and rejects every wrong one) and each reflection is right with probability q_k, independently
+    of the rounds before, on the k-th problem whose first answer is wrong:
+
+        gain = sum_k (1 - (1 - q_k)^rounds) / num_problems
+
+    An upper bound for a real judge, which also rejects right answers (and a reflection may break them)."""
+    return sum(1 - (1 - q) ** rounds for q in rates_on_wrong) / num_problems
+
+
+def sampled_accuracy(chat: ChatModel, heldout: list[dict], n: int, content: str, rounds: int) -> dict:
+    """Per held-out problem, the share right of `n` answers and of `n` reflections (shown the greedy answer), both
+    sampled at temperature 1; their means over the problems whose greedy answer is right and over those whose
+    greedy answer is wrong; and perfect_judge_gain with reflections that are right as often as either."""
+    problems = [Problem(row["question"], row["answer"]) for row in heldout]
+    sampling = dataclasses.replace(GREEDY, temperature=1.0)
+    greedy = [traces[0] for traces in answer(chat, problems, sampling=GREEDY)]
+    fresh = [sum(bool(t.final.correct) for t in traces) / n
+             for traces in answer(chat, problems, sampling=sampling, seed=1, n=n)]
+    copies = [Trace(trace.problem, trace.turns[:1]) for trace in greedy for _ in range(n)]
+    reflect(chat, copies, sampling=sampling, seed=2, content=content)
+    reflected = [sum(bool(t.final.correct) for t in copies[k * n:(k + 1) * n]) / n for k in range(len(greedy))]
+    right = [bool(trace.final.correct) for trace in greedy]
+    result = {}
+    for name, rates in (("fresh_answer", fresh), ("reflection", reflected)):
+        on_right, on_wrong = [q for q, r in zip(rates, right) if r], [q for q, r in zip(rates, right) if not r]
+        result[name] = {"greedy_right": round(sum(on_right) / max(len(on_right), 1), 3),
+                        "greedy_wrong": round(sum(on_wrong) / max(len(on_wrong), 1), 3),
+                        "perfect_judge_gain": round(perfect_judge_gain(on_wrong, len(rates), rounds), 3)}
+    return result
 
 
 def main() -> None:
@@ -62,6 +98,8 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=2)
     parser.add_argument("--sampled-wrong", type=int, default=0, help="answers sampled at temperature 1 per problem "
                                                                      "whose wrong ones are reflected on (0: none)")
+    parser.add_argument("--fresh-samples", type=int, default=0, help="answers and reflections sampled at temperature "
+                                                                     "1 per problem for sampled_accuracy (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     heldout = read_metrics(args.heldout)
@@ -78,9 +116,13 @@ def main() -> None:
                           "false_reject_rate": round(tts["false_reject_rate"], 3),
                           "fixed": tts["fixed"], "broke": tts["broke"], "reflections": tts["reflections"],
                           "reflection_alone": tts["reflection_alone"]}
+            chat = load_chat_model(str(path)) if args.sampled_wrong or args.fresh_samples else None
             if args.sampled_wrong:
-                rows[name]["reflection_of_sampled_wrong"] = sampled_wrong_reflection(path, heldout, args.sampled_wrong,
+                rows[name]["reflection_of_sampled_wrong"] = sampled_wrong_reflection(chat, heldout, args.sampled_wrong,
                                                                                       args.content)
+            if args.fresh_samples:
+                rows[name]["sampled_accuracy"] = sampled_accuracy(chat, heldout, args.fresh_samples, args.content,
+                                                                  args.max_rounds)
             print(name, json.dumps(rows[name]), flush=True)
     print(json.dumps(rows))
 
