@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from spark.data import Task
-from spark.losses import AdvantageScale, Aggregation, KLKind
+from spark.losses import AdvantageScale, AdvantageStd, Aggregation, KLKind
 from spark.recycle import Mode, RecycleConfig
 from spark.sampler import Sampling
 from spark.verifier import AnswerMode
@@ -159,9 +159,12 @@ class LossSettings:
     dual_clip: float = 0.0  # > 1 enables dual-clip; 0 = off
     aggregation: Aggregation = "token-mean"  # token-mean | seq-mean-token-mean
     advantage_scale: AdvantageScale = "group"  # group | batch | none (Dr. GRPO)
+    # population: (r - mean) / sqrt(var + eps); unbiased: (r - mean) / (sample std + eps), the authors' code
+    advantage_std: AdvantageStd = "population"
     advantage_eps: float = 1e-6
     mask_truncated: bool = False  # responses cut at max_new_tokens carry no loss
-    ppo_epochs: int = 1  # passes over each batch; > 1 recomputes old log-probs first
+    mini_batch_size: int = 0  # rollouts per optimizer step, over all ranks; 0 = the whole batch in one step
+    ppo_epochs: int = 1  # passes over each batch (each mini-batch an optimizer step)
     micro_batch_tokens: int = 8192  # packed tokens per forward/backward
     logprob_chunk: int = 1024  # tokens per fp32 logits chunk
 
@@ -172,6 +175,8 @@ class LossSettings:
             raise ValueError(f"dual_clip must be 0 (off) or > 1, got {self.dual_clip}")
         if self.ppo_epochs < 1 or self.micro_batch_tokens < 1 or self.logprob_chunk < 1:
             raise ValueError("ppo_epochs, micro_batch_tokens and logprob_chunk must be >= 1")
+        if self.mini_batch_size < 0:
+            raise ValueError(f"mini_batch_size must be >= 0 (0 = the whole batch), got {self.mini_batch_size}")
 
 
 @dataclass
@@ -198,6 +203,13 @@ class SparkSettings:
     task_weights: dict[Task, float] = field(
         default_factory=lambda: {"policy": 1.0, "pointwise": 1.0, "pairwise": 1.0, "reflection": 1.0})
     recycle: RecycleConfig = field(default_factory=RecycleConfig)  # rules; kinds off/on also follow `mode`
+    # Recycled prompts per update, over all ranks: trained in full batches once this many wait, the rest
+    # carried to later steps (the authors' 64); 0 = each step's recycled prompts all at once
+    recycled_batch: int = 0
+
+    def __post_init__(self):
+        if self.recycled_batch < 0:
+            raise ValueError(f"recycled_batch must be >= 0, got {self.recycled_batch}")
 
 
 @dataclass
@@ -237,6 +249,12 @@ class TrainConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     run: RunSettings = field(default_factory=RunSettings)
+
+    def __post_init__(self):
+        batch, size = self.data.prompts_per_step * self.rollout.n, self.loss.mini_batch_size
+        if size and batch % size:
+            raise ValueError(f"loss.mini_batch_size={size} must divide the batch of data.prompts_per_step x "
+                             f"rollout.n = {batch} rollouts")
 
 
 def config_hash(config: TrainConfig) -> str:

@@ -15,27 +15,41 @@ import torch
 KLKind = Literal["k1", "k2", "k3"]
 Aggregation = Literal["token-mean", "seq-mean-token-mean"]
 AdvantageScale = Literal["group", "batch", "none"]
+AdvantageStd = Literal["population", "unbiased"]
 
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: beyond it a ratio is an outlier, and exp would overflow soon after
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, scale: str = "group") -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, scale: str = "group",
+                     std: str = "population") -> torch.Tensor:
     """Per-group normalised advantages (eq. 3 of the method), rewards [num_groups, n] -> [num_groups, n].
 
-    scale="group": A_i = (r_i - mean_g) / sqrt(var_g + eps), var_g the population variance (1/n) of the group
-    scale="batch": A_i = (r_i - mean_g) / sqrt(var + eps), var the population variance of the whole batch
+    scale="group": A_i = (r_i - mean_g) / s_g, s_g the std of the group's rewards
+    scale="batch": A_i = (r_i - mean_g) / s, s the std of the whole batch's rewards
     scale="none":  A_i = r_i - mean_g (Dr. GRPO: no std scaling)
+    std="population": s = sqrt(var + eps), var the population variance (1/n)
+    std="unbiased":   s = std + eps, std the sample (1/(n-1)) standard deviation: OpenRLHF's group_norm, the
+                      authors' code (with eps = 1e-9); a group of one has A = 0
     A group whose rewards are all equal gets A = 0.
     """
     if scale not in get_args(AdvantageScale):
         raise ValueError(f"group_advantages: scale must be one of {get_args(AdvantageScale)}, got {scale!r}")
+    if std not in get_args(AdvantageStd):
+        raise ValueError(f"group_advantages: std must be one of {get_args(AdvantageStd)}, got {std!r}")
     if rewards.dim() != 2:
         raise ValueError(f"group_advantages: rewards must be [num_groups, n], got {tuple(rewards.shape)}")
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
     if scale == "none":
         return centered
-    var = centered.pow(2).mean(dim=-1, keepdim=True) if scale == "group" else rewards.var(unbiased=False)
-    return centered / torch.sqrt(var + eps)
+    spread = centered if scale == "group" else rewards - rewards.mean()
+    dim = -1 if scale == "group" else None
+    if std == "population":
+        return centered / torch.sqrt(spread.pow(2).mean(dim=dim, keepdim=scale == "group") + eps)
+    count = spread.shape[-1] if scale == "group" else spread.numel()
+    if count < 2:
+        return torch.zeros_like(rewards)
+    sample_std = torch.sqrt(spread.pow(2).sum(dim=dim, keepdim=scale == "group") / (count - 1))
+    return centered / (sample_std + eps)
 
 
 def kl_penalty(

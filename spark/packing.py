@@ -36,6 +36,8 @@ class MicroBatch:
     advantages: torch.Tensor  # [S, 1]
     weights: torch.Tensor  # [S, 1] task weight of each sequence
     sampler_logprobs: torch.Tensor  # [S, R] the sampler's log-probs of the response tokens (0 where unknown)
+    old_logprobs: torch.Tensor  # [S, R] pi_old's (Experience.old_logprobs; 0 where unknown)
+    ref_logprobs: torch.Tensor  # [S, R] the reference's (Experience.ref_logprobs; 0 where unknown)
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_grid_thw in stream order
 
 
@@ -104,7 +106,7 @@ def pack(experiences: list[Experience], *, filler: Filler, task_weights: dict[st
         zero = torch.zeros(1, 1, device=device)
         stream = torch.tensor([[filler.token]], device=device)
         return MicroBatch(stream, zero.long(), Packing.from_lengths([1], device), zero.long(), zero,
-                          zero, zero, zero, image_inputs([filler.images], device))
+                          zero, zero, zero, zero, zero, image_inputs([filler.images], device))
     stream, lengths, continues, index, images = [], [], [], [], []
     prompts: dict[tuple, tuple[int, int]] = {}  # shared prompt -> (its sequence, the position of its last token)
     for e in experiences:
@@ -133,13 +135,48 @@ def pack(experiences: list[Experience], *, filler: Filler, task_weights: dict[st
     mask = torch.tensor([[1.0] * len(i) + [0.0] * (width - len(i)) for i in index], device=device)
     if drop_truncated:
         mask = mask_truncated(mask, torch.tensor([e.truncated for e in experiences], device=device))
-    sampler_logprobs = torch.zeros(len(experiences), width, device=device)
-    for row, e in enumerate(experiences):
-        if e.sampler_logprobs is not None:
-            sampler_logprobs[row, :len(e.response_ids)] = e.sampler_logprobs
     return MicroBatch(
         torch.tensor([stream], device=device), targets, Packing.from_lengths(lengths, device, continues),
         response_index, mask,
         torch.tensor([[e.advantage] for e in experiences], device=device),
-        torch.tensor([[task_weights[e.sample.task]] for e in experiences], device=device), sampler_logprobs,
+        torch.tensor([[task_weights[e.sample.task]] for e in experiences], device=device),
+        *(per_token(experiences, name, width, device) for name in ("sampler_logprobs", "old_logprobs", "ref_logprobs")),
         image_inputs(images, device))
+
+
+def per_token(experiences: list[Experience], name: str, width: int, device: torch.device | str) -> torch.Tensor:
+    """The experiences' per-response-token tensors `name` as rows [S, width], 0 where an experience has none."""
+    rows = torch.zeros(len(experiences), width, device=device)
+    for row, e in enumerate(experiences):
+        values = getattr(e, name)
+        if values is not None:
+            rows[row, :len(e.response_ids)] = values
+    return rows
+
+
+def experience_keys(experiences: list[Experience]) -> list[tuple[int, int]]:
+    """(group id, position among the group's responses in the list) of each experience: unique in a batch,
+    and the same on any number of ranks where the group ids are (the trainer's are positions in the global
+    batch)."""
+    seen: dict[int, int] = {}
+    keys = []
+    for e in experiences:
+        keys.append((e.group, seen.get(e.group, 0)))
+        seen[e.group] = keys[-1][1] + 1
+    return keys
+
+
+def mini_batches(keys: list, size: int, passes: int, seed: int) -> list[list]:
+    """The optimizer steps of one update, as lists of experience keys: `passes` passes over the batch, each
+    in its own seeded random order, cut into mini-batches of `size` (the last one may be smaller). A batch that
+    fits in one mini-batch (or `size` 0) keeps its order. Every rank calls it with the keys of the whole
+    (global) batch and trains its own experiences of each mini-batch, so the mini-batches do not depend on the
+    number of ranks."""
+    keys = sorted(keys)
+    if not size or size >= len(keys):
+        return [keys for _ in range(passes)] if keys else []
+    batches = []
+    for epoch in range(passes):
+        order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        batches += [[keys[i] for i in order[start:start + size]] for start in range(0, len(keys), size)]
+    return batches

@@ -322,6 +322,26 @@ def label_balance(counts: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` cut into `parts` counts that differ by at most one, the larger first: [7, 3] -> [3, 2, 2]."""
+    return [total // parts + (part < total % parts) for part in range(parts)]
+
+
+def deal(waiting: list[int], total: int) -> list[int]:
+    """How many of its waiting samples each rank takes so that `total` are taken over all ranks, as evenly as
+    the waiting counts allow: one at a time, round-robin over the ranks that still have some.
+    deal([5, 1], 4) -> [3, 1]."""
+    if total > sum(waiting):
+        raise ValueError(f"deal: {total} samples asked of {sum(waiting)} waiting")
+    taken = [0] * len(waiting)
+    while total:
+        for rank, count in enumerate(waiting):
+            if total and taken[rank] < count:
+                taken[rank] += 1
+                total -= 1
+    return taken
+
+
 class RecycleQueue:
     """FIFO of recycled samples waiting to be trained on; `state_dict` is plain JSON for checkpoints."""
 

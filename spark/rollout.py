@@ -36,6 +36,9 @@ class Experience:
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # the prompt's image inputs (ChatPrompt.images)
     group: int = 0  # responses to the same prompt share it
     sampler_logprobs: torch.Tensor | None = None  # [len(response_ids)] as the sampler computed them
+    # [len(response_ids)], computed by the trainer before the update's first optimizer step (0 where masked):
+    old_logprobs: torch.Tensor | None = None  # pi_old, the policy that sampled (the ratio's denominator)
+    ref_logprobs: torch.Tensor | None = None  # the frozen reference (the KL term)
 
 
 def task_image_configs(checkpoint: ImageConfig | None, *, min_pixels: int = 0, max_pixels: int = 0,
@@ -89,16 +92,20 @@ class Rollouts:
                 errors.append(f"{sample.meta.get('source', '<recycled>')}: {e}")
         return errors
 
-    def sample(self, samples: list[Sample], sampling: Sampling, n: int, seed: int) -> list[Experience]:
-        """n responses per sample (unscored: reward 0 until `score`), group id = the sample's index."""
+    def sample(self, samples: list[Sample], sampling: Sampling, n: int, seed: int,
+               group_ids: list[int] | None = None) -> list[Experience]:
+        """n responses per sample (unscored: reward 0 until `score`); the group id of each sample is its
+        `group_ids` entry (unique per sample: the trainer passes its position in the global batch), by default
+        its index."""
         if not samples:
             return []
         prompts = self.render(samples)
-        groups = self.chat.complete(prompts, sampling, n=n, seed=seed)
+        completions = self.chat.complete(prompts, sampling, n=n, seed=seed)
+        group_ids = range(len(samples)) if group_ids is None else group_ids
         return [Experience(sample, prompt.ids, c.token_ids, c.text, 0.0, c.finish_reason == "length",
                            images=prompt.images, group=group, sampler_logprobs=c.logprobs)
-                for group, (sample, prompt, completions) in enumerate(zip(samples, prompts, groups))
-                for c in completions]
+                for group, sample, prompt, group_completions in zip(group_ids, samples, prompts, completions)
+                for c in group_completions]
 
 
 def score(experiences: list[Experience], answer_mode: str) -> None:

@@ -49,11 +49,20 @@ from spark.losses import group_advantages, grpo_loss
 from spark.metrics import MetricsLogger, PhaseTimer
 from spark.models import load_model
 from spark.models.attention import describe_attention
-from spark.packing import Filler, MicroBatch, pack, split_by_tokens
+from spark.packing import Filler, MicroBatch, experience_keys, mini_batches, pack, split_by_tokens
 from spark.plan import check_memory
 from spark.preemption import StopSignals
 from spark.prompts import math_prompt, pointwise_prompt
-from spark.recycle import ABLATIONS, RecycleQueue, label_balance, label_counts, recycle, recycled_kinds
+from spark.recycle import (
+    ABLATIONS,
+    RecycleQueue,
+    deal,
+    label_balance,
+    label_counts,
+    recycle,
+    recycled_kinds,
+    split_evenly,
+)
 from spark.rollout import (
     Experience,
     Rollouts,
@@ -72,6 +81,8 @@ class Salt(enum.IntEnum):
 
     ROLLOUT = 0
     RECYCLE = 1
+    MINI_BATCHES = 2
+    RECYCLED_MINI_BATCHES = 3
     RECYCLED_ROLLOUT = 2**20
 
 
@@ -109,6 +120,10 @@ class Trainer:
         self.out_dir = Path(config.run.out_dir)
         self.ablation = ABLATIONS[config.spark.mode]
         self.recycle_rules = recycled_kinds(config.spark.mode, config.spark.recycle)
+        if self.recycle_rules is not None and self.recycle_rules.max_per_kind is not None:
+            # The caps count a step's samples over all ranks; each rank recycles its own groups.
+            cap = split_evenly(self.recycle_rules.max_per_kind, self.world.size)[self.world.rank]
+            self.recycle_rules = dataclasses.replace(self.recycle_rules, max_per_kind=cap)
         data, run = config.data, config.run
         self.questions = load_questions(data.train_files, question_field=data.question_field,
                                         answer_field=data.answer_field, image_field=data.image_field,
@@ -122,6 +137,10 @@ class Trainer:
         self.total_steps = min(steps, run.max_steps) if run.max_steps else steps
         if self.total_steps < 1:
             raise ValueError(f"{len(self.questions)} training rows give no step of {data.prompts_per_step} prompts")
+        # The learning-rate schedule counts the policy batches' optimizer steps; recycled updates take the rate
+        # of the policy update before them (so the schedule ends where planned whatever is recycled).
+        self.policy_optimizer_steps = self.optimizer_steps_per_update(data.prompts_per_step * config.rollout.n)
+        self.schedule_steps = self.total_steps * self.policy_optimizer_steps
 
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", run.keep_last)
         self.resume_from = self.checkpointer.latest()
@@ -184,15 +203,11 @@ class Trainer:
 
     def train_until_done_or_stopped(self) -> dict[str, float]:
         run = self.config.run
-        warmup = max(1, int(self.config.optim.warmup_ratio * self.total_steps))
         last_eval: dict[str, float] = {}
         if run.eval_every and self.step == 0:
             last_eval = self.evaluate()
             self.metrics.log(0, last_eval, self.total_steps)
         while self.step < self.total_steps:
-            scale = cosine_lr(self.step, self.total_steps, warmup, self.config.optim.min_lr_ratio)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.optim.lr * scale
             metrics = self.train_step()
             self.step += 1
             if run.eval_every and (self.step % run.eval_every == 0 or self.step == self.total_steps):
@@ -219,11 +234,12 @@ class Trainer:
         config, timer, started = self.config, PhaseTimer(), time.perf_counter()
         samples = step_prompts(self.questions, self.step, config.data.prompts_per_step, seed=config.data.seed,
                                rank=self.world.rank, world_size=self.world.size)
-        if config.spark.schedule == "mixed":  # last step's recycled prompts join this step's batch
-            samples += self.queue.pop(len(self.queue))
+        if config.spark.schedule == "mixed":  # earlier steps' recycled prompts join this step's batch
+            samples += self.take_recycled()
         experiences = self.rollout(samples, Salt.ROLLOUT, timer)
         trained = [e for e in experiences if e.sample.task != "policy" or self.ablation.trains_policy]
-        metrics = self.update(trained, timer)
+        first, slots = self.step * self.policy_optimizer_steps, self.policy_optimizer_steps
+        metrics = self.update(trained, timer, lr_steps=(first, slots))
 
         if self.recycle_rules is not None:
             rng = random.Random(self.seed(Salt.RECYCLE))
@@ -232,10 +248,13 @@ class Trainer:
             self.queue.push(recycled)
             metrics.update(label_balance(reduce_metrics(label_counts(stats))))
             if config.spark.schedule == "separate":
-                recycled_experiences = self.rollout(self.queue.pop(len(self.queue)), Salt.RECYCLED_ROLLOUT, timer)
-                metrics.update({f"recycled/{k}": v for k, v in self.update(recycled_experiences, timer).items()})
+                recycled_experiences = self.rollout(self.take_recycled(), Salt.RECYCLED_ROLLOUT, timer)
+                recycled_metrics = self.update(recycled_experiences, timer, lr_steps=(first + slots - 1, 1),
+                                               salt=Salt.RECYCLED_MINI_BATCHES)
+                metrics.update({f"recycled/{k}": v for k, v in recycled_metrics.items()})
                 experiences += recycled_experiences
                 trained += recycled_experiences
+            metrics["recycle/waiting"] = reduce_metrics({"waiting": len(self.queue)})["waiting"]
 
         metrics.update(rollout_metrics(experiences))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -249,6 +268,16 @@ class Trainer:
         if config.run.sample_every and self.step % config.run.sample_every == 0:
             self.metrics.log_samples(self.step, first_of_each_task(experiences))
         return metrics
+
+    def take_recycled(self) -> list[Sample]:
+        """Collective. This rank's share of the recycled prompts to train now: every waiting one
+        (`spark.recycled_batch` = 0), or as many full batches of `recycled_batch` prompts (over all ranks) as
+        wait, the oldest first, dealt evenly over the ranks; the rest wait for a later step."""
+        batch = self.config.spark.recycled_batch
+        if not batch:
+            return self.queue.pop(len(self.queue))
+        waiting = all_gather_objects(len(self.queue))
+        return self.queue.pop(deal(waiting, sum(waiting) // batch * batch)[self.world.rank])
 
     def seed(self, salt: Salt) -> int:
         return step_seed(self.config.data.seed, self.step, self.world.rank, salt)
@@ -266,10 +295,14 @@ class Trainer:
     # ---- rollout, reward, advantages ----------------------------------------------------------------
 
     def rollout(self, samples: list[Sample], salt: Salt, timer: PhaseTimer) -> list[Experience]:
-        """n scored responses per sample from the current policy, with their advantages."""
+        """n scored responses per sample from the current policy, with their advantages. A sample's group id is
+        its position in the global batch (ranks deal the batch out every world_size-th sample), so that the
+        update's mini-batches are the same on any number of ranks."""
         with timer("rollout"):
             copy_full_weights(self.policy, self.rollouts.chat.model)
-            experiences = self.rollouts.sample(samples, self.config.rollout, self.config.rollout.n, self.seed(salt))
+            group_ids = [self.world.rank + i * self.world.size for i in range(len(samples))]
+            experiences = self.rollouts.sample(samples, self.config.rollout, self.config.rollout.n, self.seed(salt),
+                                               group_ids)
         with timer("reward"):
             score(experiences, self.config.reward.answer_mode)
         self.assign_advantages(experiences)
@@ -285,21 +318,22 @@ class Trainer:
         if not len(rewards):
             return
         loss = self.config.loss
-        advantages = group_advantages(rewards, loss.advantage_eps, loss.advantage_scale)[offset:]
+        advantages = group_advantages(rewards, loss.advantage_eps, loss.advantage_scale, loss.advantage_std)[offset:]
         for group, group_advantage in zip(groups, advantages.tolist()):
             for experience, advantage in zip(group, group_advantage):
                 experience.advantage = advantage
 
     # ---- update -------------------------------------------------------------------------------------
 
-    def micro_batches(self, experiences: list[Experience]) -> list[MicroBatch]:
-        """Micro-batches of at most `micro_batch_tokens` tokens; every rank gets the same number (FSDP's
-        collectives must match), padded with empty ones."""
+    def micro_batches(self, experiences: list[Experience]) -> list[tuple[list[Experience], MicroBatch]]:
+        """Micro-batches of at most `micro_batch_tokens` tokens, each with its experiences in row order; every
+        rank gets the same number (FSDP's collectives must match), padded with empty ones."""
         batches = split_by_tokens(experiences, self.config.loss.micro_batch_tokens)
         count = int(reduce_metrics({"count": len(batches)}, op="max")["count"])
         batches += [[] for _ in range(count - len(batches))]
-        return [pack(batch, filler=self.filler, task_weights=self.config.spark.task_weights,
-                     drop_truncated=self.config.loss.mask_truncated, device=self.world.device) for batch in batches]
+        return [(batch, pack(batch, filler=self.filler, task_weights=self.config.spark.task_weights,
+                             drop_truncated=self.config.loss.mask_truncated, device=self.world.device))
+                for batch in batches]
 
     def response_logprobs(self, model, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and entropies of the response tokens, [S, R] (0 where the mask is)."""
@@ -310,54 +344,124 @@ class Trainer:
                                        chunk_size=self.config.loss.logprob_chunk, **batch.images)
         return batch.mask.masked_scatter(scored, logp), batch.mask.masked_scatter(scored, entropy)
 
-    def update(self, experiences: list[Experience], timer: PhaseTimer | None = None) -> dict[str, float]:
-        """One optimizer step on `experiences` (this rank's share); returns metrics over all ranks."""
+    @torch.no_grad()
+    def store_logprobs(self, model, experiences: list[Experience], name: str) -> None:
+        """Collective. Set each experience's `name` ("old_logprobs" / "ref_logprobs") to `model`'s log-probs of
+        its response tokens, in micro-batches over the whole batch."""
+        for chunk, batch in self.micro_batches(experiences):
+            logp = self.response_logprobs(model, batch)[0]
+            for row, experience in enumerate(chunk):
+                setattr(experience, name, logp[row, :len(experience.response_ids)])
+        # FSDP keeps the root's parameters (embeddings, head, vision root) gathered after a forward, expecting a
+        # backward; there is none here, so shard them again.
+        model.reshard()
+
+    def optimizer_steps_per_update(self, rollouts: int) -> int:
+        """Optimizer steps of an update on `rollouts` rollouts (over all ranks): one per mini-batch per pass."""
+        size = self.config.loss.mini_batch_size or rollouts
+        return self.config.loss.ppo_epochs * max(1, math.ceil(rollouts / size))
+
+    def update(self, experiences: list[Experience], timer: PhaseTimer | None = None,
+               lr_steps: tuple[int, int] | None = None, salt: Salt = Salt.MINI_BATCHES) -> dict[str, float]:
+        """Optimizer steps on `experiences` (this rank's share of the batch), one per mini-batch of
+        `loss.mini_batch_size` rollouts (counted over all ranks) per pass (`loss.ppo_epochs`); returns metrics
+        over all ranks. pi_old and the reference's log-probs are computed once, before the first step.
+
+        lr_steps = (first, slots): the update's optimizer steps take the learning rates of schedule steps
+        first .. first + slots - 1, spread evenly; None leaves the learning rate as it is."""
         timer = timer or PhaseTimer()
         cfg = self.config.loss
-        batches = self.micro_batches(experiences)
-        counts = reduce_metrics({"tokens": sum(b.mask.sum() for b in batches),
-                                 "seqs": sum(b.mask.any(-1).sum() for b in batches)})
-        if counts["seqs"] == 0:
+        keys = experience_keys(experiences)
+        everyone = [key for rank in all_gather_objects(keys) for key in rank]
+        if len(set(everyone)) < len(everyone):
+            raise ValueError("update: two experiences share a (group id, response) key; group ids must be unique "
+                             "over all ranks (Trainer.rollout numbers them by position in the global batch)")
+        # The same order on every rank: the seed does not depend on the rank.
+        seed = step_seed(self.config.data.seed, self.step, 0, salt)
+        plan = mini_batches(everyone, cfg.mini_batch_size, cfg.ppo_epochs, seed)
+        if not plan:
             return {}
-        with timer("reference"), torch.no_grad():
-            ref_logps = [self.response_logprobs(self.reference, b)[0] if self.reference is not None else None
-                         for b in batches]
+        with timer("reference"):
             if self.reference is not None:
-                # FSDP keeps the root's parameters (embeddings, head, vision root) gathered after a forward,
-                # expecting a backward; the reference has none, so shard them again for the update.
-                self.reference.reshard()
-            old_logps = [self.response_logprobs(self.policy, b)[0] if cfg.ppo_epochs > 1 else None for b in batches]
+                self.store_logprobs(self.reference, experiences, "ref_logprobs")
+            # With a single optimizer step the policy has not moved when its loss is computed: pi_old is the
+            # current policy, and its log-probs are those of the update's own forward (detached).
+            if len(plan) > 1:
+                self.store_logprobs(self.policy, experiences, "old_logprobs")
+        sums: dict[str, torch.Tensor] = {}  # token sums, on the device until the one reduction at the end
+        losses, grad_norms, steps, tokens = [], [], 0, 0.0
         with timer("update"):
-            sums: dict[str, torch.Tensor] = {}  # token sums, on the device until the one reduction below
-            for _ in range(cfg.ppo_epochs):
-                for batch, ref_logp, old_logp in zip(batches, ref_logps, old_logps):
-                    logp, entropy = self.response_logprobs(self.policy, batch)
-                    # With one pass, the policy has not moved since sampling: pi_old is the current policy.
-                    loss, loss_sums = grpo_loss(
-                        logp, logp.detach() if old_logp is None else old_logp, ref_logp, batch.advantages,
-                        batch.weights, batch.mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                        dual_clip=cfg.dual_clip or None, kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
-                        aggregation=cfg.aggregation, num_tokens=counts["tokens"], num_seqs=counts["seqs"])
-                    # FSDP averages gradients over ranks; the loss is already normalised by global counts.
-                    (loss * self.world.size).backward()
-                    mismatch = (logp.detach() - batch.sampler_logprobs).abs() * batch.mask
-                    step_sums = {"loss": loss.detach() / cfg.ppo_epochs, "entropy": (entropy * batch.mask).sum(),
-                                 "logp_mismatch": mismatch.sum(), **loss_sums}
-                    sums = {k: sums.get(k, 0) + v for k, v in step_sums.items()}
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.policy.parameters() if p.requires_grad], self.config.optim.grad_clip)
-            # Both are global (the loss summed over ranks, the norm of the whole gradient), so every rank
-            # takes the same branch.
-            totals = reduce_metrics(sums)
-            grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
-            if math.isfinite(totals["loss"]) and math.isfinite(grad_norm):
-                self.optimizer.step()
-                self.skipped_in_a_row = 0
-            else:
-                self.skip_update(totals["loss"], grad_norm, experiences)
-            self.optimizer.zero_grad(set_to_none=True)
-        per_token = {k: v / (counts["tokens"] * cfg.ppo_epochs) for k, v in totals.items() if k != "loss"}
-        return {**per_token, "loss": totals["loss"], "grad_norm": grad_norm, "tokens": counts["tokens"]}
+            for index, mini_batch in enumerate(plan):
+                if lr_steps is not None:
+                    first, slots = lr_steps
+                    self.set_lr(first + index * slots // len(plan))
+                chosen = set(mini_batch)
+                result = self.optimizer_step([e for key, e in zip(keys, experiences) if key in chosen],
+                                             single=len(plan) == 1)
+                if result is None:  # no token carries a loss (every response masked)
+                    continue
+                loss, grad_norm, step_sums, step_tokens = result
+                sums = {k: sums.get(k, 0) + v for k, v in step_sums.items()}
+                losses.append(loss)
+                grad_norms.append(grad_norm)
+                steps += math.isfinite(loss) and math.isfinite(grad_norm)
+                tokens += step_tokens
+        if not losses:
+            return {}
+        totals = reduce_metrics(sums)
+        per_token = {k: v / tokens for k, v in totals.items()}
+        return {**per_token, "loss": sum(losses) / len(losses), "loss_first": losses[0], "loss_last": losses[-1],
+                "grad_norm": sum(grad_norms) / len(grad_norms), "optimizer_steps": steps,
+                "tokens": tokens / cfg.ppo_epochs}
+
+    def optimizer_step(self, experiences: list[Experience], single: bool) -> tuple[float, float, dict, float] | None:
+        """Collective. One optimizer step on this rank's share of one mini-batch: its micro-batches'
+        gradients accumulated, clipped, AdamW stepped (skipped when the loss or the gradient norm is not
+        finite). Returns the mini-batch's loss, gradient norm, token sums and global token count; None when
+        no token of the mini-batch carries a loss."""
+        cfg = self.config.loss
+        batches = self.micro_batches(experiences)
+        counts = reduce_metrics({"tokens": sum(b.mask.sum() for _, b in batches),
+                                 "seqs": sum(b.mask.any(-1).sum() for _, b in batches)})
+        if counts["seqs"] == 0:
+            return None
+        sums: dict[str, torch.Tensor] = {}
+        for _, batch in batches:
+            logp, entropy = self.response_logprobs(self.policy, batch)
+            loss, loss_sums = grpo_loss(
+                logp, logp.detach() if single else batch.old_logprobs,
+                batch.ref_logprobs if self.reference is not None else None, batch.advantages, batch.weights,
+                batch.mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None,
+                kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind, aggregation=cfg.aggregation,
+                num_tokens=counts["tokens"], num_seqs=counts["seqs"])
+            # FSDP averages gradients over ranks; the loss is already normalised by global counts.
+            (loss * self.world.size).backward()
+            mismatch = (logp.detach() - batch.sampler_logprobs).abs() * batch.mask
+            step_sums = {"loss": loss.detach(), "entropy": (entropy * batch.mask).sum(),
+                         "logp_mismatch": mismatch.sum(), **loss_sums}
+            sums = {k: sums.get(k, 0) + v for k, v in step_sums.items()}
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.policy.parameters() if p.requires_grad], self.config.optim.grad_clip)
+        # Both are global (the loss summed over ranks, the norm of the whole gradient), so every rank takes
+        # the same branch.
+        loss = float(reduce_metrics({"loss": sums.pop("loss", 0.0)})["loss"])
+        grad_norm = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.skipped_in_a_row = 0
+        else:
+            self.skip_update(loss, grad_norm, experiences)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, sums, float(counts["tokens"])
+
+    def set_lr(self, schedule_step: int) -> None:
+        """The learning rate of optimizer step `schedule_step` of the run (`cosine_lr` over its planned
+        optimizer steps)."""
+        optim = self.config.optim
+        scale = cosine_lr(schedule_step, self.schedule_steps, max(1, int(optim.warmup_ratio * self.schedule_steps)),
+                          optim.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = optim.lr * scale
 
     def skip_update(self, loss: float, grad_norm: float, experiences: list[Experience]) -> None:
         """Collective. An update with a non-finite loss or gradient norm leaves the weights and optimizer state

@@ -27,7 +27,8 @@ def fixed_experiences(num: int = 6) -> list[Experience]:
         response = torch.randint(3, 200, (int(torch.randint(1, 7, (1,), generator=generator)),), generator=generator)
         task = ("policy", "pointwise", "reflection")[i % 3]
         experiences.append(Experience(Sample("q", "1", task=task), prompt.tolist(), response.tolist(), "r",
-                                      reward=float(i % 2), truncated=False, advantage=(-1.0) ** i * (1 + i / 10)))
+                                      reward=float(i % 2), truncated=False, advantage=(-1.0) ** i * (1 + i / 10),
+                                      group=i))  # its position in the batch, as the trainer numbers groups
     return experiences
 
 

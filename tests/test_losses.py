@@ -33,9 +33,27 @@ def test_group_advantages_batch_and_none():
     torch.testing.assert_close(group_advantages(rewards, scale="none"), expected_none)
 
 
+def test_group_advantages_unbiased_std_as_the_authors_code():
+    """OpenRLHF's group_norm: (r - mean) / (std + eps) with the sample std (1/(n-1))."""
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    # group 0: mean 0.25, sample var (0.75^2 + 3 * 0.25^2) / 3 = 0.25, std 0.5
+    expected = torch.tensor([[x / (0.5 + 1e-9) for x in (0.75, -0.25, -0.25, -0.25)], [0.0] * 4])
+    torch.testing.assert_close(group_advantages(rewards, 1e-9, std="unbiased"), expected)
+    # batch: mean 0.625; sample var = sum (r - 0.625)^2 / 7 = (5 * 0.375^2 + 3 * 0.625^2) / 7
+    batch_std = math.sqrt((5 * 0.375**2 + 3 * 0.625**2) / 7)
+    torch.testing.assert_close(group_advantages(rewards, 1e-9, "batch", "unbiased"),
+                               torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.0] * 4]) / (batch_std + 1e-9))
+    # the population std of the same group is sqrt(3/4) of it: advantages sqrt(4/3) larger
+    ratio = group_advantages(rewards, 0.0)[0, 0] / group_advantages(rewards, 0.0, std="unbiased")[0, 0]
+    assert ratio.item() == pytest.approx(math.sqrt(4 / 3))
+    assert group_advantages(torch.tensor([[1.0], [0.0]]), std="unbiased").tolist() == [[0.0], [0.0]]
+
+
 def test_group_advantages_bad_input():
     with pytest.raises(ValueError, match="scale"):
         group_advantages(torch.zeros(2, 4), scale="std")
+    with pytest.raises(ValueError, match="std must be"):
+        group_advantages(torch.zeros(2, 4), std="sample")
     with pytest.raises(ValueError, match="num_groups"):
         group_advantages(torch.zeros(8))
 
