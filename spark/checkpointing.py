@@ -133,7 +133,8 @@ def verify(folder: Path) -> str | None:
 
 def check_same_run(saved: dict, current: dict, checkpoint: Path, *, force: bool) -> None:
     """A checkpoint resumes only the run that wrote it: `saved` and `current` name what a run's steps mean
-    (seed, model, data files, group size, prompts per step). A difference is an error unless `force`."""
+    (seed, model, data files and their subset, group size, prompts per step). A difference is an error
+    unless `force`."""
     changed = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in current.items() if saved.get(key) != value]
     if changed and not force:
         raise ValueError(f"{checkpoint} is of another run ({'; '.join(changed)}); resume it with run.resume=force, "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from spark.data import Task
+from spark.data import RowFormat, Task
 from spark.losses import AdvantageScale, AdvantageStd, Aggregation, KLKind
 from spark.recycle import Mode, RecycleConfig
 from spark.sampler import Sampling
@@ -122,10 +122,15 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    train_files: list[str] = field(default_factory=list)  # JSONL / Parquet rows {question, answer, images?}; globs allowed
-    question_field: str = "question"
+    train_files: list[str] = field(default_factory=list)  # JSONL / JSON / Parquet files; globs allowed
+    # rows: {question, answer, image?} in the fields below | messages: the authors' OpenRLHF rows, a chat of
+    # one user message (text and image parts) in question_field and the gold answer in answer_field
+    format: RowFormat = "rows"
+    question_field: str = "question"  # format = messages: the chat's field (their --input_key, "message")
     answer_field: str = "answer"
     image_field: str = "image"  # path(s) relative to the data file or embedded image(s); absent or null for text rows
+    max_rows: int = 0  # train on a random subset of this many rows of train_files; 0 = all rows
+    subset_seed: int = 0  # which subset max_rows draws (apart from seed, so that runs of several seeds share it)
     prompts_per_step: int = 64  # global batch of questions per step (split over ranks)
     epochs: int = 2
     max_prompt_tokens: int = 2048  # longer prompts are an error naming the row
@@ -134,6 +139,10 @@ class DataSettings:
     max_pixels: int = 0  # ... and down to at most this many
     judge_max_pixels: int = 0  # max_pixels of recycled (judge and reflection) prompts; 0 = max_pixels
     seed: int = 0  # data order, sampling and recycling draws all derive from (seed, step, rank)
+
+    def __post_init__(self):
+        if self.max_rows < 0:
+            raise ValueError(f"max_rows must be >= 0 (0 = all rows), got {self.max_rows}")
 
 
 @dataclass

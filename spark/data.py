@@ -2,9 +2,10 @@
 
 A `Sample` is one prompt whose answer a rule can check: a policy question with its gold answer,
 or a recycled judge / reflection prompt with its label, with the images it shows. Rows are read from
-JSONL or Parquet (file lists may hold glob patterns); a bad row is a `DataError` naming the file, the
-line (1-based) and the field. Training rows are all checked before a run starts, and `DataErrors` lists
-every bad one, so one pass over the data finds them all.
+JSONL, JSON (a list of rows, or JSON Lines) or Parquet (file lists may hold glob patterns); a bad row is
+a `DataError` naming the file, the line (1-based; in a Parquet file or a JSON list, the row's number) and
+the field. Training rows are all checked before a run starts, and `DataErrors` lists every bad one, so
+one pass over the data finds them all. A run may train on a seeded subset of them (`subset_rows`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import torch
 # A policy prompt, or one of the recycled kinds (spark.recycle).
 Task = Literal["policy", "pointwise", "pairwise", "reflection"]
 TASKS: tuple[str, ...] = get_args(Task)
+# How a training row holds its question: our fields (question, answer, image), or the authors' chat of
+# one user message (spark.messages).
+RowFormat = Literal["rows", "messages"]
 
 
 class DataError(ValueError):
@@ -92,8 +96,9 @@ def expand_paths(patterns: list[str]) -> list[str]:
 
 
 def read_records(path: str | Path, errors: list[DataError | str] | None = None) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, row dict) from a .jsonl or .parquet file; malformed rows raise DataError, or
-    given `errors`, are added to it and skipped."""
+    """Yield (line number, row dict) from a .jsonl, .json or .parquet file; malformed rows raise DataError,
+    or given `errors`, are added to it and skipped. A .json file is a JSON list of rows or JSON Lines, as
+    `datasets`' json loader reads it."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
@@ -104,6 +109,9 @@ def read_records(path: str | Path, errors: list[DataError | str] | None = None) 
             raise DataError(path, None, None, "reading Parquet needs pyarrow: pip install pyarrow") from e
         for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
             yield i, row
+        return
+    if path.suffix == ".json" and first_char(path) == "[":
+        yield from read_json_list(path, errors)
         return
     with open(path, encoding="utf-8") as f:
         for i, text in enumerate(f, start=1):
@@ -117,6 +125,32 @@ def read_records(path: str | Path, errors: list[DataError | str] | None = None) 
                 errors.append(e)
                 continue
             yield i, row
+
+
+def first_char(path: Path) -> str:
+    """The file's first character that is not white space ("" for a blank file)."""
+    with open(path, encoding="utf-8") as f:
+        while chunk := f.read(4096):
+            if chunk.strip():
+                return chunk.lstrip()[0]
+    return ""
+
+
+def read_json_list(path: Path, errors: list[DataError | str] | None) -> Iterator[tuple[int, dict]]:
+    """(row number, row dict) of a file holding one JSON list of rows; a row that is not an object is a
+    DataError, or given `errors`, added to it and skipped."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, None, f"not valid JSON ({e.msg})") from None
+    for i, row in enumerate(rows, start=1):
+        if isinstance(row, dict):
+            yield i, row
+            continue
+        error = DataError(path, i, None, f"expected a JSON object, got {type(row).__name__}")
+        if errors is None:
+            raise error
+        errors.append(error)
 
 
 def parse_line(text: str, path: Path, line: int) -> dict:
@@ -143,25 +177,36 @@ def require_str(row: dict, key: str, path: str | Path, line: int) -> str:
 
 
 def load_questions(paths: list[str], *, question_field: str = "question", answer_field: str = "answer",
-                   image_field: str = "image", prompt: Callable[[str], str] = lambda q: q) -> list[Sample]:
+                   image_field: str = "image", prompt: Callable[[str], str] = lambda q: q,
+                   row_format: RowFormat = "rows") -> list[Sample]:
     """Training rows {question, answer, images?} as policy Samples; `paths` may hold glob patterns.
     `prompt` turns the question into the user message (e.g. spark.prompts.math_prompt); the raw question
     stays in `meta["question"]` for the recycling templates. The image field holds what
     `spark.images.image_sources` accepts (paths relative to the data file, embedded images, lists); a
-    question may mark where its images go with `<image>`, one per image (ViRL39K does). Every bad row is
+    question may mark where its images go with `<image>`, one per image (ViRL39K does). With
+    row_format="messages" a row is the authors' {chat, answer} instead: `question_field` holds the chat,
+    whose user message gives the question and the images (spark.messages.chat_question). Every bad row is
     reported (DataErrors), not only the first; every image is decoded here, so a corrupt one fails the load,
     not the step that draws its row."""
-    # Imported here: spark.images imports DataError from this module.
+    # Imported here: spark.images and spark.messages import DataError from this module.
     from spark.images import check_images, check_placeholders, image_sources
+    from spark.messages import chat_question
 
     samples, image_rows, errors = [], [], []
     for path in expand_paths(paths):
         for line, row in read_records(path, errors):
             with collect_errors(errors):
-                question = require_str(row, question_field, path, line)
-                images = image_sources(row.get(image_field), Path(path).parent, path=path, line=line, key=image_field)
+                if row_format == "messages":
+                    if row.get(question_field) is None:
+                        raise DataError(path, line, question_field, "missing")
+                    question, written = chat_question(row[question_field], path=path, line=line, key=question_field)
+                    images_key = question_field  # the chat holds the images
+                else:
+                    question = require_str(row, question_field, path, line)
+                    written, images_key = row.get(image_field), image_field
+                images = image_sources(written, Path(path).parent, path=path, line=line, key=images_key)
                 check_placeholders(question, len(images), path=path, line=line, key=question_field)
-                image_rows.append((images, path, line, image_field))
+                image_rows.append((images, path, line, images_key))
                 samples.append(Sample(prompt=prompt(question), gold=require_str(row, answer_field, path, line),
                                       images=images, meta={"question": question, "source": f"{path}:{line}"}))
     DataErrors.raise_any(errors)
@@ -169,6 +214,18 @@ def load_questions(paths: list[str], *, question_field: str = "question", answer
         raise DataError(", ".join(paths) or "<no files>", None, None, "no training rows")
     check_images(image_rows)
     return samples
+
+
+def subset_rows(rows: list[Sample], max_rows: int, *, seed: int, source: str) -> list[Sample]:
+    """`max_rows` of `rows` drawn at random by `seed`, in their file order (all rows for 0): a function of
+    the rows alone, so every rank and every resume trains on the same subset, and a larger max_rows of
+    the same seed only adds rows. More rows than there are is a DataError naming `source`, the files."""
+    if not max_rows:
+        return rows
+    if max_rows > len(rows):
+        raise DataError(source, None, None, f"data.max_rows = {max_rows} is more than the {len(rows)} rows there")
+    picked = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_rows]
+    return [rows[i] for i in sorted(picked.tolist())]
 
 
 def load_judge_rows(paths: list[str], *, render: Callable[..., str]) -> list[Sample]:

@@ -36,7 +36,7 @@ from torch.distributed.tensor import DTensor
 from spark.chat import load_chat_model
 from spark.checkpointing import Checkpointer, check_same_run, export_model
 from spark.config import TrainConfig, config_hash
-from spark.data import TASKS, DataErrors, Sample, load_judge_rows, load_questions, step_prompts
+from spark.data import TASKS, DataErrors, Sample, load_judge_rows, load_questions, step_prompts, subset_rows
 from spark.distributed import (
     all_gather_objects,
     copy_full_weights,
@@ -105,8 +105,11 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
 
 def run_identity(config: TrainConfig) -> dict:
     """What a checkpoint's steps mean: a run resumed with any of these changed would be another run."""
-    return {"seed": config.data.seed, "model": config.model.path, "train_files": list(config.data.train_files),
-            "n": config.rollout.n, "prompts_per_step": config.data.prompts_per_step}
+    data = config.data
+    # None for all rows, as a checkpoint written before subsets existed reads it (saved.get)
+    subset = {"max_rows": data.max_rows, "subset_seed": data.subset_seed} if data.max_rows else None
+    return {"seed": data.seed, "model": config.model.path, "train_files": list(data.train_files),
+            "n": config.rollout.n, "prompts_per_step": data.prompts_per_step, "subset": subset}
 
 
 class NonFiniteError(RuntimeError):
@@ -125,9 +128,9 @@ class Trainer:
             cap = split_evenly(self.recycle_rules.max_per_kind, self.world.size)[self.world.rank]
             self.recycle_rules = dataclasses.replace(self.recycle_rules, max_per_kind=cap)
         data, run = config.data, config.run
-        self.questions = load_questions(data.train_files, question_field=data.question_field,
-                                        answer_field=data.answer_field, image_field=data.image_field,
-                                        prompt=math_prompt)
+        rows = load_questions(data.train_files, question_field=data.question_field, answer_field=data.answer_field,
+                              image_field=data.image_field, prompt=math_prompt, row_format=data.format)
+        self.questions = subset_rows(rows, data.max_rows, seed=data.subset_seed, source=", ".join(data.train_files))
         self.eval_sets = {"policy": load_questions(run.eval_files, prompt=math_prompt) if run.eval_files else [],
                           "pointwise": load_judge_rows(run.judge_eval_files, render=pointwise_prompt)}
         if data.prompts_per_step % self.world.size:

@@ -22,6 +22,7 @@ def run_file(tmp_path):
     ("spark.recycle.content=answers", "spark.recycle.content", "'answer', 'cot', 'both'"),
     ("run.resume=always", "run.resume", "'auto', 'force'"),
     ("reward.answer_mode=loose", "reward.answer_mode", "'strict', 'lenient'"),
+    ("data.format=message", "data.format", "'rows', 'messages'"),
 ])
 def test_a_misspelt_choice_names_file_key_value_and_choices(run_file, override, key, allowed):
     value = override.split("=")[1]
@@ -44,6 +45,7 @@ def test_a_misspelt_task_weight_key(run_file):
     ("loss.kl_coef=-1", r"\[loss\] kl_coef must be >= 0, got -1.0"),
     ("run.collective_timeout_s=0", r"\[run\] max_skipped_steps must be >= 0 and collective_timeout_s >= 1"),
     ("spark.recycle.mixed_pairwise_prob=2", r"\[spark.recycle\] RecycleConfig.mixed_pairwise_prob must be in \[0, 1\]"),
+    ("data.max_rows=-1", r"\[data\] max_rows must be >= 0 \(0 = all rows\), got -1"),
 ])
 def test_out_of_range_values_name_the_file_and_table(run_file, override, message):
     with pytest.raises(ConfigError, match=f"run.toml: {message}"):
@@ -57,3 +59,16 @@ def test_a_checkpoint_resumes_only_its_own_run(tmp_path):
     with pytest.raises(ValueError, match=r"of another run \(seed: 0 -> 1; n: 8 -> 4\); resume it with run.resume=force"):
         check_same_run(saved, changed, tmp_path, force=False)
     check_same_run(saved, changed, tmp_path, force=True)
+
+
+def test_a_subset_is_part_of_the_run_and_all_rows_resume_older_checkpoints(run_file, tmp_path):
+    from spark.trainer import run_identity
+
+    whole = run_identity(load_config(TrainConfig, run_file, ["data.subset_seed=5"]))
+    assert whole["subset"] is None  # the subset seed draws nothing without max_rows
+    subset = run_identity(load_config(TrainConfig, run_file, ["data.max_rows=19000", "data.subset_seed=2"]))
+    assert subset == {**whole, "subset": {"max_rows": 19000, "subset_seed": 2}}
+    before_subsets = {key: value for key, value in whole.items() if key != "subset"}
+    check_same_run(before_subsets, whole, tmp_path, force=False)
+    with pytest.raises(ValueError, match=r"another run \(subset: \{'max_rows': 19000, 'subset_seed': 2\} -> None\)"):
+        check_same_run(subset, whole, tmp_path, force=False)

@@ -89,6 +89,25 @@ def test_run_writes_metrics_checkpoint_and_export(run_files, tmp_path):
     assert (out / "export" / "tokenizer.json").exists() and (out / "export" / "chat_template.jinja").exists()
 
 
+def test_trainer_reads_the_authors_chat_rows_and_trains_on_a_subset(run_files, tmp_path):
+    from spark.data import DataError, load_questions, subset_rows
+    from spark.prompts import MATH_SUFFIX, math_prompt
+
+    checkpoint, data = run_files
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    theirs = tmp_path / "infer_data.json"
+    theirs.write_text(json.dumps([{"message": json.dumps([{"role": "user", "content": [
+        {"type": "text", "text": f"{row['question']}\n{MATH_SUFFIX}"}]}]), "answer": row["answer"]} for row in rows]))
+    chat_rows = ['data.format="messages"', 'data.question_field="message"']
+    trainer = Trainer(tiny_config(checkpoint, theirs, tmp_path / "run", *chat_rows, "data.max_rows=4",
+                                  "data.subset_seed=1", "run.max_steps=0"))
+    expected = subset_rows(load_questions([str(data)], prompt=math_prompt), 4, seed=1, source=str(data))
+    assert [(q.prompt, q.gold) for q in trainer.questions] == [(q.prompt, q.gold) for q in expected]
+    assert trainer.total_steps == 2 * 4 // 2  # 2 epochs of the 4 rows at 2 prompts a step
+    with pytest.raises(DataError, match=rf"^{theirs}: data.max_rows = {len(rows) + 1} is more than the {len(rows)} rows"):
+        Trainer(tiny_config(checkpoint, theirs, tmp_path / "run", *chat_rows, f"data.max_rows={len(rows) + 1}"))
+
+
 def test_resume_reproduces_the_uninterrupted_run(run_files, tmp_path):
     checkpoint, data = run_files
     out = tmp_path / "run"
