@@ -221,7 +221,7 @@ def warmup_examples(problems: list[Sample], seed: int) -> list[tuple[str, str]]:
         task = rng.choices(list(WARMUP_MIX), weights=list(WARMUP_MIX.values()))[0]
         wrong = str(plausible_wrong(a, op, b, rng))
         candidate = wrong if rng.random() < WRONG_CANDIDATE_SHARE else sample.gold
-        cot, variant = rng.random() < 0.5, rng.randrange(3)
+        cot, variant = rng.random() < 0.5, rng.randrange(max(prompts.NUM_VARIANTS.values()))  # as recycling draws
         if task == "policy":
             examples.append((sample.prompt, worked_answer(a, op, b)))
         elif task == "pointwise":

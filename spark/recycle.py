@@ -10,14 +10,19 @@ From each prompt group (question, gold answer, n rollouts with 0/1 rewards):
 A judge kind switched off gives nothing, and mixed groups then give the other judge kind.
 Then, over the batch: pointwise Yes/No are balanced by dropping the majority (a step whose pointwise
 samples share one label keeps none of them), each kind is capped at `max_per_kind`, judge and reflection
-samples are kept at `judge_to_reflection` : 1 by subsampling the larger kind, and pairwise A/B positions
-are dealt out evenly.
+samples are kept at `judge_to_reflection` : 1 by subsampling the larger kind (0: each kind only capped),
+and pairwise A/B positions are dealt out evenly.
+
+Each sample is rendered with a template variant drawn from spark.prompts. A pointwise sample asks for Yes/No,
+or with probability `pointwise_ab_prob` for a letter (A: correct, B: incorrect; its gold is then the letter,
+scored as pairwise verdicts are: `verifier_kind`). A reflection's template leaves open whether the answer
+shown is right, or with probability `reflection_says_wrong_prob` says that it is wrong (it always is).
 
 A sample shows a rollout's final answer (answer-based) or its whole response (CoT-based): judges as
 `content` says, reflections CoT-based with probability `reflection_cot_prob`. Rollouts without a final
-answer (found as the reward finds it: `answer_mode`) are never shown answer-based; a sample with no rollout it can show is not made
-(counted in `skipped_no_answer`). Recycled prompts are scored by the same rule verifier as policy prompts
-(`VERIFIER_KIND`).
+answer (found as the reward finds it: `answer_mode`) are never shown answer-based; a sample with no
+rollout it can show is not made (counted in `skipped_no_answer`). Recycled prompts are scored by the same
+rule verifier as policy prompts (`verifier_kind`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from spark.data import Sample
-from spark.prompts import NUM_VARIANTS, pairwise_prompt, pointwise_prompt, reflection_prompt
+from spark.prompts import (
+    NUM_VARIANTS,
+    POINTWISE_VERDICTS,
+    pairwise_prompt,
+    pointwise_prompt,
+    reflection_prompt,
+)
 from spark.verifier import extract_answer
 
 # The `kinds` argument of spark.verifier.score_batch for each task.
@@ -70,6 +81,14 @@ ABLATIONS: dict[str, Ablation] = {
 assert set(ABLATIONS) == set(typing.get_args(Mode))
 
 
+def verifier_kind(sample: Sample) -> str:
+    """The `kinds` entry of spark.verifier.score_batch for `sample`: its task's (`VERIFIER_KIND`), except that a
+    pointwise sample in the A/B coding (gold "A" or "B") is read as pairwise verdicts are, by letter."""
+    if sample.task == "pointwise" and sample.gold in POINTWISE_VERDICTS["ab"].values():
+        return VERIFIER_KIND["pairwise"]
+    return VERIFIER_KIND[sample.task]
+
+
 @dataclass
 class RolloutGroup:
     """One policy prompt and its rollouts. `sample.prompt` is the full user message (question + MATH_SUFFIX),
@@ -91,20 +110,24 @@ class RecycleConfig:
     mixed_pairwise_prob: float = 0.7  # a mixed group gives a pairwise sample with this chance, else pointwise
     mixed_pointwise_correct_prob: float = 0.5  # chance a mixed group's pointwise shows a correct rollout
     reflection_cot_prob: float = 0.5  # chance a reflection shows the whole response, else the final answer
-    judge_to_reflection: float = 1.0  # judge : reflection samples kept; the larger kind is subsampled
+    judge_to_reflection: float = 1.0  # judge : reflection samples kept, the larger kind subsampled; 0: no ratio
     balance_labels: bool = True  # as many Yes as No (majority dropped), as many A as B (positions dealt)
     max_per_kind: int | None = None  # keep at most this many judge and this many reflection samples per step
+    pointwise_ab_prob: float = 0.0  # chance a pointwise sample asks for A (correct) / B (incorrect), else Yes/No
+    reflection_says_wrong_prob: float = 0.0  # chance a reflection's template says the answer shown is wrong
 
     def __post_init__(self):
         if self.content not in typing.get_args(Content):
             raise ValueError(f"RecycleConfig.content must be one of {typing.get_args(Content)}, got {self.content!r}")
-        for name in ("mixed_pairwise_prob", "mixed_pointwise_correct_prob", "reflection_cot_prob"):
+        for name in ("mixed_pairwise_prob", "mixed_pointwise_correct_prob", "reflection_cot_prob",
+                     "pointwise_ab_prob", "reflection_says_wrong_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"RecycleConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_per_kind is not None and self.max_per_kind < 0:
             raise ValueError(f"RecycleConfig.max_per_kind must be >= 0, got {self.max_per_kind}")
-        if self.judge_to_reflection <= 0:
-            raise ValueError(f"RecycleConfig.judge_to_reflection must be > 0, got {self.judge_to_reflection}")
+        if self.judge_to_reflection < 0:
+            raise ValueError(f"RecycleConfig.judge_to_reflection must be >= 0 (0: no ratio), "
+                             f"got {self.judge_to_reflection}")
 
 
 def recycle_config_for(mode: str, **overrides) -> RecycleConfig:
@@ -142,8 +165,10 @@ def recycle(
 
     Each sample carries all the group's images, a template variant drawn from spark.prompts, and in `meta` the
     group's meta plus its provenance: `group` (index in `groups`), `rollouts` (indices, in display
-    order), `variant` and `content` ("answer" or "cot"). Stats: group outcomes, samples per kind,
-    samples skipped or dropped, and `pointwise_yes_frac` / `pairwise_a_frac` when those kinds are present.
+    order), `variant` and `content` ("answer" or "cot"), and the template family that rendered it: `coding`
+    ("yesno" or "ab") for pointwise samples, `says_wrong` for reflections. Stats: group outcomes, samples
+    per kind, samples skipped or dropped, and `pointwise_yes_frac` / `pairwise_a_frac` (Yes = a correct
+    answer shown, in either coding) when those kinds are present.
     """
     answers = []  # per group, per rollout: the final answer or None
     wanted: list[_Pick | None] = []
@@ -177,7 +202,7 @@ def recycle(
     kept_reflections = rng.sample(reflections, reflection_quota)
     _deal_letters([p for p in kept_judges if p.task == "pairwise"], config.balance_labels, rng)
 
-    samples = [_render(p, groups[p.group], answers[p.group], rng) for p in kept_judges + kept_reflections]
+    samples = [_render(p, groups[p.group], answers[p.group], config, rng) for p in kept_judges + kept_reflections]
     rng.shuffle(samples)
     stats = {
         **outcomes,
@@ -235,12 +260,12 @@ def _judge_units(judges: list[_Pick], balance: bool, rng: random.Random) -> list
 
 def _quotas(num_judges: int, num_reflections: int, config: RecycleConfig) -> tuple[int, int]:
     """How many judge and reflection samples to keep: each at most `max_per_kind`, then the larger kind cut
-    to judges : reflections = judge_to_reflection : 1. When one kind is empty (no wrong rollout this step,
-    or a kind switched off) the other is not cut for the ratio."""
+    to judges : reflections = judge_to_reflection : 1 (a ratio of 0 cuts neither). When one kind is empty
+    (no wrong rollout this step, or a kind switched off) the other is not cut for the ratio."""
     if config.max_per_kind is not None:
         num_judges = min(num_judges, config.max_per_kind)
         num_reflections = min(num_reflections, config.max_per_kind)
-    if num_judges and num_reflections:
+    if config.judge_to_reflection and num_judges and num_reflections:
         num_judges = min(num_judges, round(config.judge_to_reflection * num_reflections))
         num_reflections = min(num_reflections, round(num_judges / config.judge_to_reflection))
     return num_judges, num_reflections
@@ -271,17 +296,12 @@ def _deal_letters(pairwise: list[_Pick], balance: bool, rng: random.Random) -> N
             pick.rollouts = pick.rollouts[::-1]
 
 
-def _render(pick: _Pick, group: RolloutGroup, answers: list[str | None], rng: random.Random) -> Sample:
+def _render(
+    pick: _Pick, group: RolloutGroup, answers: list[str | None], config: RecycleConfig, rng: random.Random
+) -> Sample:
     question = group.sample.meta["question"]
     shown = [group.responses[i] if pick.cot else answers[i] for i in pick.rollouts]
     variant = rng.randrange(NUM_VARIANTS[pick.task])
-    if pick.task == "pointwise":
-        prompt = pointwise_prompt(question, shown[0], cot=pick.cot, variant=variant)
-    elif pick.task == "pairwise":
-        prompt = pairwise_prompt(question, shown[0], shown[1], cot=pick.cot, variant=variant)
-    else:
-        prompt = reflection_prompt(question, shown[0], cot=pick.cot, variant=variant)
-    gold = group.sample.gold if pick.task == "reflection" else pick.label
     meta = {
         **group.sample.meta,
         "group": pick.group,
@@ -289,6 +309,17 @@ def _render(pick: _Pick, group: RolloutGroup, answers: list[str | None], rng: ra
         "variant": variant,
         "content": "cot" if pick.cot else "answer",
     }
+    if pick.task == "pointwise":
+        coding = "ab" if rng.random() < config.pointwise_ab_prob else "yesno"
+        prompt = pointwise_prompt(question, shown[0], cot=pick.cot, variant=variant, coding=coding)
+        gold, meta["coding"] = POINTWISE_VERDICTS[coding][pick.label], coding
+    elif pick.task == "pairwise":
+        prompt = pairwise_prompt(question, shown[0], shown[1], cot=pick.cot, variant=variant)
+        gold = pick.label
+    else:
+        says_wrong = rng.random() < config.reflection_says_wrong_prob
+        prompt = reflection_prompt(question, shown[0], cot=pick.cot, variant=variant, says_wrong=says_wrong)
+        gold, meta["says_wrong"] = group.sample.gold, says_wrong
     return Sample(prompt=prompt, gold=gold, task=pick.task, images=group.sample.images, meta=meta)
 
 

@@ -17,7 +17,7 @@ from spark.chat import ChatModel, ChatPrompt
 from spark.data import TASKS, DataError, Sample
 from spark.distributed import reduce_metrics
 from spark.images import ImageConfig, image_label
-from spark.recycle import VERIFIER_KIND, RolloutGroup
+from spark.recycle import RolloutGroup, verifier_kind
 from spark.sampler import Sampling
 from spark.verifier import score_batch
 
@@ -112,7 +112,7 @@ def score(experiences: list[Experience], answer_mode: str) -> None:
     """Set each experience's reward: the rule verifier on its response against its sample's gold, the
     final answer found as `answer_mode` says (spark.verifier.ANSWER_MODES)."""
     rewards = score_batch([e.response for e in experiences], [e.sample.gold for e in experiences],
-                          kinds=[VERIFIER_KIND[e.sample.task] for e in experiences], mode=answer_mode)
+                          kinds=[verifier_kind(e.sample) for e in experiences], mode=answer_mode)
     for experience, reward in zip(experiences, rewards):
         experience.reward = reward
 

@@ -46,6 +46,8 @@ def test_a_misspelt_task_weight_key(run_file):
     ("run.collective_timeout_s=0", r"\[run\] max_skipped_steps must be >= 0 and collective_timeout_s >= 1"),
     ("spark.recycle.mixed_pairwise_prob=2", r"\[spark.recycle\] RecycleConfig.mixed_pairwise_prob must be in \[0, 1\]"),
     ("data.max_rows=-1", r"\[data\] max_rows must be >= 0 \(0 = all rows\), got -1"),
+    ("spark.recycle.reflection_says_wrong_prob=1.5",
+     r"\[spark.recycle\] RecycleConfig.reflection_says_wrong_prob must be in \[0, 1\], got 1.5"),
 ])
 def test_out_of_range_values_name_the_file_and_table(run_file, override, message):
     with pytest.raises(ConfigError, match=f"run.toml: {message}"):

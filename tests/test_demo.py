@@ -76,9 +76,10 @@ def test_tokenizer_round_trips_prompts_and_keeps_digits_apart(checkpoint):
     texts = [prompts.math_prompt("What is 85-38?"), arithmetic.judge_response("What is 83-38?", "46", "No")]
     assert texts[1] == "46+38: 6+8=14, 4+3+1=8. 84 vs 83: 8 8 same, 4 3 differ, so different. \\boxed{No}"
     assert arithmetic.digit_pairs("135", "99") == "1 0 differ, 3 9 differ, 5 9 differ"
-    texts += [prompts.pointwise_prompt("What is 47+38?", "85", cot=cot, variant=v) for cot in (0, 1) for v in range(3)]
-    texts += [prompts.pairwise_prompt("What is 47+38?", "85", "86", variant=v) for v in range(3)]
-    texts += [prompts.reflection_prompt("What is 47+38?", "86", cot=True, variant=v) for v in range(3)]
+    variants = range(max(prompts.NUM_VARIANTS.values()))
+    texts += [prompts.pointwise_prompt("What is 47+38?", "85", cot=cot, variant=v) for cot in (0, 1) for v in variants]
+    texts += [prompts.pairwise_prompt("What is 47+38?", "85", "86", variant=v) for v in variants]
+    texts += [prompts.reflection_prompt("What is 47+38?", "86", cot=True, variant=v) for v in variants]
     texts += arithmetic.comparison_drill("85", random.Random(0))
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

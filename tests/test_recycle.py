@@ -6,7 +6,16 @@ import random
 import pytest
 
 from spark.data import Sample
-from spark.recycle import RecycleConfig, RecycleQueue, RolloutGroup, recycle, recycle_config_for
+from spark.prompts import pointwise_prompt, reflection_prompt
+from spark.recycle import (
+    RecycleConfig,
+    RecycleQueue,
+    RolloutGroup,
+    recycle,
+    recycle_config_for,
+    verifier_kind,
+)
+from spark.rollout import Experience, score
 
 QUESTION = "What is 2 + 3?"
 CORRECT = "2 + 3 = 5, so the answer is \\boxed{5}."
@@ -99,6 +108,53 @@ def test_labels_balanced_and_judges_to_reflections_one_to_one():
     assert len({s.meta["variant"] for s in samples}) > 1
 
 
+def test_default_templates_are_yes_no_and_neutral():
+    samples, _ = recycle([group([1, 0, 0])] * 20, RecycleConfig(), random.Random(0))
+    assert {s.meta["coding"] for s in samples if s.task == "pointwise"} == {"yesno"}
+    assert {s.meta["says_wrong"] for s in samples if s.task == "reflection"} == {False}
+
+
+def test_meta_names_the_template_each_sample_was_rendered_with():
+    config = RecycleConfig(pointwise_ab_prob=0.5, reflection_says_wrong_prob=0.5, balance_labels=False)
+    batch = [group([1, 1]), group([0, 0]), group([1, 0])] * 20
+    samples, _ = recycle(batch, config, random.Random(0))
+    assert {s.meta.get("coding") for s in samples if s.task == "pointwise"} == {"yesno", "ab"}
+    assert {s.meta.get("says_wrong") for s in samples if s.task == "reflection"} == {False, True}
+    for s in samples:
+        if s.task == "pairwise":
+            continue
+        response = batch[s.meta["group"]].responses[s.meta["rollouts"][0]]
+        cot = s.meta["content"] == "cot"
+        answer = response if cot else response.split("boxed{")[1].split("}")[0]
+        if s.task == "pointwise":
+            assert s.prompt == pointwise_prompt(QUESTION, answer, cot=cot, variant=s.meta["variant"],
+                                                coding=s.meta["coding"])
+            verdicts = {"yesno": ("Yes", "No"), "ab": ("A", "B")}[s.meta["coding"]]
+            assert s.gold == verdicts[response != CORRECT]
+        else:
+            assert s.prompt == reflection_prompt(QUESTION, answer, cot=cot, variant=s.meta["variant"],
+                                                 says_wrong=s.meta["says_wrong"])
+
+
+def test_ab_coded_pointwise_is_rewarded_for_the_right_letter():
+    """Render -> a judge response boxing the right or the wrong verdict of its coding -> the trainer's reward."""
+    config = RecycleConfig(pointwise_ab_prob=1.0, pairwise=False, reflection=False, balance_labels=False)
+    samples, stats = recycle([group([1, 1]), group([0, 0])] * 4, config, random.Random(0))
+    assert sorted(s.gold for s in samples) == ["A"] * 4 + ["B"] * 4 and stats["pointwise_yes_frac"] == 0.5
+    assert {verifier_kind(s) for s in samples} == {"pairwise"}  # read by letter
+    experiences = [Experience(s, [], [], f"I checked it.\n\\boxed{{{verdict}}}", 0.0, False)
+                   for s in samples for verdict in (s.gold, {"A": "B", "B": "A"}[s.gold])]
+    score(experiences, "strict")
+    assert [e.reward for e in experiences] == [1.0, 0.0] * len(samples)
+
+
+def test_verifier_kind_of_each_task():
+    assert [verifier_kind(Sample("p", gold, task=task)) for task, gold in [
+        ("policy", "5"), ("policy", "A"), ("reflection", "B"), ("pointwise", "Yes"), ("pointwise", "No"),
+        ("pointwise", "A"), ("pointwise", "B"), ("pairwise", "A")]] == [
+        "math", "math", "math", "pointwise", "pointwise", "pairwise", "pairwise", "pairwise"]
+
+
 def test_ratio_subsamples_the_larger_kind():
     # 10 all-wrong groups: 10 No judges and 10 reflections; ratio 2 keeps 10 judges and 5 reflections
     config = RecycleConfig(balance_labels=False, judge_to_reflection=2.0)
@@ -109,6 +165,17 @@ def test_ratio_subsamples_the_larger_kind():
     # a kind with no samples does not remove the other: all-correct groups give no reflections
     samples, _ = recycle([group([1, 1])] * 3, config, random.Random(0))
     assert len(samples) == 3
+
+
+def test_ratio_zero_keeps_both_kinds_capped_independently():
+    # 10 all-wrong and 6 all-correct groups: 16 judges and 10 reflections
+    batch = [group([0, 0])] * 10 + [group([1, 1])] * 6
+    samples, stats = recycle(batch, RecycleConfig(balance_labels=False, judge_to_reflection=0), random.Random(0))
+    tasks = by_task(samples)
+    assert (len(tasks["pointwise"]), len(tasks["reflection"])) == (16, 10) and stats["dropped_for_quota"] == 0
+    config = RecycleConfig(balance_labels=False, judge_to_reflection=0, max_per_kind=12)
+    tasks = by_task(recycle(batch, config, random.Random(0))[0])
+    assert (len(tasks["pointwise"]), len(tasks["reflection"])) == (12, 10)
 
 
 def test_max_per_kind_caps_each_kind_then_keeps_the_ratio():
@@ -191,6 +258,11 @@ def test_bad_input_is_an_error():
         recycle([RolloutGroup(policy.sample, ["a"], [0.5])], RecycleConfig(), random.Random(0))
     with pytest.raises(ValueError, match="content"):
         RecycleConfig(content="both-ish")
+    for name, value in [("pointwise_ab_prob", 1.5), ("reflection_says_wrong_prob", -0.1), ("reflection_cot_prob", 2)]:
+        with pytest.raises(ValueError, match=f"RecycleConfig.{name} must be in \\[0, 1\\], got {value}"):
+            RecycleConfig(**{name: value})
+    with pytest.raises(ValueError, match="RecycleConfig.judge_to_reflection must be >= 0"):
+        RecycleConfig(judge_to_reflection=-1.0)
     with pytest.raises(ValueError, match="mode"):
         recycle_config_for("spark-lite")
 
