@@ -142,11 +142,13 @@ def test_verdicts_on_the_shipped_configs():
     for name in ("7b.toml", "vl7b.toml"):  # their rollout.batch_size is what fits 80 GB cards
         for memory in (80, 141):
             assert known_plan(name, 8, memory)[2].fits
-    # Each prompt prefilled once, in chunks: 128 rows (all a rank samples) fit; 512 rows' KV cache does not.
-    assert known_plan("7b.toml", 8, 80, "rollout.batch_size=256")[2].fits
+    # Each prompt prefilled once, in chunks; the cache is sized for the authors' 8192-token prompt limit: 128 rows
+    # (all a rank samples) fit 141 GB but not 80 GB, where 64 rows do.
+    assert known_plan("7b.toml", 8, 141, "rollout.batch_size=256")[2].fits
+    assert not known_plan("7b.toml", 8, 80, "rollout.batch_size=256")[2].fits
     config, model_config, plan = known_plan("7b.toml", 8, 80, "rollout.batch_size=512", "data.prompts_per_step=512")
     assert not plan.fits
-    assert fitting_settings(config, model_config, 8, 80) == ["rollout.batch_size=128"]
+    assert fitting_settings(config, model_config, 8, 80) == ["rollout.batch_size=64"]
     for memory in (80, 141):
         config, model_config, plan = known_plan("vl32b.toml", 8, memory)
         assert not plan.fits and fitting_settings(config, model_config, 8, memory) is None
