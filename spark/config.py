@@ -147,7 +147,8 @@ class DataSettings:
 
 @dataclass
 class RolloutSettings(Sampling):
-    """The sampling knobs (spark.sampler.Sampling: max_new_tokens, temperature, top_p, top_k) and the engine."""
+    """The sampling knobs (spark.sampler.Sampling: max_new_tokens, temperature, top_p, top_k, repetition_penalty)
+    and the engine."""
 
     max_new_tokens: int = 768
     n: int = 8  # rollouts per prompt (group size)
@@ -155,6 +156,7 @@ class RolloutSettings(Sampling):
     compile: bool = False  # torch.compile the decode step (CUDA graphs on CUDA; fused small ops on CPU)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("n, batch_size and max_new_tokens must be >= 1")
 

@@ -6,7 +6,8 @@ One `generate` call samples n rows of each prompt (the n rollouts of a GRPO grou
      prefill's temporaries stay bounded; the lm_head is applied only at each prompt's last position (never a
      [D, T, vocab] tensor). Each prompt's cache rows are then copied to its other n - 1 rows;
   2. decode: one token per row per step at position `cache_lens + rope_deltas`, sampled with
-     temperature / top-k / top-p (or greedily), until each row has produced a stop token or its
+     temperature / top-k / top-p (or greedily) after the repetition penalty, if any (on the logits the
+     decode step returns, outside a compiled step), until each row has produced a stop token or its
      own `max_new_tokens`;
   3. finished rows stop costing compute: once a quarter of the batch has finished, the live rows are moved
      to the front of the cache in place (`KVCache.keep_rows`: no reallocation, a peak of one layer's live rows
@@ -18,8 +19,9 @@ matmuls; a compiled CPU step keeps them, behind an op inductor calls (`packed_li
 
 Log-probs: for each sampled token we return log_softmax(logits / temperature) at that token (the
 plain log_softmax(logits) when greedy), i.e. before top-k / top-p truncation: the same quantity the
-trainer computes for the update, which logs the gap between the two as `logp_mismatch` (rounding, and
-the banned tokens, which get -inf logits here first, so these log-probs are over the other tokens).
+trainer computes for the update, which logs the gap between the two as `logp_mismatch` (rounding, the
+banned tokens, which get -inf logits here first, so these log-probs are over the other tokens, and a
+repetition penalty, which changes the logits here first too: these log-probs are those sampled from).
 
 Sampling is by inverse CDF with one uniform per row and step, from a `torch.Generator` on the
 model's device seeded by `seed`: a call is reproducible. (The exponential race of gpt-fast draws V
@@ -55,6 +57,13 @@ class Sampling:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
     top_k: int = 0  # keep the k most likely tokens; 0 keeps all
+    # transformers' and vLLM's repetition penalty: the logit of every token already in the row (prompt or
+    # generated) is divided by it when positive, multiplied when not; 1 = off
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 @dataclass
@@ -106,6 +115,21 @@ def sample(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
         cdf = truncate(probs, params.top_k, params.top_p).cumsum(-1)  # [B, V], unnormalised
         tokens = torch.searchsorted(cdf, (1 - uniforms[:, None]) * cdf[:, -1:])[:, 0]
     return tokens, probs.gather(-1, tokens[:, None])[:, 0].log()
+
+
+def tokens_seen(input_ids: torch.Tensor, prompt_lens: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Which token ids each right-padded prompt [D, T] holds: [D, vocab] bool. Padding is left out, and so are
+    ids the head cannot produce (>= vocab), as transformers leaves them out."""
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    ids = torch.where(columns < prompt_lens[:, None], input_ids.clamp(max=vocab), vocab)
+    seen = torch.zeros(input_ids.shape[0], vocab + 1, dtype=torch.bool, device=input_ids.device)
+    return seen.scatter_(1, ids, True)[:, :vocab]
+
+
+def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty on logits [B, V] (fp32) at the tokens `seen` [B, V] marks, as transformers'
+    RepetitionPenaltyLogitsProcessor computes it."""
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
 def prefill_positions(model: nn.Module, input_ids: torch.Tensor, prompt_lens: torch.Tensor,
@@ -325,6 +349,10 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
     cache.repeat_rows(source[D:], T)
     logits, cache_lens, rope_deltas = logits[source], prompt_lens[source], rope_deltas[source]
     mrope = positions.dim() == 3
+    seen = None  # [B, V] by the caller's row: the tokens each row holds so far, for the repetition penalty
+    if params.repetition_penalty != 1.0:
+        seen = torch.empty(B, logits.shape[-1], dtype=torch.bool, device=device)
+        seen[rows] = tokens_seen(input_ids, prompt_lens, logits.shape[-1])[source]
 
     step_fn = compiled_decode_step(device.type, not static) if params.compile else decode_step
     row_limits = torch.tensor(limits, device=device)[rows]
@@ -337,7 +365,11 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
         uniforms = torch.rand(B, generator=generator, device=device)[rows]  # for every row: see the doc
         if params.banned_token_ids:
             logits.index_fill_(-1, banned_ids, float("-inf"))
+        if seen is not None:
+            logits = penalize(logits, seen[rows], params.repetition_penalty)
         tokens, logp = sample(logits, params, uniforms)
+        if seen is not None:
+            seen[rows, tokens] = True
         out_tokens[rows, step] = tokens
         out_logp[rows, step] = logp
         done |= torch.isin(tokens, stop_ids) | (step + 1 >= row_limits)

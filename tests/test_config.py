@@ -41,6 +41,7 @@ def test_a_misspelt_task_weight_key(run_file):
 
 @pytest.mark.parametrize("override, message", [
     ("rollout.n=0", r"\[rollout\] n, batch_size and max_new_tokens must be >= 1"),
+    ("rollout.repetition_penalty=0", r"\[rollout\] repetition_penalty must be > 0, got 0.0"),
     ("loss.dual_clip=0.5", r"\[loss\] dual_clip must be 0 \(off\) or > 1, got 0.5"),
     ("loss.kl_coef=-1", r"\[loss\] kl_coef must be >= 0, got -1.0"),
     ("run.collective_timeout_s=0", r"\[run\] max_skipped_steps must be >= 0 and collective_timeout_s >= 1"),

@@ -38,9 +38,10 @@ def make_prompts(vocab_size: int, lengths: list[int] = PROMPT_LENGTHS, seed: int
     return [torch.randint(3, vocab_size, (n,), generator=g).tolist() for n in lengths]
 
 
-def hf_greedy(hf, prompt: list[int], max_new_tokens: int, eos: int) -> list[int]:
+def hf_greedy(hf, prompt: list[int], max_new_tokens: int, eos: int, repetition_penalty: float | None = None
+              ) -> list[int]:
     out = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                      pad_token_id=0, repetition_penalty=None, top_k=None, top_p=None, temperature=None)
+                      pad_token_id=0, repetition_penalty=repetition_penalty, top_k=None, top_p=None, temperature=None)
     return out[0, len(prompt):].tolist()
 
 
@@ -58,6 +59,38 @@ def test_greedy_matches_transformers_per_row(models, prefill_tokens):
     rollouts = generate(ours, prompts, params, max_new_tokens=limits)
     for row, (prompt, limit) in enumerate(zip(prompts, limits)):
         assert rollouts.tokens[row] == hf_greedy(hf, prompt, limit, eos), f"row {row}"
+
+
+@pytest.mark.parametrize("penalty", [1.05, 1.3, 0.7])
+def test_repetition_penalty_matches_transformers_per_row(models, penalty):
+    """transformers' penalty (on every token of the prompt and of the response so far) on ragged prompts in one
+    batch, some prompts sampled twice, rows dropped from the batch as they reach their limits: each row as
+    generate makes it from its prompt alone. The penalty changes some greedy row (the test would not see it
+    applied wrongly otherwise)."""
+    ours, hf = models
+    prompts = make_prompts(ours.config.vocab_size)
+    copies = [2, 1, 1, 2, 1, 1]
+    limits = [12, 3, 4, 9, 12, 10, 1, 7]
+    eos = hf.generation_config.eos_token_id
+    params = SamplingParams(temperature=0.0, stop_token_ids=(eos,), repetition_penalty=penalty)
+    penalized = generate(ours, prompts, params, n=copies, max_new_tokens=limits).tokens
+    plain = generate(ours, prompts, dataclasses.replace(params, repetition_penalty=1.0), n=copies,
+                     max_new_tokens=limits).tokens
+    assert penalized != plain
+    rows = [prompt for prompt, n in zip(prompts, copies) for _ in range(n)]
+    for row, (prompt, limit) in enumerate(zip(rows, limits)):
+        assert penalized[row] == hf_greedy(hf, prompt, limit, eos, penalty), f"row {row}"
+
+
+def test_penalty_reads_prompts_without_padding():
+    input_ids = torch.tensor([[4, 1, 4, 0], [2, 9, 0, 0]])  # row 1's 9 is outside a head of 6 tokens
+    seen = sampler.tokens_seen(input_ids, torch.tensor([3, 2]), vocab=6)
+    assert seen.tolist() == [[False, True, False, False, True, False], [False, False, True, False, False, False]]
+    logits = torch.tensor([[2.0, -2.0, 0.0, 1.0]])
+    penalized = sampler.penalize(logits, torch.tensor([[True, True, True, False]]), 2.0)
+    assert penalized.tolist() == [[1.0, -4.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0, got 0.0"):
+        SamplingParams(repetition_penalty=0.0)
 
 
 def test_stop_token_ends_rows_at_different_lengths(models):
@@ -306,6 +339,19 @@ def test_compiled_decode_through_the_flash_attn_op(tmp_path, monkeypatch):
     assert graphs == [1, 1]
     assert "spark.flash_attn_with_kvcache" in code[0] and "clone" not in code[0]
     assert counters["inductor"]["possibly_missed_reinplacing_opportunities"] == 0
+
+
+@pytest.mark.slow
+def test_compiled_decode_with_a_repetition_penalty(model, monkeypatch):
+    """The penalty works on the logits the compiled step returns: the same tokens as eager, static shapes (as
+    accelerators compile them) and one graph."""
+    monkeypatch.setattr(sampler, "DYNAMIC_COMPILE_DEVICES", set())
+    prompts = make_prompts(model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, repetition_penalty=1.3)
+    tokens, graphs, _ = compiled_runs(model, prompts, dataclasses.replace(params, compile=True))
+    assert tokens == [generate(model, prompts, params).tokens] * 2
+    assert tokens[0] != generate(model, prompts, dataclasses.replace(params, repetition_penalty=1.0)).tokens
+    assert graphs == [1, 1]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

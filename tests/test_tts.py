@@ -24,11 +24,11 @@ class ScriptedModel:
     """A ChatModel whose reply to each exact prompt is scripted (a list: one reply per sample)."""
 
     def __init__(self, replies: dict[str, str | list[str]], num_tokens: int = 10):
-        self.replies, self.num_tokens, self.calls = replies, num_tokens, []
+        self.replies, self.num_tokens, self.calls, self.samplings = replies, num_tokens, [], []
 
-    def generate(self, prompts, images=None, *, max_new_tokens=1024, temperature=0.0, top_p=1.0, top_k=0,
-                 n=1, seed=0):
+    def generate(self, prompts, images=None, *, n=1, seed=0, **sampling):
         self.calls.append(list(prompts))
+        self.samplings.append(Sampling(**sampling))
         outputs = []
         for prompt in prompts:
             reply = self.replies[prompt]
