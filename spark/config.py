@@ -193,7 +193,8 @@ class LossSettings:
 @dataclass
 class RewardSettings:
     # strict: the answer is the last \boxed{}, the format the prompt asks for, so the policy is rewarded for
-    # following it; lenient: found as a human grader would (the default of evaluation and TTS)
+    # following it; lenient: found as a human grader would (the default of evaluation and TTS); first: the
+    # first \boxed{}, as the authors' evaluation scripts read it
     answer_mode: AnswerMode = "strict"
 
 

@@ -3,8 +3,9 @@ r"""Verifiable reward: does a response's final answer equal the gold answer?
 The reward is the only ground truth the method has, so the verifier aims to grade like a careful
 human and to stay bounded in time whatever the input.
 
-- `extract_answer` finds the final answer in one of two modes (ANSWER_MODES): "strict" reads only the
-  last `\boxed{}` / `\fbox{}`, the format every prompt asks for; "lenient" reads it as a human grader
+- `extract_answer` finds the final answer in one of three modes (ANSWER_MODES): "strict" reads only the
+  last `\boxed{}` / `\fbox{}`, the format every prompt asks for; "first" only the first one, as the
+  authors' evaluation scripts read answers and verdicts; "lenient" reads it as a human grader
   would: several boxes that together are the answer, "Answer: X", "The final answer is $X$",
   `<answer>` tags, `#### X`, a final bold value, other languages, and a boxed answer withdrawn and
   corrected. Precision first: no clear final answer, or a hedge between values, is wrong.
@@ -42,7 +43,7 @@ from typing import Literal, get_args
 MAX_ANSWER_CHARS = 1000  # longer answers are rejected unseen: no gold answer is near this long
 MAX_NESTING = 24  # deeper bracket nesting is rejected before any recursive parsing
 JUDGE_KINDS = ("pointwise", "pairwise")
-AnswerMode = Literal["strict", "lenient"]  # see extract_answer
+AnswerMode = Literal["strict", "lenient", "first"]  # see extract_answer
 ANSWER_MODES: tuple[str, ...] = get_args(AnswerMode)
 
 # --------------------------------------------------------------------------- extraction
@@ -107,19 +108,20 @@ class _Box:
     content: str | None  # None: the box never closes (a truncated generation)
 
 
+def _box(response: str, m: re.Match) -> _Box:
+    """The box whose command `m` found (`\\boxed{...}`, `\\fbox{...}`, `\\boxed 5`)."""
+    rest = len(response) - len(response[m.end() :].lstrip())
+    if response.startswith("{", rest):
+        content = _braced(response, rest)
+        end = rest + len(content) + 2 if content is not None else len(response)
+        return _Box(m.start(), end, None if content is None else content.strip())
+    bare = re.compile(r"[^\s$]+").match(response, rest)
+    return _Box(m.start(), bare.end() if bare else rest, bare.group() if bare else None)
+
+
 def _last_boxes(response: str) -> list[_Box]:
-    """The last `_BOXES_READ` boxes of a response, in order (`\\boxed{...}`, `\\fbox{...}`, `\\boxed 5`)."""
-    boxes = []
-    for m in deque(_BOX.finditer(response), maxlen=_BOXES_READ):
-        rest = len(response) - len(response[m.end() :].lstrip())
-        if response.startswith("{", rest):
-            content = _braced(response, rest)
-            end = rest + len(content) + 2 if content is not None else len(response)
-            boxes.append(_Box(m.start(), end, None if content is None else content.strip()))
-        else:
-            bare = re.compile(r"[^\s$]+").match(response, rest)
-            boxes.append(_Box(m.start(), bare.end() if bare else rest, bare.group() if bare else None))
-    return boxes
+    """The last `_BOXES_READ` boxes of a response, in order."""
+    return [_box(response, m) for m in deque(_BOX.finditer(response), maxlen=_BOXES_READ)]
 
 
 def _final_box_group(response: str, boxes: list[_Box]) -> str | None:
@@ -173,6 +175,7 @@ def extract_answer(response: str, mode: str = "lenient") -> str | None:
     """The final answer of a response, or None when it gives none.
 
     "strict": the content of the last `\\boxed{}` (or `\\fbox{}`), the format every prompt asks for.
+    "first": the content of the first one (the authors' evaluation reads this box); None if it never closes.
     "lenient", as a careful human grader reads it: the last group of boxes (several boxes joined by
     commas, `and` or `or` are one answer: roots, coordinates, or a hedge that will fail); without a box,
     the last answer stated in words ("Answer: X", "The final answer is $X$. I hope it is correct.",
@@ -183,6 +186,9 @@ def extract_answer(response: str, mode: str = "lenient") -> str | None:
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"unknown answer mode {mode!r}; expected one of {ANSWER_MODES}")
+    if mode == "first":
+        first = _BOX.search(response)
+        return _box(response, first).content if first else None
     boxes = _last_boxes(response)
     if mode == "strict":
         return boxes[-1].content if boxes else None
@@ -932,9 +938,9 @@ def score_batch(
     kinds[i] is "math" (default: the final answer against a gold answer), "pointwise" or "pairwise"
     (the judge's parsed verdict against "Yes"/"No" or "A"/"B"). `mode` (one of ANSWER_MODES) is how a
     math answer is found: "lenient" reads it as a human grader would, "strict" only from the last
-    `\\boxed{}` (see extract_answer); a lenient multiple-choice answer may also be the value of an option
-    the response lists. Rows that only sympy can decide run in parallel in the worker pool, each within
-    `timeout` seconds; a timeout scores 0.0 and is counted.
+    `\\boxed{}`, "first" only from the first (see extract_answer); a lenient multiple-choice answer may
+    also be the value of an option the response lists. Rows that only sympy can decide run in parallel in
+    the worker pool, each within `timeout` seconds; a timeout scores 0.0 and is counted.
     """
     kinds = kinds if kinds is not None else ["math"] * len(responses)
     if not len(responses) == len(golds) == len(kinds):

@@ -21,7 +21,7 @@ def run_file(tmp_path):
     ("loss.advantage_scale=groups", "loss.advantage_scale", "'group', 'batch', 'none'"),
     ("spark.recycle.content=answers", "spark.recycle.content", "'answer', 'cot', 'both'"),
     ("run.resume=always", "run.resume", "'auto', 'force'"),
-    ("reward.answer_mode=loose", "reward.answer_mode", "'strict', 'lenient'"),
+    ("reward.answer_mode=loose", "reward.answer_mode", "'strict', 'lenient', 'first'"),
     ("data.format=message", "data.format", "'rows', 'messages'"),
 ])
 def test_a_misspelt_choice_names_file_key_value_and_choices(run_file, override, key, allowed):

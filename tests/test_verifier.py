@@ -100,8 +100,27 @@ def test_strict_mode_reads_only_the_last_box():
     assert is_correct("(A) 3 (B) 12\nAnswer: 12", "B")
 
 
+@pytest.mark.parametrize(("response", "expected"), [
+    (r"Try \boxed{3}; no: the answer is \boxed{12}.", "3"),
+    (r"\boxed{ \frac{1}{2} } then \boxed{5}", r"\frac{1}{2}"),
+    (r"\fbox{7} and \boxed{8}", "7"),
+    (r"\boxed{\{1, 2\}} or \boxed{3}", r"\{1, 2\}"),
+    (r"\boxed{}", ""),
+    (r"So \boxed{4", None),  # truncated inside the first box: no answer, not its partial content
+    ("Answer: 12", None),
+])
+def test_first_mode_reads_only_the_first_box(response, expected):
+    assert extract_answer(response, "first") == expected
+
+
+def test_first_mode_scores_the_first_box():
+    responses = [r"\boxed{12} (check: \boxed{13})", r"\boxed{13}, no: \boxed{12}"]
+    assert score_batch(responses, ["12", "12"], mode="first") == [1.0, 0.0]
+    assert score_batch(responses, ["12", "12"], mode="strict") == [0.0, 1.0]
+
+
 def test_unknown_mode_is_an_error():
-    assert ANSWER_MODES == ("strict", "lenient")
+    assert ANSWER_MODES == ("strict", "lenient", "first")
     with pytest.raises(ValueError, match="unknown answer mode 'loose'"):
         score_batch([boxed("1")], ["1"], mode="loose")
     with pytest.raises(ValueError, match="unknown answer mode"):
