@@ -116,10 +116,16 @@ def user_content(prompt: str, num_images: int) -> list[dict]:
     return [part for part in content if part["type"] == "image" or part["text"]]
 
 
-def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+def messages(content: str | list[dict], system: str | None = None) -> list[dict]:
+    """A chat of one user message, after a system message when one is given (None: the template's own)."""
+    first = [{"role": "system", "content": system}] if system is not None else []
+    return first + [{"role": "user", "content": content}]
+
+
+def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str | None = None) -> list[int]:
     """A text-only user message, chat-templated and tokenized, ending with the assistant turn's header."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=False)
+    return tokenizer.apply_chat_template(messages(prompt, system), add_generation_prompt=True, tokenize=True,
+                                         return_dict=False)
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, path: Path) -> tuple[int, ...]:
@@ -150,29 +156,31 @@ class ChatModel:
         self.banned_token_ids = tuple(sorted(vocab[t] for t in VISION_TOKENS if t in vocab)) if image_config else ()
 
     def render(self, prompts: list[str], images: list[list[ImageSource]] | None = None, *,
-               image_config: ImageConfig | None = None) -> list[ChatPrompt]:
+               image_config: ImageConfig | None = None, system: str | None = None) -> list[ChatPrompt]:
         """User messages (each with its list of images, maybe empty) -> chat-templated prompts. The images
         are preprocessed with `image_config` (default: the checkpoint's), e.g. a larger max_pixels; prompts
-        with the same images (a question's recycled judge prompts) share one decode and its tensors."""
+        with the same images (a question's recycled judge prompts) share one decode and its tensors.
+        `system`: the system message of every prompt (None: the chat template's own, if it has one)."""
         images = images if images is not None else [[]] * len(prompts)
         if len(images) != len(prompts):
             raise ValueError(f"ChatModel: image lists for {len(images)} prompts, but {len(prompts)} prompts")
         preprocessed: dict[tuple[ImageSource, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-        return [self.render_one(prompt, own, image_config or self.image_config, preprocessed)
+        return [self.render_one(prompt, own, image_config or self.image_config, preprocessed, system)
                 for prompt, own in zip(prompts, images)]
 
     def render_one(self, prompt: str, images: list[ImageSource], image_config: ImageConfig | None,
-                   preprocessed: dict[tuple[ImageSource, ...], tuple[torch.Tensor, torch.Tensor]]) -> ChatPrompt:
+                   preprocessed: dict[tuple[ImageSource, ...], tuple[torch.Tensor, torch.Tensor]],
+                   system: str | None = None) -> ChatPrompt:
         """One prompt of `render`; `preprocessed` holds the image inputs already made with `image_config`."""
         if not images:
-            return ChatPrompt(user_prompt_ids(self.tokenizer, prompt))
+            return ChatPrompt(user_prompt_ids(self.tokenizer, prompt, system))
         if image_config is None:
             raise NotImplementedError(f"{image_label(images[0])}: images need a Qwen2.5-VL checkpoint")
         key = tuple(images)
         if key not in preprocessed:
             preprocessed[key] = preprocess([load_image(image) for image in images], image_config)
         pixel_values, image_grid_thw = preprocessed[key]
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": user_content(prompt, len(images))}],
+        text = self.tokenizer.apply_chat_template(messages(user_content(prompt, len(images)), system),
                                                   add_generation_prompt=True, tokenize=False)
         text = expand_image_pads(text, image_grid_thw, image_config.merge_size)
         return ChatPrompt(self.tokenizer(text, add_special_tokens=False)["input_ids"],
@@ -203,13 +211,15 @@ class ChatModel:
         return [completions[i:i + n] for i in range(0, len(completions), n)]
 
     def generate(self, prompts: list[str], images: list[list[ImageSource]] | None = None, *, n: int = 1,
-                 seed: int = 0, image_config: ImageConfig | None = None, **sampling) -> list[list[Completion]]:
-        """prompts: user messages (the chat template is applied here), images: each prompt's images.
-        One list of n completions per prompt. `sampling` are `spark.sampler.Sampling` fields; temperature
-        defaults to 0 (greedy) here. `image_config` overrides the checkpoint's image preprocessing (e.g.
-        max_pixels) for this call."""
+                 seed: int = 0, image_config: ImageConfig | None = None, system: str | None = None,
+                 **sampling) -> list[list[Completion]]:
+        """prompts: user messages (the chat template is applied here, after `system` when given), images: each
+        prompt's images. One list of n completions per prompt. `sampling` are `spark.sampler.Sampling` fields;
+        temperature defaults to 0 (greedy) here. `image_config` overrides the checkpoint's image preprocessing
+        (e.g. max_pixels) for this call."""
         sampling = Sampling(**{"temperature": 0.0, **sampling})
-        return self.complete(self.render(prompts, images, image_config=image_config), sampling, n=n, seed=seed)
+        rendered = self.render(prompts, images, image_config=image_config, system=system)
+        return self.complete(rendered, sampling, n=n, seed=seed)
 
 
 def load_chat_model(path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32, **engine) -> ChatModel:

@@ -23,6 +23,16 @@ def test_encode_applies_the_chat_template(chat):
         assert chat.tokenizer.decode(row).endswith("<|im_start|>assistant\n")
 
 
+def test_a_system_message_comes_first(chat):
+    system = "You are a helpful assistant."
+    (prompt,) = chat.render(PROMPTS[:1], system=system)
+    assert chat.tokenizer.decode(prompt.ids) == (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+                                                 f"{PROMPTS[0]}<|im_end|>\n<|im_start|>assistant\n")
+    rollouts = generate(chat.model, [prompt.ids], SamplingParams(max_new_tokens=6, temperature=0.0,
+                                                                stop_token_ids=chat.stop_token_ids))
+    assert chat.generate(PROMPTS[:1], max_new_tokens=6, system=system)[0][0].token_ids == rollouts.tokens[0]
+
+
 def test_stop_tokens_include_qwen_end_of_turn_and_text(chat):
     vocab = chat.tokenizer.get_vocab()
     assert {vocab["<|im_end|>"], vocab["<|endoftext|>"], chat.tokenizer.eos_token_id} == set(chat.stop_token_ids)

@@ -137,6 +137,12 @@ def test_render_matches_the_transformers_processor(vl_files):
                         image_config=dataclasses.replace(chat.image_config, max_pixels=JUDGE_MAX_PIXELS))[0]
     full = chat.render([QUESTION], [[str(data.parent / "shapes_0.png")]])[0]
     assert small.ids.count(image_pad) < full.ids.count(image_pad)
+    # A system message (the paper preset's) comes first, as the processor renders it.
+    system = [{"role": "system", "content": "You are a helpful assistant."}]
+    text = processor.apply_chat_template(system + messages, add_generation_prompt=True, tokenize=False)
+    reference = processor(text=[text], images=[Image.open(path)], return_tensors="pt")
+    with_system = chat.render([QUESTION], [[str(path)]], system=system[0]["content"])[0]
+    assert with_system.ids == reference["input_ids"][0].tolist()
 
 
 def test_two_image_prompt_matches_the_transformers_processor_and_model(vl_files):
