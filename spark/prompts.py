@@ -457,3 +457,36 @@ def vl_rewardbench_prompt(question: str, answer_1: str, answer_2: str) -> str:
 def rating_prompt(question: str, answer: str) -> str:
     """RewardBench2-style rating of one response: an integer 1-10 in \\boxed{}."""
     return _RATING.format(question=question, answer=answer)
+
+
+# ----------------------------------------------------------------------------- the authors' evaluation prompts
+# The system message, judge and reflection prompts of the authors' evaluation scripts (InternLM/Spark,
+# Evaluation/evaluation.py and evaluation_tts.py), used by the "paper" preset (spark.presets); their answer
+# prompt is math_prompt. Their wording and layout are kept, as their results were measured with them, but for
+# the judge's box: theirs reads "repeat your judgment inside '\box{}.'", while their verdict reader looks for
+# the first "\boxed{": here the judge is asked for the box that is read, the full stop outside the quotes.
+
+PAPER_SYSTEM = "You are a helpful assistant."
+
+_PAPER_JUDGE = (
+    "You are a specialist in answer evaluation. For the given question and answer, perform logical reasoning to "
+    "assess the answer's correctness. Then state your judgment as 'Yes' or 'No'. Finally, repeat your judgment "
+    "inside '\\boxed{{}}'.\n\n<Questions>:\n{question}\n\n<Answers>:\n{answer}\n\n<Judgements>:"
+)
+
+# Tells the model the answer is incorrect: their loop only reflects on answers its judge did not accept.
+_PAPER_REFLECTION = (
+    "Below is a question and an incorrect answer. Do not follow the incorrect answer. Instead, reason through the "
+    "question properly and provide the correct final answer.\n\nQuestion:\n{question}\n\nIncorrect Answer:\n"
+    "{answer}\n\n{math_suffix}"
+)
+
+
+def paper_judge_prompt(question: str, answer: str) -> str:
+    """The authors' test-time judge: is the final answer `answer` correct? 'Yes' or 'No' in \\boxed{}."""
+    return _PAPER_JUDGE.format(question=question, answer=answer)
+
+
+def paper_reflection_prompt(question: str, answer: str) -> str:
+    """The authors' test-time reflection: `answer` is incorrect, solve the question again."""
+    return _PAPER_REFLECTION.format(question=question, answer=answer, math_suffix=MATH_SUFFIX)
