@@ -7,6 +7,10 @@
     python evaluate.py --model CKPT_DIR --bench 'file:mine.jsonl:question=q,answer=a,image=img,choices=opts'
     python evaluate.py --model CKPT_DIR --bench rb2:rewardbench2.parquet,vlrb:vl_rewardbench.parquet
     torchrun --nproc-per-node 2 evaluate.py --model CKPT_DIR --bench gsm8k --tts
+    python evaluate.py --model CKPT_DIR --bench 'mathvista:...' --tts --preset paper  # as the authors ran it
+
+--preset sets the defaults that the flags' help lists as (preset: ...): "ours" (the default) or "paper", the authors'
+settings with their prompts (spark.presets); a flag given explicitly overrides its preset's value.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from pathlib import Path
 
 from spark.evaluation import EvalConfig, evaluate_checkpoint
 from spark.evaluation.loaders import BUILTIN, HUB
-from spark.sampler import Sampling
+from spark.presets import PRESETS, preset_values, resolve_preset
 from spark.tts import CONTENTS
+from spark.verifier import ANSWER_MODES
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
 
@@ -32,18 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="only the first N rows of each benchmark")
     parser.add_argument("--out", type=Path, help="output directory (resumes what is already there)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the built-in files are")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--preset", default="ours", choices=PRESETS,
+                        help="the prompts and the defaults of the flags that list them: ours, or paper (the "
+                             "authors' evaluation)")
+    parser.add_argument("--max-new-tokens", type=int, help=f"(preset: {preset_values('max_new_tokens')})")
+    parser.add_argument("--temperature", type=float, help=f"0 = greedy (preset: {preset_values('temperature')})")
+    parser.add_argument("--top-p", type=float, help=f"(preset: {preset_values('top_p')})")
+    parser.add_argument("--top-k", type=int, help=f"0 = all (preset: {preset_values('top_k')})")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help=f"1 = off (preset: {preset_values('repetition_penalty')})")
+    parser.add_argument("--answer-mode", choices=ANSWER_MODES,
+                        help=f"how the final answer is read (spark.verifier; preset: "
+                             f"{preset_values('answer_mode')})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=1, help="samples per math question (mean@n, pass@n)")
     parser.add_argument("--judge", action="store_true", help="the model also judges its answers (P/R/F1)")
     parser.add_argument("--tts", action="store_true", help="test-time scaling: judge, then reflect if not Yes")
-    parser.add_argument("--max-rounds", type=int, default=2, help="judge -> reflect rounds of --tts")
-    parser.add_argument("--content", default="cot", choices=CONTENTS,
+    parser.add_argument("--max-rounds", type=int,
+                        help=f"judge -> reflect rounds of --tts (preset: {preset_values('max_rounds')})")
+    parser.add_argument("--content", choices=CONTENTS,
                         help="what --judge / --tts show the judge and the reflection: the whole answer (cot) or its "
-                             "final answer (answer); match the form the model was trained to judge in")
+                             "final answer (answer); match the form the model was trained to judge in "
+                             f"(preset: {preset_values('content')})")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     return parser
@@ -51,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = build_parser().parse_args(argv)
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        top_k=args.top_k)
-    cfg = EvalConfig(sampling=sampling, seed=args.seed, n=args.n, judge=args.judge, tts=args.tts, max_rounds=args.max_rounds,
-                     content=args.content,
+    preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                            answer_mode=args.answer_mode, content=args.content, max_rounds=args.max_rounds)
+    cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, n=args.n, judge=args.judge, tts=args.tts,
+                     max_rounds=preset.max_rounds, content=preset.content, style=preset.style, preset=args.preset,
                      batch_size=args.batch_size)
     return evaluate_checkpoint(args.model, ",".join(args.bench), cfg, data_dir=args.data_dir, limit=args.limit,
                                out_dir=args.out, dtype=args.dtype)

@@ -1,6 +1,10 @@
 """Test-time scaling on one problem, shown turn by turn: answer, self-judgment, reflection (spark.tts).
 
     python tts.py --model CKPT_DIR --question "What is 17 * 23?" [--gold 391] [--image fig.png [--image fig2.png]]
+    python tts.py --model CKPT_DIR --question "..." --image fig.png --preset paper   # as the authors ran it
+
+--preset sets the defaults that the flags' help lists as (preset: ...): "ours" (the default) or "paper", the authors'
+settings with their prompts (spark.presets); a flag given explicitly overrides its preset's value.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ import argparse
 
 import torch
 
-from spark.sampler import Sampling
+from spark.presets import PRESETS, preset_values, resolve_preset
 from spark.tts import CONTENTS, Problem, format_trace, run_tts
+from spark.verifier import ANSWER_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,11 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image file for a vision-language checkpoint (repeatable: shown in order, or at the "
                              "question's <image> placeholders)")
     parser.add_argument("--gold", help="gold answer: each answer is then marked correct or wrong")
-    parser.add_argument("--max-rounds", type=int, default=2, help="judge -> reflect rounds")
-    parser.add_argument("--content", default="cot", choices=CONTENTS,
-                        help="what the judge and the reflection see: the whole answer (cot) or its final answer")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--preset", default="ours", choices=PRESETS,
+                        help="the prompts and the defaults of the flags that list them: ours, or paper (the "
+                             "authors' test-time scaling)")
+    parser.add_argument("--max-rounds", type=int,
+                        help=f"judge -> reflect rounds (preset: {preset_values('max_rounds')})")
+    parser.add_argument("--content", choices=CONTENTS,
+                        help="what the judge and the reflection see: the whole answer (cot) or its final answer "
+                             f"(preset: {preset_values('content')})")
+    parser.add_argument("--max-new-tokens", type=int, help=f"(preset: {preset_values('max_new_tokens')})")
+    parser.add_argument("--temperature", type=float, help=f"0 = greedy (preset: {preset_values('temperature')})")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help=f"1 = off (preset: {preset_values('repetition_penalty')})")
+    parser.add_argument("--answer-mode", choices=ANSWER_MODES,
+                        help=f"how the final answer is read (spark.verifier; preset: "
+                             f"{preset_values('answer_mode')})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-prompts", action="store_true", help="also print the prompt of every turn")
     return parser
@@ -38,10 +53,12 @@ def main(argv: list[str] | None = None) -> str:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = load_chat_model(args.model, device=device, dtype=dtype)
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-    (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=args.max_rounds,
-                       sampling=sampling, seed=args.seed, content=args.content)
-    text = format_trace(trace, show_prompts=args.show_prompts)
+    preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            repetition_penalty=args.repetition_penalty, answer_mode=args.answer_mode,
+                            content=args.content, max_rounds=args.max_rounds)
+    (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=preset.max_rounds,
+                       sampling=preset.sampling, seed=args.seed, content=preset.content, style=preset.style)
+    text = f"Preset: {args.preset}\n" + format_trace(trace, show_prompts=args.show_prompts)
     print(text)
     return text
 

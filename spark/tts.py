@@ -16,6 +16,11 @@ still-open traces go to the model.
 templates they get: "cot", the whole response (the templates' CoT form), or "answer", its final
 \boxed{} answer (the answer form). A model should be asked in the form it was trained to judge in
 (spark.recycle's `content`).
+
+`Style` is the rest of how the loop asks and reads: the templates and verdict rule ("spark": the method's
+templates, verdicts read as spark.verifier.parse_judgment reads them; "paper": the authors' evaluation
+prompts, and their rule that only a first \\boxed{} holding exactly "Yes" accepts), how an answer is read
+(spark.verifier's answer modes) and the system message. spark.presets names the two ways of running it.
 """
 
 from __future__ import annotations
@@ -23,12 +28,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from spark.images import ImageSource, image_label
-from spark.prompts import math_prompt, pointwise_prompt, reflection_prompt
+from spark.prompts import (
+    math_prompt,
+    paper_judge_prompt,
+    paper_reflection_prompt,
+    pointwise_prompt,
+    reflection_prompt,
+)
 from spark.sampler import Sampling
-from spark.verifier import extract_answer, parse_judgment, score_batch
+from spark.verifier import ANSWER_MODES, extract_answer, parse_judgment, score_batch
 
 ANSWER_ROLES = ("answer", "reflect")
 CONTENTS = ("cot", "answer")
+TEMPLATES = ("spark", "paper")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How the loop asks and reads (see the module doc)."""
+
+    templates: str = "spark"  # judge / reflection prompts and verdict rule: "spark" | "paper"
+    answer_mode: str = "lenient"  # how an answer turn's final answer is read and scored (spark.verifier)
+    system: str | None = None  # every turn's system message; None: the chat template's own
+
+    def __post_init__(self):
+        if self.templates not in TEMPLATES:
+            raise ValueError(f"tts templates must be one of {TEMPLATES}, got {self.templates!r}")
+        if self.answer_mode not in ANSWER_MODES:
+            raise ValueError(f"answer mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}")
 
 
 @dataclass
@@ -73,32 +100,36 @@ class Trace:
         return cls(problem, [Turn(**turn) for turn in data["turns"]])
 
 
-def _generate(model, prompts: list[str], images: list[list[ImageSource]], sampling: Sampling, seed: int, n: int = 1):
-    return model.generate(prompts, images, n=n, seed=seed, **asdict(sampling))
+def _generate(model, prompts: list[str], images: list[list[ImageSource]], sampling: Sampling, seed: int,
+              style: Style, n: int = 1):
+    return model.generate(prompts, images, n=n, seed=seed, system=style.system, **asdict(sampling))
 
 
-def _answer_turns(role: str, rounds: list[int], problems: list[Problem], prompts: list[str], completions) -> list[Turn]:
+def _answer_turns(role: str, rounds: list[int], problems: list[Problem], prompts: list[str], completions,
+                  answer_mode: str) -> list[Turn]:
     """Answer / reflect turns (lists aligned, one per completion) with their extracted answers and, where
     a gold is known, the verifier's verdicts, checked in one batch."""
     scored = [i for i, p in enumerate(problems) if p.gold is not None]
-    scores = score_batch([completions[i].text for i in scored], [problems[i].gold for i in scored])
+    scores = score_batch([completions[i].text for i in scored], [problems[i].gold for i in scored],
+                         mode=answer_mode)
     correct: list[bool | None] = [None] * len(completions)
     for i, score in zip(scored, scores):
         correct[i] = score == 1.0
     return [
-        Turn(role, r, c.text, c.num_tokens, c.finish_reason, extract_answer(c.text), ok, prompt)
+        Turn(role, r, c.text, c.num_tokens, c.finish_reason, extract_answer(c.text, answer_mode), ok, prompt)
         for r, prompt, c, ok in zip(rounds, prompts, completions, correct)
     ]
 
 
-def answer(model, problems: list[Problem], *, sampling: Sampling, seed: int = 0, n: int = 1) -> list[list[Trace]]:
+def answer(model, problems: list[Problem], *, sampling: Sampling, seed: int = 0, n: int = 1,
+           style: Style = Style()) -> list[list[Trace]]:
     """o_0 (eq. 9): n traces per problem, each starting with one sampled answer."""
     prompts = [math_prompt(p.question) for p in problems]
-    outputs = _generate(model, prompts, [p.images for p in problems], sampling, seed, n=n)
+    outputs = _generate(model, prompts, [p.images for p in problems], sampling, seed, style, n=n)
     completions = [c for samples in outputs for c in samples]  # problem k's samples at k * n ... k * n + n - 1
     each_sample = [(p, prompt) for p, prompt in zip(problems, prompts) for _ in range(n)]
     turns = _answer_turns("answer", [0] * len(completions), [p for p, _ in each_sample],
-                          [prompt for _, prompt in each_sample], completions)
+                          [prompt for _, prompt in each_sample], completions, style.answer_mode)
     return [[Trace(p, [turn]) for turn in turns[k * n : (k + 1) * n]] for k, p in enumerate(problems)]
 
 
@@ -110,57 +141,80 @@ def shown(turn: Turn, content: str) -> str:
     return turn.response if content == "cot" else turn.extracted or ""
 
 
-def judge(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot") -> list[str | None]:
+def judge_prompt(question: str, shown_answer: str, content: str, style: Style) -> str:
+    if style.templates == "paper":
+        return paper_judge_prompt(question, shown_answer)
+    return pointwise_prompt(question, shown_answer, cot=content == "cot")
+
+
+def reflect_prompt(question: str, shown_answer: str, content: str, style: Style) -> str:
+    if style.templates == "paper":
+        return paper_reflection_prompt(question, shown_answer)
+    return reflection_prompt(question, shown_answer, cot=content == "cot")
+
+
+def read_verdict(response: str, style: Style) -> str | None:
+    """The judge's verdict: "Yes" / "No", None when unreadable. The paper's rule takes only a first \\boxed{}
+    holding exactly "Yes" or "No" (`\\boxed{yes}`, `\\boxed{\\text{Yes}}`: unreadable, so not a Yes)."""
+    if style.templates == "paper":
+        return {"Yes": "Yes", "No": "No"}.get(extract_answer(response, "first"))
+    return parse_judgment(response, "pointwise")
+
+
+def judge(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot",
+          style: Style = Style()) -> list[str | None]:
     """r_t (eq. 10): each trace's model judges its latest answer, shown as `content` says. Appends a judge
     turn to every trace; returns the verdicts ("Yes" / "No" / None when none could be parsed)."""
-    prompts = [pointwise_prompt(t.problem.question, shown(t.final, content), cot=content == "cot") for t in traces]
-    outputs = _generate(model, prompts, [t.problem.images for t in traces], sampling, seed)
+    prompts = [judge_prompt(t.problem.question, shown(t.final, content), content, style) for t in traces]
+    outputs = _generate(model, prompts, [t.problem.images for t in traces], sampling, seed, style)
     verdicts = []
     for trace, prompt, (completion,) in zip(traces, prompts, outputs):
-        verdict = parse_judgment(completion.text, "pointwise")
+        verdict = read_verdict(completion.text, style)
         trace.turns.append(Turn("judge", trace.final.round, completion.text, completion.num_tokens,
                                 completion.finish_reason, verdict, prompt=prompt))
         verdicts.append(verdict)
     return verdicts
 
 
-def reflect(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot") -> None:
+def reflect(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot",
+            style: Style = Style()) -> None:
     """o_{t+1} (eq. 11, rejected branch): a revised solution from a prompt that shows the judged one."""
-    prompts = [reflection_prompt(t.problem.question, shown(t.final, content), cot=content == "cot") for t in traces]
-    outputs = _generate(model, prompts, [t.problem.images for t in traces], sampling, seed)
+    prompts = [reflect_prompt(t.problem.question, shown(t.final, content), content, style) for t in traces]
+    outputs = _generate(model, prompts, [t.problem.images for t in traces], sampling, seed, style)
     rounds = [t.final.round + 1 for t in traces]
-    turns = _answer_turns("reflect", rounds, [t.problem for t in traces], prompts, [c for (c,) in outputs])
+    turns = _answer_turns("reflect", rounds, [t.problem for t in traces], prompts, [c for (c,) in outputs],
+                          style.answer_mode)
     for trace, turn in zip(traces, turns):
         trace.turns.append(turn)
 
 
 def refine(model, traces: list[Trace], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0,
-           content: str = "cot") -> None:
+           content: str = "cot", style: Style = Style()) -> None:
     """Judge, and reflect on what was not accepted, for up to max_rounds rounds (traces are extended)."""
     open_traces = traces
     for _ in range(max_rounds):
-        verdicts = judge(model, open_traces, sampling=sampling, seed=seed, content=content)
+        verdicts = judge(model, open_traces, sampling=sampling, seed=seed, content=content, style=style)
         open_traces = [trace for trace, verdict in zip(open_traces, verdicts) if verdict != "Yes"]
         if not open_traces:
             return
-        reflect(model, open_traces, sampling=sampling, seed=seed, content=content)
+        reflect(model, open_traces, sampling=sampling, seed=seed, content=content, style=style)
 
 
 def run_tts(model, problems: list[Problem], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0,
-            content: str = "cot") -> list[Trace]:
+            content: str = "cot", style: Style = Style()) -> list[Trace]:
     """The whole loop for a batch of problems: one trace per problem."""
-    traces = [rows[0] for rows in answer(model, problems, sampling=sampling, seed=seed)]
-    refine(model, traces, max_rounds=max_rounds, sampling=sampling, seed=seed, content=content)
+    traces = [rows[0] for rows in answer(model, problems, sampling=sampling, seed=seed, style=style)]
+    refine(model, traces, max_rounds=max_rounds, sampling=sampling, seed=seed, content=content, style=style)
     return traces
 
 
-def reflection_alone(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot"
-                     ) -> dict[str, int]:
+def reflection_alone(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, content: str = "cot",
+                     style: Style = Style()) -> dict[str, int]:
     """The reflection with the judge left out: every trace's first answer reflected on once, as if the judge had
     said No. `fixed` of the `wrong` first answers turn right, `kept` of the `right` ones stay right. A loop
     whose reflections fix few wrong answers cannot gain whatever its judge (traces are not changed)."""
     copies = [Trace(t.problem, t.turns[:1]) for t in traces]
-    reflect(model, copies, sampling=sampling, seed=seed, content=content)
+    reflect(model, copies, sampling=sampling, seed=seed, content=content, style=style)
     first, revised = [bool(t.turns[0].correct) for t in copies], [bool(t.final.correct) for t in copies]
     return {"fixed": sum(r and not f for f, r in zip(first, revised)), "wrong": first.count(False),
             "kept": sum(r and f for f, r in zip(first, revised)), "right": first.count(True)}

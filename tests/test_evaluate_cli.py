@@ -29,7 +29,7 @@ def test_evaluate_gsm8k_on_one_and_two_ranks(tmp_path):
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert one == two
-    assert one["gsm8k"]["n"] == 20
+    assert one["benchmarks"]["gsm8k"]["n"] == 20 and one["preset"] == "ours"
     rows = (tmp_path / "one" / "gsm8k.jsonl").read_text().splitlines()
     assert len(rows) == 20 and (tmp_path / "one" / "results.md").exists()
 
@@ -43,7 +43,7 @@ def test_evaluate_vl_benchmarks_in_hub_parquet(tmp_path):
     vlrb = write(tmp_path / "vlrb.parquet", [vlrb_row(3, "mathverse_1", [1, 0]), vlrb_row(4, "povid_2", [0, 1])], VLRB)
     run([sys.executable, "evaluate.py", "--model", str(checkpoint), "--max-new-tokens", "4", "--out", str(tmp_path / "out"),
          "--bench", f"mathvista:{tmp_path}/testmini-*.parquet,vlrb:{vlrb},mathvista:{mathvista}:name=mv"])
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]
     assert list(summary) == ["mathvista", "vlrb", "mv"]
     assert summary["mathvista"]["n"] == summary["mv"]["n"] == summary["vlrb"]["n"] == 2
     assert summary["mathvista"] == summary["mv"]

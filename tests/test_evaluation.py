@@ -216,7 +216,8 @@ def test_math_accuracy_unanswered_and_self_judgment(tmp_path):
     assert (judged["precision"], judged["recall"]) == (pytest.approx(2 / 3), pytest.approx(2 / 4))
     assert judged["f1"] == pytest.approx(4 / 7) and judged["n"] == 10
     out = tmp_path / "out"
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert json.loads((out / "summary.json").read_text()) == {"preset": "ours", "mean_accuracy": pytest.approx(0.4),
+                                                              "benchmarks": summary}
     assert (out / "results.md").read_text().splitlines()[-1] == "| m | 40.0 | 40.0 |"
     records = [json.loads(line) for line in (out / "toy.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records] == list(range(N))
@@ -286,7 +287,7 @@ def test_sharded_run_matches_one_shard(tmp_path, world_size):
         if isinstance(result, Exception):
             raise result
     assert all(result == single for result in results)
-    assert json.loads((tmp_path / "many" / "summary.json").read_text()) == single
+    assert json.loads((tmp_path / "many" / "summary.json").read_text())["benchmarks"] == single
     lines = [json.loads(line) for line in (tmp_path / "many" / "toy.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in lines) == list(range(N))
     assert sum(len(call) for call in model.calls) == 2 * N  # every row answered and judged once
@@ -338,5 +339,5 @@ def test_cli_main_end_to_end_with_a_fake_chat_module(tmp_path, monkeypatch, caps
                              "--limit", "5", "--out", str(tmp_path / "out"), "--judge"])
     assert loaded[0][:2] == (str(tmp_path / "ckpt"), "cpu")
     assert (summary["toy"]["n"], summary["toy"]["accuracy"]) == (5, pytest.approx(2 / 5))
-    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"] == summary
     assert "| ckpt | 40.0 | 40.0 |" in capsys.readouterr().out

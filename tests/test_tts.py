@@ -24,11 +24,11 @@ class ScriptedModel:
     """A ChatModel whose reply to each exact prompt is scripted (a list: one reply per sample)."""
 
     def __init__(self, replies: dict[str, str | list[str]], num_tokens: int = 10):
-        self.replies, self.num_tokens, self.calls, self.samplings = replies, num_tokens, [], []
+        self.replies, self.num_tokens, self.calls, self.settings = replies, num_tokens, [], []
 
-    def generate(self, prompts, images=None, *, n=1, seed=0, **sampling):
+    def generate(self, prompts, images=None, *, n=1, seed=0, system=None, **sampling):
         self.calls.append(list(prompts))
-        self.samplings.append(Sampling(**sampling))
+        self.settings.append((Sampling(**sampling), system))
         outputs = []
         for prompt in prompts:
             reply = self.replies[prompt]

@@ -15,7 +15,7 @@ from spark.evaluation.scoring import best_of_n_correct, pairwise_correct, parse_
 from spark.images import ImageSource, image_label
 from spark.prompts import rating_prompt, vl_rewardbench_prompt
 from spark.sampler import Sampling
-from spark.tts import Problem, answer, judge, refine
+from spark.tts import Problem, Style, answer, judge, refine
 from spark.verifier import parse_judgment
 
 
@@ -28,17 +28,20 @@ class EvalConfig:
     tts: bool = False  # the test-time loop on each answer (implies judging)
     max_rounds: int = 2  # judge -> reflect rounds of the loop
     content: str = "cot"  # what the judge and the reflection see of an answer: "cot" (all of it) | "answer" (spark.tts)
+    style: Style = field(default_factory=Style)  # templates, verdict rule, answer mode, system message (spark.tts)
+    preset: str = "ours"  # the preset these settings came from (spark.presets), recorded with the results
     batch_size: int = 64  # items per generate call
 
 
 def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:
     problems = [Problem(s.meta["question"], s.gold, s.images) for s in samples]
-    rows = answer(model, problems, sampling=cfg.sampling, seed=cfg.seed, n=cfg.n)
+    rows = answer(model, problems, sampling=cfg.sampling, seed=cfg.seed, n=cfg.n, style=cfg.style)
     traces = [trace for row in rows for trace in row]
     if cfg.tts:
-        refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling, seed=cfg.seed, content=cfg.content)
+        refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling, seed=cfg.seed, content=cfg.content,
+               style=cfg.style)
     elif cfg.judge:
-        judge(model, traces, sampling=cfg.sampling, seed=cfg.seed, content=cfg.content)
+        judge(model, traces, sampling=cfg.sampling, seed=cfg.seed, content=cfg.content, style=cfg.style)
     for sample, row in zip(samples, rows):
         if "precision" in sample.meta:  # MathVista's floats: a prediction counts once rounded to the gold's decimals
             for turn in (turn for trace in row for turn in trace.answers):
@@ -51,7 +54,8 @@ def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:
 
 
 def _first_completions(model, prompts: list[str], images: list[list[ImageSource]], cfg: EvalConfig) -> list:
-    return [completions[0] for completions in model.generate(prompts, images, n=1, seed=cfg.seed, **asdict(cfg.sampling))]
+    outputs = model.generate(prompts, images, n=1, seed=cfg.seed, system=cfg.style.system, **asdict(cfg.sampling))
+    return [completions[0] for completions in outputs]
 
 
 def run_rb2(model, items: list[BestOfNItem], cfg: EvalConfig) -> list[dict]:

@@ -1,7 +1,8 @@
 """Evaluating a model on benchmarks: data-parallel shards, resumable outputs, summary and table.
 
 Outputs in OUT_DIR: NAME.jsonl (one record per row, with every generation, its extracted answer and
-score), summary.json ({NAME: {"accuracy": ..., "n": ..., ...}}), results.md (the paper-style table) and
+score), summary.json ({"preset": ..., "mean_accuracy": ..., "benchmarks": {NAME: {"accuracy": ..., "n": ...,
+...}}}; mean_accuracy: the mean of the benchmarks' accuracies), results.md (the paper-style table) and
 config.json (the settings; a resumed run must use the same ones).
 
 Data parallel (torchrun): of the rows not yet in NAME.jsonl, rank r takes every world_size-th one from
@@ -25,7 +26,7 @@ from spark.data import DataError, read_records
 from spark.distributed import all_gather_objects, init_distributed
 from spark.evaluation.inference import RUNS, EvalConfig
 from spark.evaluation.loaders import Benchmark, parse_spec, split_specs
-from spark.evaluation.scoring import markdown_table, summarize_judge, summarize_math
+from spark.evaluation.scoring import markdown_table, mean_accuracy, summarize_judge, summarize_math
 
 # The subset reported as each reward benchmark's math column (VL-RB's reasoning group: MathVerse, MMMU-Pro).
 MATH_SUBSETS = {"rb2": "Math", "vlrb": "reasoning"}
@@ -130,7 +131,8 @@ def evaluate(
         records = evaluate_benchmark(model, bench, cfg, out_dir=out_dir, shard=shard, progress=progress)
         summaries[bench.name] = summarize(bench, records, cfg)
     if out_dir is not None and shard.rank == 0:
-        (out_dir / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        record = {"preset": cfg.preset, "mean_accuracy": mean_accuracy(summaries), "benchmarks": summaries}
+        (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
         (out_dir / "results.md").write_text(markdown_table(summaries, model_name) + "\n")
     return summaries
 
@@ -161,6 +163,7 @@ def evaluate_checkpoint(
                              model_name=Path(checkpoint).name, progress=log)
         if world.is_main:
             print(markdown_table(summaries, Path(checkpoint).name))
+            print(f"preset {cfg.preset}: mean of the benchmarks' accuracies {100 * mean_accuracy(summaries):.1f}")
         return summaries
     finally:
         if created_group:

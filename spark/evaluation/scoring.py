@@ -100,6 +100,12 @@ def summarize_judge(records: list[dict], *, math_subset: str) -> dict:
     return summary
 
 
+def mean_accuracy(summaries: dict[str, dict]) -> float:
+    """The mean of the benchmarks' accuracies, each benchmark counting once whatever its size: the score the
+    authors report (their calculate_acc.py)."""
+    return rate(sum(summary["accuracy"] for summary in summaries.values()), len(summaries))
+
+
 def markdown_table(summaries: dict[str, dict], model_name: str) -> str:
     """One row per model like the paper's tables: each benchmark's accuracy in %, a NAME-math column
     after reward benchmarks with a math subset, and Avg over the columns."""

@@ -1,0 +1,62 @@
+"""Presets: named sets of defaults for evaluation and test-time scaling (`evaluate.py` / `tts.py --preset`).
+A flag given on the command line overrides its preset's value.
+
+ours   the project's way: greedy, 1024 new tokens, the chat template's own system message, the final answer
+       read as a careful human grader reads it ("lenient"); the loop shows the judge and the reflection the
+       whole response with the method's templates, reads verdicts as spark.verifier.parse_judgment does, and
+       runs 2 rounds.
+paper  the authors' evaluation as their scripts run it (InternLM/Spark, Evaluation/evaluation.py,
+       evaluation_tts.py, calculate_acc.py): greedy, 2048 new tokens, repetition penalty 1.05, the system
+       message "You are a helpful assistant.", the answer read from the first \\boxed{}; the loop shows the
+       judge the final answer only, accepts it only when the judge's first \\boxed{} holds exactly "Yes", and
+       otherwise asks again with their prompt that calls the answer incorrect, for 2 rounds. The score they
+       report is the mean of the per-benchmark accuracies (summary.json's mean_accuracy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from spark.prompts import PAPER_SYSTEM
+from spark.sampler import Sampling
+from spark.tts import Style
+
+
+@dataclass(frozen=True)
+class Preset:
+    sampling: Sampling
+    style: Style  # templates, verdict rule, answer mode, system message (spark.tts.Style)
+    content: str  # what the judge and the reflection are shown of an answer (spark.tts)
+    max_rounds: int  # judge -> reflect rounds of the loop
+
+
+PRESETS = {
+    "ours": Preset(Sampling(max_new_tokens=1024, temperature=0.0), Style(), content="cot", max_rounds=2),
+    "paper": Preset(Sampling(max_new_tokens=2048, temperature=0.0, repetition_penalty=1.05),
+                    Style(templates="paper", answer_mode="first", system=PAPER_SYSTEM), content="answer",
+                    max_rounds=2),
+}
+
+
+def resolve_preset(name: str, **flags) -> Preset:
+    """Preset `name` with every flag that was given (not None) in place of its value: a Sampling field
+    (max_new_tokens, temperature, top_p, top_k, repetition_penalty), a Style field (templates,
+    answer_mode), content or max_rounds."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {tuple(PRESETS)}")
+    given = {key: value for key, value in flags.items() if value is not None}
+
+    def taken(cls) -> dict:
+        return {f.name: given.pop(f.name) for f in fields(cls) if f.name in given}
+
+    preset = PRESETS[name]
+    sampling, style = replace(preset.sampling, **taken(Sampling)), replace(preset.style, **taken(Style))
+    return replace(preset, sampling=sampling, style=style, **given)
+
+
+def preset_values(key: str) -> str:
+    """Each preset's value of a setting, for a flag's help: 'ours 1024, paper 2048'."""
+    def value(preset: Preset):
+        part = next(p for p in (preset.sampling, preset.style, preset) if key in {f.name for f in fields(p)})
+        return getattr(part, key)
+    return ", ".join(f"{name} {value(preset)}" for name, preset in PRESETS.items())
