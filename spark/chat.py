@@ -186,10 +186,6 @@ class ChatModel:
         return ChatPrompt(self.tokenizer(text, add_special_tokens=False)["input_ids"],
                           {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw})
 
-    def encode(self, prompts: list[str], images: list[list[ImageSource]] | None = None) -> list[list[int]]:
-        """User messages -> chat-templated token ids, ending with the assistant turn's header."""
-        return [prompt.ids for prompt in self.render(prompts, images)]
-
     def complete(self, prompts: list[ChatPrompt], sampling: Sampling, *, n: int = 1, seed: int = 0
                  ) -> list[list[Completion]]:
         """n completions of each rendered prompt (one list per prompt). The n copies of a prompt are

@@ -182,6 +182,8 @@ class LossSettings:
     def __post_init__(self):
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            raise ValueError(f"clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low} and {self.clip_high}")
         if self.dual_clip and self.dual_clip <= 1:
             raise ValueError(f"dual_clip must be 0 (off) or > 1, got {self.dual_clip}")
         if self.ppo_epochs < 1 or self.micro_batch_tokens < 1 or self.logprob_chunk < 1:
@@ -212,14 +214,16 @@ class OptimSettings:
 class SparkSettings:
     mode: Mode = "spark"  # policy-only | reward-only | policy+reward | spark (the paper's ablation rows)
     schedule: Literal["separate", "mixed"] = "separate"  # separate: recycled update right after the policy update; mixed: into the next batch
-    task_weights: dict[Task, float] = field(
-        default_factory=lambda: {"policy": 1.0, "pointwise": 1.0, "pairwise": 1.0, "reflection": 1.0})
+    task_weights: dict[Task, float] = field(default_factory=dict)  # per task; a task left out keeps weight 1.0
     recycle: RecycleConfig = field(default_factory=RecycleConfig)  # rules; kinds off/on also follow `mode`
     # Recycled prompts per update, over all ranks: trained in full batches once this many wait, the rest
     # carried to later steps (the authors' 64); 0 = each step's recycled prompts all at once
     recycled_batch: int = 0
 
     def __post_init__(self):
+        self.task_weights = {**dict.fromkeys(typing.get_args(Task), 1.0), **self.task_weights}
+        if any(weight < 0 for weight in self.task_weights.values()):
+            raise ValueError(f"task weights must be >= 0, got {self.task_weights}")
         if self.recycled_batch < 0:
             raise ValueError(f"recycled_batch must be >= 0, got {self.recycled_batch}")
 

@@ -130,15 +130,6 @@ class RecycleConfig:
                              f"got {self.judge_to_reflection}")
 
 
-def recycle_config_for(mode: str, **overrides) -> RecycleConfig:
-    """The recycling rules of one of the paper's ablation rows (`ABLATIONS`): the kinds the mode does not
-    recycle are off; `overrides` set other fields (e.g. content="cot")."""
-    if mode not in ABLATIONS:
-        raise ValueError(f"recycle mode must be one of {tuple(ABLATIONS)}, got {mode!r}")
-    recycles = ABLATIONS[mode].recycles
-    return RecycleConfig(**{**{kind: kind in recycles for kind in RECYCLED_KINDS}, **overrides})
-
-
 def recycled_kinds(mode: str, rules: RecycleConfig) -> RecycleConfig | None:
     """`rules` with only the kinds that both the ablation `mode` and the rules switch on; None when nothing
     is recycled (policy-only)."""

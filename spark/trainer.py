@@ -220,8 +220,8 @@ class Trainer:
             stop = self.stop_requested() and self.step < self.total_steps
             if stop or run.save_every and self.step % run.save_every == 0 and self.step < self.total_steps:
                 saved = self.save()
-            if run.export_every and self.step % run.export_every == 0:
-                self.export()
+            if run.export_every and self.step % run.export_every == 0 and self.step < self.total_steps:
+                self.export()  # the last step's export follows the loop
             if stop:
                 if self.world.is_main:
                     print(f"stopped by {self.signals.received or 'a signal to another rank'} after step "

@@ -14,8 +14,8 @@ def chat(tmp_path_factory):
     return load_chat_model(str(make_tiny_checkpoint(tmp_path_factory.mktemp("chat"), seed=2)))
 
 
-def test_encode_applies_the_chat_template(chat):
-    ids = chat.encode(PROMPTS)
+def test_render_applies_the_chat_template(chat):
+    ids = [prompt.ids for prompt in chat.render(PROMPTS)]
     for prompt, row in zip(PROMPTS, ids):
         expected = chat.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                       add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -51,7 +51,7 @@ def test_generate_returns_n_decoded_completions_per_prompt(chat):
 
 def test_greedy_text_is_the_decoded_sampler_output(chat):
     out = chat.generate(PROMPTS, max_new_tokens=8, n=2)
-    rollouts = generate(chat.model, chat.encode(PROMPTS),
+    rollouts = generate(chat.model, [prompt.ids for prompt in chat.render(PROMPTS)],
                         SamplingParams(max_new_tokens=8, temperature=0.0, stop_token_ids=chat.stop_token_ids))
     for group, tokens, reason in zip(out, rollouts.tokens, rollouts.finish_reasons):
         expected = Completion(chat.tokenizer.decode(tokens, skip_special_tokens=True), tokens, reason)

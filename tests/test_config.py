@@ -35,8 +35,11 @@ def test_a_misspelt_task_weight_key(run_file):
     with pytest.raises(ConfigError, match=r"run\.toml: 'spark\.task_weights key' = 'pointwize' is not one of "
                                           r"'policy', 'pointwise', 'pairwise', 'reflection'"):
         load_config(TrainConfig, run_file, ["spark.task_weights={policy=1.0, pointwize=0.5}"])
+    # A partial table (or one key on the command line) keeps the other tasks' weight of 1.
     weights = load_config(TrainConfig, run_file, ["spark.task_weights={policy=1, pairwise=0.5}"]).spark.task_weights
-    assert weights == {"policy": 1.0, "pairwise": 0.5}
+    assert weights == {"policy": 1.0, "pointwise": 1.0, "pairwise": 0.5, "reflection": 1.0}
+    weights = load_config(TrainConfig, None, ["spark.task_weights.reflection=2.0"]).spark.task_weights
+    assert weights == {"policy": 1.0, "pointwise": 1.0, "pairwise": 1.0, "reflection": 2.0}
 
 
 @pytest.mark.parametrize("override, message", [
@@ -44,6 +47,8 @@ def test_a_misspelt_task_weight_key(run_file):
     ("rollout.repetition_penalty=0", r"\[rollout\] repetition_penalty must be > 0, got 0.0"),
     ("loss.dual_clip=0.5", r"\[loss\] dual_clip must be 0 \(off\) or > 1, got 0.5"),
     ("loss.kl_coef=-1", r"\[loss\] kl_coef must be >= 0, got -1.0"),
+    ("loss.clip_low=1", r"\[loss\] clip_low must be in \[0, 1\) and clip_high >= 0, got 1.0 and 0.2"),
+    ("spark.task_weights.policy=-1", r"\[spark\] task weights must be >= 0"),
     ("run.collective_timeout_s=0", r"\[run\] max_skipped_steps must be >= 0 and collective_timeout_s >= 1"),
     ("spark.recycle.mixed_pairwise_prob=2", r"\[spark.recycle\] RecycleConfig.mixed_pairwise_prob must be in \[0, 1\]"),
     ("data.max_rows=-1", r"\[data\] max_rows must be >= 0 \(0 = all rows\), got -1"),

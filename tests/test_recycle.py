@@ -12,7 +12,7 @@ from spark.recycle import (
     RecycleQueue,
     RolloutGroup,
     recycle,
-    recycle_config_for,
+    recycled_kinds,
     verifier_kind,
 )
 from spark.rollout import Experience, score
@@ -199,7 +199,7 @@ def test_image_travels_with_every_recycled_sample():
 
 
 def test_content_kinds():
-    samples, _ = recycle([group([1, 0])] * 4, recycle_config_for("spark", content="cot"), random.Random(0))
+    samples, _ = recycle([group([1, 0])] * 4, RecycleConfig(content="cot"), random.Random(0))
     judges = [s for s in samples if s.task != "reflection"]
     assert judges and all(s.meta["content"] == "cot" for s in judges)
     assert all(CORRECT in s.prompt for s in judges)  # the whole response is shown
@@ -229,7 +229,8 @@ def test_answer_based_skips_rollouts_without_an_answer():
 )
 def test_presets_turn_kinds_off(mode, tasks):
     rng = random.Random(0)
-    samples, _ = recycle(random_batch(rng), recycle_config_for(mode), rng)
+    rules = recycled_kinds(mode, RecycleConfig())
+    samples = recycle(random_batch(rng), rules, rng)[0] if rules is not None else []
     assert {s.task for s in samples} == tasks
 
 
@@ -263,8 +264,6 @@ def test_bad_input_is_an_error():
             RecycleConfig(**{name: value})
     with pytest.raises(ValueError, match="RecycleConfig.judge_to_reflection must be >= 0"):
         RecycleConfig(judge_to_reflection=-1.0)
-    with pytest.raises(ValueError, match="mode"):
-        recycle_config_for("spark-lite")
 
 
 def test_queue_is_fifo_and_round_trips_through_state_dict():

@@ -193,6 +193,15 @@ def test_two_rank_fsdp_run(run_files, tmp_path):
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
 
 
+def test_the_last_step_exports_once(run_files, tmp_path, monkeypatch):
+    checkpoint, data = run_files
+    trainer = Trainer(tiny_config(checkpoint, data, tmp_path / "run", "run.export_every=1", "spark.mode=policy-only"))
+    exports = []
+    monkeypatch.setattr(trainer, "export", lambda: exports.append(trainer.step))
+    trainer.train()
+    assert exports == [1, 2]
+
+
 def test_export_keeps_the_checkpoint_dtype(run_files, tmp_path):
     """bf16 mixed precision (here on CPU): an fp32 checkpoint exports its fp32 master weights, not the bf16 of the
     sampler's copy; a bf16 checkpoint exports bf16."""

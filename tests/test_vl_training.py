@@ -132,7 +132,8 @@ def test_render_matches_the_transformers_processor(vl_files):
         assert torch.equal(prompt.images["pixel_values"], reference["pixel_values"])
         assert torch.equal(prompt.images["image_grid_thw"], reference["image_grid_thw"])
     # A text row renders as the text template, and a smaller max_pixels gives fewer image tokens.
-    assert chat.render([QUESTION])[0].ids == chat.encode([QUESTION])[0]
+    assert chat.render([QUESTION])[0].ids == chat.tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], add_generation_prompt=True, tokenize=True, return_dict=False)
     small = chat.render([QUESTION], [[str(data.parent / "shapes_0.png")]],
                         image_config=dataclasses.replace(chat.image_config, max_pixels=JUDGE_MAX_PIXELS))[0]
     full = chat.render([QUESTION], [[str(data.parent / "shapes_0.png")]])[0]
