@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from spark.data import RowFormat, Task
-from spark.losses import AdvantageScale, AdvantageStd, Aggregation, KLKind
+from spark.losses import POLICY_LOSSES, AdvantageScale, AdvantageStd, Aggregation, KLKind
 from spark.recycle import Mode, RecycleConfig
 from spark.sampler import Sampling
 from spark.verifier import AnswerMode
@@ -163,6 +163,7 @@ class RolloutSettings(Sampling):
 
 @dataclass
 class LossSettings:
+    policy_loss: str = "grpo"  # a name in spark.losses.POLICY_LOSSES: grpo (token-level clipped surrogate)
     kl_coef: float = 0.001  # lambda of the KL to the frozen reference, in the loss
     kl_kind: KLKind = "k3"  # k1 | k2 | k3
     clip_low: float = 0.2
@@ -180,6 +181,8 @@ class LossSettings:
     logprob_chunk: int = 1024  # tokens per fp32 logits chunk
 
     def __post_init__(self):
+        if self.policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"policy_loss = {self.policy_loss!r} is not one of {', '.join(map(repr, POLICY_LOSSES))}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         if not 0 <= self.clip_low < 1 or self.clip_high < 0:

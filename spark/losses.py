@@ -1,4 +1,5 @@
-"""GRPO losses as small pure functions: advantages, the clipped surrogate, KL, aggregation.
+"""GRPO losses as small pure functions: advantages, the clipped surrogate, KL, aggregation, and the
+policy losses chosen by name (`POLICY_LOSSES`, `register_policy_loss`).
 
 The token log-probs they take come from the model (`spark.models.logprobs`).
 
@@ -8,7 +9,8 @@ Per-token quantities are returned unreduced; `aggregate` turns them into one sca
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Callable
+from typing import Literal, Protocol, get_args
 
 import torch
 
@@ -138,39 +140,74 @@ def aggregate(
     raise ValueError(f"aggregate: mode must be one of {get_args(Aggregation)}, got {mode!r}")
 
 
-def grpo_loss(
+class LossSettings(Protocol):
+    """What the losses read of the run's `[loss]` table (spark.config.LossSettings)."""
+
+    policy_loss: str
+    clip_low: float
+    clip_high: float
+    dual_clip: float
+    kl_coef: float
+    kl_kind: str
+    aggregation: str
+
+
+# A policy loss: (logp, old_logp [S, R], advantages [S, 1], mask [S, R], settings) -> (per-token loss [S, R],
+# per-token metrics [S, R]: at least `clipped` and `approx_kl`). Chosen by name with `loss.policy_loss`.
+PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, LossSettings],
+                      tuple[torch.Tensor, dict[str, torch.Tensor]]]
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
+    """Decorator: make a policy loss selectable as `loss.policy_loss = name`."""
+
+    def register(fn: PolicyLoss) -> PolicyLoss:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"register_policy_loss: {name!r} is registered already")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+@register_policy_loss("grpo")
+def grpo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                     settings: LossSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO's token-level PPO clipped surrogate (`policy_loss`) with the settings' clip range and dual clip."""
+    return policy_loss(logp, old_logp, advantages, clip_low=settings.clip_low, clip_high=settings.clip_high,
+                       dual_clip=settings.dual_clip or None)
+
+
+def micro_batch_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     ref_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     weights: torch.Tensor,
     mask: torch.Tensor,
+    settings: LossSettings,
     *,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_kind: str,
-    aggregation: str,
     num_tokens: float | None = None,
     num_seqs: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of one micro-batch: the clipped surrogate plus kl_coef times the KL to the reference,
-    weighted per sequence by its task weight, aggregated over the (global) batch.
+    """The loss of one micro-batch: the policy loss `settings.policy_loss` plus kl_coef times the KL to the
+    reference, weighted per sequence by its task weight, aggregated over the (global) mini-batch.
 
     loss = aggregate(w_i * (policy_loss_it + kl_coef * kl_penalty(logp, ref_logp)_it), mask)
     logp, old_logp, ref_logp, mask: [S, R]; advantages, weights: [S, 1]. ref_logp None: no KL term.
-    Also returns mask-summed per-token metrics (detached, not normalised): clipped, approx_kl, and kl
+    Also returns mask-summed per-token metrics (detached, not normalised): clip_frac, approx_kl, and kl
     when there is a reference.
     """
-    per_token, info = policy_loss(logp, old_logp, advantages, clip_low=clip_low, clip_high=clip_high,
-                                  dual_clip=dual_clip)
+    if settings.policy_loss not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {settings.policy_loss!r}; registered: {', '.join(POLICY_LOSSES)}")
+    per_token, info = POLICY_LOSSES[settings.policy_loss](logp, old_logp, advantages, mask, settings)
     sums = {"clip_frac": (info["clipped"] * mask).sum(), "approx_kl": (info["approx_kl"] * mask).sum()}
     if ref_logp is not None:
-        kl = kl_penalty(logp, ref_logp, kl_kind)
-        per_token = per_token + kl_coef * kl
+        kl = kl_penalty(logp, ref_logp, settings.kl_kind)
+        per_token = per_token + settings.kl_coef * kl
         sums["kl"] = (kl.detach() * mask).sum()
-    loss = aggregate(per_token * weights, mask, aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+    loss = aggregate(per_token * weights, mask, settings.aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
     return loss, sums
 
 

@@ -6,7 +6,7 @@ One step (every rank runs it on its own share of the prompts), `Trainer.train_st
                per prompt (`spark.rollout`, through `ChatModel.complete`);
   2. reward    the rule verifier scores each response (math answers, Yes/No and A/B verdicts);
   3. update    group-normalised advantages, then the clipped surrogate + kl_coef * KL to the frozen
-               reference (`spark.losses.grpo_loss`) over packed micro-batches (`spark.packing`), AdamW;
+               reference (`spark.losses.micro_batch_loss`) over packed micro-batches (`spark.packing`), AdamW;
   4. recycle   the policy groups become pointwise / pairwise / reflection prompts (`spark.recycle`),
                trained with the same rollout + reward + update right away (`schedule = "separate"`, the
                reference behaviour) or mixed into the next step's batch (`schedule = "mixed"`).
@@ -45,7 +45,7 @@ from spark.distributed import (
     shard_model,
 )
 from spark.flops import FlopModel, experience_flop_metrics, peak_tflops
-from spark.losses import group_advantages, grpo_loss
+from spark.losses import group_advantages, micro_batch_loss
 from spark.metrics import MetricsLogger, PhaseTimer
 from spark.models import load_model
 from spark.models.attention import describe_attention
@@ -431,12 +431,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         for _, batch in batches:
             logp, entropy = self.response_logprobs(self.policy, batch)
-            loss, loss_sums = grpo_loss(
+            loss, loss_sums = micro_batch_loss(
                 logp, logp.detach() if single else batch.old_logprobs,
                 batch.ref_logprobs if self.reference is not None else None, batch.advantages, batch.weights,
-                batch.mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None,
-                kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind, aggregation=cfg.aggregation,
-                num_tokens=counts["tokens"], num_seqs=counts["seqs"])
+                batch.mask, cfg, num_tokens=counts["tokens"], num_seqs=counts["seqs"])
             # FSDP averages gradients over ranks; the loss is already normalised by global counts.
             (loss * self.world.size).backward()
             mismatch = (logp.detach() - batch.sampler_logprobs).abs() * batch.mask

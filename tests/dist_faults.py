@@ -50,7 +50,7 @@ def main(fault: str, rank: str, step: str, checkpoint: str, data: str, out_dir: 
     def at_fault_step() -> bool:
         return faulty and trainer.step + 1 == int(step)
 
-    update, grpo_loss, dcp_save = trainer.update, spark.trainer.grpo_loss, spark.checkpointing.dcp.save
+    update, micro_batch_loss, dcp_save = trainer.update, spark.trainer.micro_batch_loss, spark.checkpointing.dcp.save
 
     def update_with_fault(*args, **kwargs):
         if at_fault_step() and fault == "sigterm":
@@ -60,7 +60,7 @@ def main(fault: str, rank: str, step: str, checkpoint: str, data: str, out_dir: 
         return update(*args, **kwargs)
 
     def loss_with_fault(*args, **kwargs):
-        loss, sums = grpo_loss(*args, **kwargs)
+        loss, sums = micro_batch_loss(*args, **kwargs)
         return (loss * float("nan"), sums) if at_fault_step() and fault == "nan" else (loss, sums)
 
     def save_with_fault(*args, **kwargs):
@@ -70,7 +70,7 @@ def main(fault: str, rank: str, step: str, checkpoint: str, data: str, out_dir: 
         return result
 
     trainer.update = update_with_fault
-    spark.trainer.grpo_loss = loss_with_fault
+    spark.trainer.micro_batch_loss = loss_with_fault
     spark.checkpointing.dcp.save = save_with_fault
     trainer.train()
 

@@ -44,13 +44,13 @@ def test_non_finite_updates_are_skipped_and_too_many_in_a_row_stop_the_run(run_f
     trainer = Trainer(tiny_config(checkpoint, data, out, "spark.mode=policy-only", "run.max_steps=5",
                                   "run.save_every=1", "run.keep_last=5", "run.max_skipped_steps=1"))
     nan_steps = {2, 4, 5}
-    grpo_loss = spark.trainer.grpo_loss
+    micro_batch_loss = spark.trainer.micro_batch_loss
 
     def loss_nan_at_some_steps(*args, **kwargs):
-        loss, sums = grpo_loss(*args, **kwargs)
+        loss, sums = micro_batch_loss(*args, **kwargs)
         return (loss * float("nan") if trainer.step + 1 in nan_steps else loss), sums
 
-    monkeypatch.setattr(spark.trainer, "grpo_loss", loss_nan_at_some_steps)
+    monkeypatch.setattr(spark.trainer, "micro_batch_loss", loss_nan_at_some_steps)
     # Steps 2 and 4 are skipped; step 5 is the second skip in a row, one more than max_skipped_steps allows.
     checkpoints = out / "checkpoints"
     with pytest.raises(NonFiniteError, match=re.escape(

@@ -245,3 +245,38 @@ def test_bf16_logprob_head_error_against_the_fp32_path():
     bf16 = token_logprobs(hidden, weight, targets, chunk_size=16)[0]
     error = (bf16 - fp32).abs()
     assert fp32.abs().mean() > 8 and error.max() < 0.01 and error.mean() < 0.002
+
+
+def test_a_policy_loss_chosen_by_name(monkeypatch):
+    """A sequence-level variant is one function in the registry: here the length-normalised log-ratio of each
+    response, unclipped, its loss -A * ratio on every token (it needs the mask)."""
+    from spark.config import ConfigError, LossSettings, TrainConfig, load_config
+    from spark.losses import POLICY_LOSSES, micro_batch_loss, register_policy_loss
+
+    def sequence_ratio(logp, old_logp, advantages, mask, settings):
+        log_ratio = ((logp - old_logp) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)
+        loss = (-advantages * log_ratio.exp()).expand_as(logp)
+        return loss, {"clipped": torch.zeros_like(loss), "approx_kl": torch.zeros_like(loss)}
+
+    monkeypatch.setitem(POLICY_LOSSES, "toy", sequence_ratio)
+    settings = LossSettings(policy_loss="toy", kl_coef=0.0)
+    logp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
+    old_logp = torch.tensor([[-1.5, -1.5, 0.0], [-1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    advantages, weights = torch.tensor([[1.0], [-2.0]]), torch.ones(2, 1)
+    loss, _ = micro_batch_loss(logp, old_logp, None, advantages, weights, mask, settings)
+    # row 0: mean log-ratio 0, ratio 1, two tokens of -1; row 1: log-ratio 0.5, one token of 2 e^0.5; over 3 tokens
+    assert loss.item() == pytest.approx((-2 + 2 * math.exp(0.5)) / 3)
+    loss.backward()
+    # d/dlogp of row 1's token: 2 e^0.5 * (1/1) / 3; row 0's tokens: -1 * e^0 * (1/2) * 2 tokens / 3 each
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1 / 3, -1 / 3, 0.0], [2 * math.exp(0.5) / 3, 0.0, 0.0]]))
+    assert load_config(TrainConfig, None, ["loss.policy_loss=toy"]).loss.policy_loss == "toy"
+    with pytest.raises(ConfigError, match=r"\[loss\] policy_loss = 'gspo-ish' is not one of 'grpo', 'toy'"):
+        load_config(TrainConfig, None, ["loss.policy_loss=gspo-ish"])
+    register_policy_loss("registered-by-test")(sequence_ratio)
+    try:
+        assert POLICY_LOSSES["registered-by-test"] is sequence_ratio
+        with pytest.raises(ValueError, match="registered already"):
+            register_policy_loss("registered-by-test")(sequence_ratio)
+    finally:
+        del POLICY_LOSSES["registered-by-test"]
