@@ -131,3 +131,24 @@ def test_test_outcomes_are_saved_as_they_come(tmp_path):
     assert [saved[k] for k in ("passed", "failed", "error", "skipped")] == [1, 1, 0, 1]
     assert saved["tests"]["test_sample.py::test_b"]["reason"].endswith("no device")
     assert "AssertionError: seen" in saved["tests"]["test_sample.py::test_c"]["error"]
+
+
+def test_a_failing_part_is_recorded_and_the_section_goes_on(tmp_path, monkeypatch):
+    """A part that fails (a compile without a C compiler, say) costs only its own figures."""
+    def without_cuda():
+        raise sections.Skip("needs CUDA")
+
+    def section(ctx):
+        ctx.part("cuda_graphs", lambda: 1 / 0)
+        ctx.part("eager", lambda: {"tok_s": 1.0})
+        ctx.part("probe", without_cuda)
+
+    monkeypatch.setitem(sections.RUNS, "sampler", section)
+    ctx = sections.Context("sampler", "cpu", torch.device("cpu"), tmp_path, tmp_path)
+    sections.run(ctx, fail=None)
+    record = json.loads(ctx.path.read_text())
+    assert record["status"] == "partial" and record["failed_parts"] == ["cuda_graphs"]
+    assert record["result"]["cuda_graphs"]["error"] == "ZeroDivisionError: division by zero"
+    assert record["result"]["eager"]["tok_s"] == 1.0 and record["result"]["probe"]["skipped"] == "needs CUDA"
+    line = gpu_check.summary_line(gpu_check.SECTIONS[-1], {**record, "seconds": 1.0})
+    assert "eager.tok_s=1.0" in line and "[cuda_graphs: ZeroDivisionError: division by zero]" in line
