@@ -360,9 +360,9 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
     cache.repeat_rows(source[D:], T)
     logits, cache_lens, rope_deltas = logits[source], prompt_lens[source], rope_deltas[source]
     mrope = positions.dim() == 3
-    seen = None  # [B, V] by the caller's row: the tokens each row holds so far, for the repetition penalty
+    seen = None  # [B + pad, V] by the caller's row: the tokens each row holds so far (repetition penalty)
     if params.repetition_penalty != 1.0:
-        seen = torch.empty(B, logits.shape[-1], dtype=torch.bool, device=device)
+        seen = torch.empty(B + pad, logits.shape[-1], dtype=torch.bool, device=device)
         seen[rows] = tokens_seen(input_ids, prompt_lens, logits.shape[-1])[source]
 
     step_fn = compiled_decode_step(device.type, not static) if params.compile else decode_step

@@ -301,8 +301,8 @@ def test_compiled_decode_reuses_its_graph_and_cache(model, monkeypatch):
 def test_compiled_decode_does_not_recompile_for_a_new_row_count(model, monkeypatch):
     """The trainer's sampler calls differ in rows (a last chunk, a judge call): with the static shapes of
     accelerators a call with fewer rows than the cache pads them to its rows, so after the first call no row
-    count compiles anything new, the cache is the same, and each call's rows come out as eager's, greedy or
-    sampled (the pad rows draw no uniforms)."""
+    count compiles anything new, the cache is the same, and each call's rows come out as eager's, greedy (with
+    and without a repetition penalty) or sampled (the pad rows draw no uniforms)."""
     monkeypatch.setattr(sampler, "DYNAMIC_COMPILE_DEVICES", set())
     STATIC_CACHES.pop(model, None)
     prompts = make_prompts(model.config.vocab_size)
@@ -311,9 +311,9 @@ def test_compiled_decode_does_not_recompile_for_a_new_row_count(model, monkeypat
     counters.clear()
     generate(model, prompts, compiled, n=2)  # 12 rows
     graphs, cache = counters["stats"]["unique_graphs"], STATIC_CACHES[model]
-    for chosen, n, temperature in (([0], 1, 0.0), ([1, 2, 3], 3, 0.0), ([4, 5], [2, 1], 1.0)):
+    for chosen, n, temperature, penalty in (([0], 1, 0.0, 1.0), ([1, 2, 3], 3, 0.0, 1.3), ([4, 5], [2, 1], 1.0, 1.0)):
         rows = [prompts[i] for i in chosen]
-        params = dataclasses.replace(compiled, temperature=temperature)
+        params = dataclasses.replace(compiled, temperature=temperature, repetition_penalty=penalty)
         out = generate(model, rows, params, n=n, seed=5)
         assert out.tokens == generate(model, rows, dataclasses.replace(params, compile=False), n=n, seed=5).tokens
     assert counters["stats"]["unique_graphs"] == graphs == 1
