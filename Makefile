@@ -38,10 +38,12 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/vs_trl.py
 	PYTHONPATH=. $(PY) benchmarks/update.py
 
-# The one-shot device check (benchmarks/gpu_check.py): runs on a bare device image, so it uses the venv's python
-# when there is one and the system's otherwise, and installs nothing. Report: runs/gpu_check/gpu_check.json.
+# The device check (benchmarks/gpu_check.py), the same command as without make: it runs on a bare device image,
+# so it uses the venv's python when there is one and the system's otherwise, and installs nothing. The report
+# goes to GPU_CHECK_OUT (on a lent machine: the folder that comes back).
+GPU_CHECK_OUT ?= runs/gpu_check
 gpu-check:
-	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py --out runs/gpu_check
+	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,286 +1,263 @@
-"""One-shot device check (`make gpu-check`): everything a GPU has to show, in one run of under 8 minutes, with
-only the packages of a bare device image (torch, transformers, safetensors, tokenizers, pytest; no flash-attn,
-no network, nothing installed).
+"""The device check: what a GPU has to show, in one command that survives a bare image, a failing part and the
+device's time limit.
 
-  1. tests  `pytest -m gpu tests/test_gpu.py`: logits vs transformers (fp32, bf16), packed == padded,
-            KV-cached decode == full forward, greedy == transformers generate, CUDA graphs == eager, a bf16
-            SPARK step;
-  2. sampler a Qwen2.5-1.5B-shaped model with random weights, bf16, 64 prompts of 256 tokens, 256 new tokens
-            each (no stop token): tokens/s of our sampler eager and with CUDA graphs (`compile`), and of
-            transformers `generate` with its static cache (not compiled), on the same weights; and the share of
-            the HBM bound (weights + the KV cache read once per decode step, at the device's bandwidth);
-  3. step   one trainer step on the same model (FSDP2 on one GPU, bf16, activation checkpointing, policy-only
-            GRPO with the KL reference): update tokens/s, MFU (spark.flops), peak memory next to spark.plan's;
-  4. vision Qwen2.5-VL-7B's vision tower (random weights, bf16) over four ~1 MP images (20,736 patches): peak
-            memory of a forward and backward with and without activation checkpointing, next to spark.plan's
-            vision activations;
-  5. head   the update's log-prob head (spark.models.logprobs) at Qwen2.5-7B's shape, 16k tokens: seconds of a
-            forward and backward with the GEMMs in fp32 and in bf16, and the mean |log-prob difference|.
-`--cpu` runs the same on CPU with tiny shapes (the slow test suite does, so the script is known to work before a
-device is spent on it). Prints a short table; the last line is one JSON object (also written to --out).
+    PYTHONPATH=. python3 benchmarks/gpu_check.py --out DIR [--only S,S | --skip S,S] [--cpu]
+
+Sections (benchmarks/gpu_check_sections.py has one function each; the GPU shapes, --cpu runs tiny ones on CPU to
+check the script, not a device):
+  preflight  Python, torch, CUDA and driver versions, the GPU and its memory, which optional packages import, the
+             toolchain torch.compile's triton needs (C compiler, Python headers, libcuda), the attention backend
+             and compute dtype, and a compile probe (inductor with CUDA graphs on a small function);
+  tests      `pytest -m gpu` (tests/test_gpu.py), each test's outcome kept as it comes;
+  train      two trainer steps on a Qwen2.5-1.5B-shaped model (random weights, FSDP2 on one GPU, bf16,
+             activation checkpointing, policy-only GRPO with the KL reference, 64 rollouts of 256 tokens): each
+             step's seconds, MFU, peak allocated and reserved memory; the tensors spark.plan counts, measured;
+  vision     Qwen2.5-VL-7B's vision tower (random weights, bf16) over four ~1 MP images: memory held after the
+             forward and the peak of forward + backward, with and without activation checkpointing;
+  head       the update's log-prob head at Qwen2.5-7B's shape, 16k tokens: GEMMs in fp32 and in bf16, seconds
+             of a forward + backward and the mean |log-prob difference|;
+  plan       spark.plan's bytes per item for the train and vision workloads next to what those sections measured;
+  sampler    the 1.5B model, 64 prompts x 256 tokens, 256 new tokens each: tokens/s of our sampler eager, of
+             transformers `generate` (static cache) and of our sampler with CUDA graphs, each timed on its own
+             (with compile time, graphs compiled, recompiles and inductor's CUDA-graph skips), against the HBM
+             bound (every weight and the KV cache so far read once per decode step).
+
+Each section runs in a process of its own (a crash, a hang or an NCCL abort ends that section only, and its
+memory is gone before the next one starts) under its own time limit, within an overall deadline that ends the
+check before the device's command limit. A section saves its results as they come (DIR/sections/NAME.json) and
+its output goes to DIR/logs/NAME.log; DIR/gpu_check.json is rewritten after every section, and one line per
+section is printed. A section that needs a package the image lacks is skipped, saying which. A second call with
+the same --out and `--only` reruns just those sections in the same report. The exit status is 0 when no section
+failed. This file imports only the standard library: whatever breaks on an image breaks inside a section.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
-import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import GenerationConfig, Qwen2ForCausalLM
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from spark.config import TrainConfig, load_config  # noqa: E402
-from spark.flops import FlopModel, peak_tflops, shared_prompts, step_flops, throughput  # noqa: E402
-from spark.models import load_model  # noqa: E402
-from spark.models.attention import describe_attention  # noqa: E402
-from spark.models.checkpoint import read_config  # noqa: E402
-from spark.models.logprobs import token_logprobs  # noqa: E402
-from spark.models.qwen2_vl import VisionConfig, VisionTransformer  # noqa: E402
-from spark.plan import GB, plan_for, vision_activation_bytes  # noqa: E402
-from spark.sampler import SamplingParams, generate  # noqa: E402
-from spark.tiny import make_tiny_checkpoint  # noqa: E402
-from spark.trainer import Trainer  # noqa: E402
-
-# Qwen2.5-1.5B's shape (tied embeddings), and a tiny one for --cpu.
-SHAPES = {"gpu": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
-                      vocab_size=151936, tie=True),
-          "cpu": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
-                      vocab_size=512, tie=True)}
-WORKLOAD = {"gpu": dict(rows=64, prompt=256, new=256), "cpu": dict(rows=8, prompt=16, new=16)}
-# Qwen2.5-VL-7B's vision tower, four images of 72 x 72 patches (1008 x 1008 pixels); a tiny one for --cpu.
-VISION = {"gpu": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584),
-          "cpu": dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                      fullatt_block_indexes=(1, 3))}
-IMAGES = {"gpu": [[1, 72, 72]] * 4, "cpu": [[1, 8, 8]] * 2}
-HEAD = {"gpu": dict(tokens=16384, hidden=3584, vocab=152064), "cpu": dict(tokens=64, hidden=64, vocab=1000)}
-HBM_GB_S = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0}  # datasheet bandwidths (SXM), GB/s
+SECTIONS_SCRIPT = Path(__file__).resolve().with_name("gpu_check_sections.py")
 
 
-def sig(x: float) -> float:
-    """Four significant figures, for the report."""
-    return float(f"{x:.4g}")
+@dataclass(frozen=True)
+class Section:
+    name: str
+    limit_s: int  # its time limit; the check's estimate for each is in the README ("On a GPU")
+    headline: tuple[str, ...]  # the results its summary line shows (dotted paths into its results)
+    needs: tuple[str, ...] = ()  # optional packages (import names) it cannot run without
 
 
-def section(report: dict, name: str, fn, *args) -> None:
-    """Run one part of the check; a failure is recorded in the report and the check goes on."""
-    started = time.perf_counter()
+# In the order they run: the cheap and the telling first, the sampler's long compile last; plan reads train's
+# and vision's results.
+SECTIONS = (
+    Section("preflight", 60, ("gpu.name", "gpu.memory_gb", "gpu.driver", "python", "torch", "cuda_runtime",
+                              "attention.backend", "compile_probe.compile_s", "compile_probe.cudagraph_skips")),
+    Section("tests", 150, ("passed", "failed", "error", "skipped", "running"), needs=("pytest",)),
+    Section("train", 150, ("step1.seconds", "step2.seconds", "step2.update_tok_s", "step2.mfu_update",
+                           "step2.peak_allocated_gb", "step2.peak_reserved_gb"), needs=("tensorboard",)),
+    Section("vision", 60, ("checkpointed.held_gb", "checkpointed.peak_gb", "plain.held_gb", "plain.peak_gb",
+                           "plain.pass_s")),
+    Section("head", 60, ("fp32.pass_s", "bf16.pass_s", "mean_abs_logp_diff")),
+    Section("plan", 30, ("train.total.plan_gb", "train.total.peak_allocated_gb", "vision.plain.plan_gb",
+                         "vision.plain.held_gb")),
+    Section("sampler", 240, ("eager.tok_s", "transformers.tok_s", "cuda_graphs.tok_s", "compiled.tok_s",
+                             "cuda_graphs.of_hbm_bound", "cuda_graphs.first_call_s", "cuda_graphs.cudagraph_skips",
+                             "hbm_bound_tok_s")),
+)
+DEADLINE_S = 510  # the whole check: under the device's 10 minutes per command, with time to write the report
+MIN_SECTION_S = 15  # a section is not started with less time than this before the deadline
+GRACE_S = 10  # after a section's limit, for its own time-out to dump its stacks and exit
+FAILURES = ("raise", "hang", "crash")  # what --fail makes a section do
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Replace `path` whole (a kill mid-write leaves the previous version, never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2))
+    os.replace(partial, path)
+
+
+def read_json(path: Path) -> dict:
     try:
-        report[name] = fn(*args)
-    except Exception as error:  # noqa: BLE001 - a one-shot check reports every failure it can
-        traceback.print_exc()
-        report[name] = {"error": f"{type(error).__name__}: {error}"}
-    report[name]["seconds"] = round(time.perf_counter() - started, 1)
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
-def run_tests(out: Path) -> dict:
-    junit = out / "gpu_tests.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "tests/test_gpu.py",
-                           f"--junitxml={junit}", "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    print(proc.stdout[-3000:])
-    outcomes = {}
-    for case in ElementTree.parse(junit).getroot().iter("testcase"):
-        problem = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)
-        outcomes[case.get("name")] = "passed" if problem is None else problem.tag
-    counts = {kind: sum(v == kind for v in outcomes.values()) for kind in ("passed", "failure", "error", "skipped")}
-    return {**counts, "failed": sorted(k for k, v in outcomes.items() if v in ("failure", "error"))}
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
-def hbm_bound_seconds(model, rows: int, prompt: int, new: int, bandwidth_gb_s: float) -> float:
-    """Each decode step reads every weight once and the KV cache so far: the time HBM needs for that."""
-    cfg = model.config
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    kv_per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
-    kv_read = rows * kv_per_token * sum(prompt + step for step in range(new))
-    return (new * weights + kv_read) / (bandwidth_gb_s * 1e9)
+def names(text: str | None) -> list[str]:
+    """'a,b' -> ['a', 'b'], each a section's name."""
+    chosen = [name.strip() for name in (text or "").split(",") if name.strip()]
+    unknown = sorted(set(chosen) - {s.name for s in SECTIONS})
+    if unknown:
+        raise SystemExit(f"gpu_check: unknown section {', '.join(unknown)} (sections: "
+                         f"{', '.join(s.name for s in SECTIONS)})")
+    return chosen
 
 
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
+def failures(text: str | None) -> dict[str, str]:
+    """--fail 'vision,head:hang' -> {'vision': 'raise', 'head': 'hang'}."""
+    modes = {}
+    for item in (text or "").split(","):
+        if item.strip():
+            name, _, mode = item.strip().partition(":")
+            if (mode or "raise") not in FAILURES:
+                raise SystemExit(f"gpu_check: --fail {item}: the mode is one of {', '.join(FAILURES)}")
+            modes[names(name)[0]] = mode or "raise"
+    return modes
 
 
-def run_sampler(checkpoint: Path, device: str, dtype: torch.dtype, work: dict) -> dict:
-    rows, prompt, new = work["rows"], work["prompt"], work["new"]
-    model = load_model(checkpoint, device=device, dtype=dtype)
-    g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(3, model.config.vocab_size, (rows, prompt), generator=g)
-    ours = {}
-    for name, compile_ in (("eager", False), ("cuda_graphs", True)):
-        if compile_ and device == "cpu":
-            continue  # CUDA graphs need a GPU; the tests cover compile == eager there
-        params = SamplingParams(max_new_tokens=new, temperature=1.0, compile=compile_)
-        generate(model, prompts.tolist(), params, seed=0)  # warm-up (and compilation)
-        seconds = timed(lambda p=params: generate(model, prompts.tolist(), p, seed=1))
-        ours[name] = rows * new / seconds
-    hf = Qwen2ForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
-    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new,
-                              min_new_tokens=new, pad_token_id=0, eos_token_id=None, cache_implementation="static",
-                              disable_compile=True)
-    ids = prompts.to(device)
-    with torch.inference_mode():
-        hf.generate(ids, generation_config=config)
-        seconds = timed(lambda: hf.generate(ids, generation_config=config))
-    result = {f"ours_{k}_tok_s": sig(v) for k, v in ours.items()}
-    result["hf_static_tok_s"] = sig(rows * new / seconds)
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    bandwidth = next((bw for key, bw in HBM_GB_S.items() if key in name), None)
-    if bandwidth:
-        bound = rows * new / hbm_bound_seconds(hf, rows, prompt, new, bandwidth)
-        result["hbm_bound_tok_s"] = sig(bound)
-        result.update({f"ours_{k}_of_bound": sig(v / bound) for k, v in ours.items()})
+def selected(only: str | None, skip: str | None) -> list[Section]:
+    wanted, unwanted = names(only), names(skip)
+    return [s for s in SECTIONS if (not wanted or s.name in wanted) and s.name not in unwanted]
+
+
+def missing_packages(section: Section) -> list[str]:
+    return [name for name in section.needs if importlib.util.find_spec(name) is None]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """End the section's process and every process it started (compile workers, verifier workers), which could
+    otherwise outlive it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def exit_reason(returncode: int | None, seconds: float, limit: float) -> tuple[str, str]:
+    """(status, error) of a section process that ended without recording a status of its own."""
+    if returncode is None or seconds >= limit:
+        return "timeout", f"time limit of {limit:.0f} s reached (its stacks at that moment: log_tail)"
+    if returncode < 0:
+        return "failed", f"killed by {signal.Signals(-returncode).name}"
+    return "failed", f"exited with status {returncode}"
+
+
+def run_section(section: Section, args: argparse.Namespace, limit: float) -> dict:
+    """Run one section in a process of its own, under `limit` seconds; its report entry."""
+    results, log = args.out / "sections" / f"{section.name}.json", args.out / "logs" / f"{section.name}.log"
+    results.unlink(missing_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-X", "faulthandler", str(SECTIONS_SCRIPT), section.name, "--out", str(args.out),
+               "--work", str(args.work), "--limit", str(limit)]
+    command += ["--cpu"] if args.cpu else []
+    command += ["--fail", args.fail[section.name]] if section.name in args.fail else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    with open(log, "w") as output:  # a file, not a pipe: a leftover child cannot keep it open and block us
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            returncode = process.wait(timeout=limit + GRACE_S)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        stop_group(process)
+    seconds = time.monotonic() - started
+    entry = {"status": None, **read_json(results), "seconds": round(seconds, 1), "limit_s": round(limit)}
+    if entry["status"] is None:
+        entry["status"], entry["error"] = exit_reason(returncode, seconds, limit)
+    if entry["status"] not in ("ok", "skipped"):
+        entry["log_tail"] = tail(log)
+    return entry
+
+
+def lookup(result: dict, path: str):
+    for key in path.split("."):
+        result = result.get(key) if isinstance(result, dict) else None
     return result
 
 
-def run_trainer_step(checkpoint: Path, device: str, work: dict, out: Path) -> dict:
-    data = out / "train.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
-                            for a, b in zip(range(8), range(3, 11))))
-    overrides = [f"model.path={json.dumps(str(checkpoint))}", "model.mixed_precision=true",
-                 "model.activation_checkpointing=true", f"data.train_files=[{json.dumps(str(data))}]",
-                 "data.prompts_per_step=8", "data.max_prompt_tokens=512", "rollout.n=8",
-                 f"rollout.max_new_tokens={work['new']}", "rollout.batch_size=64", "loss.micro_batch_tokens=8192",
-                 "spark.mode=\"policy-only\"", f"run.out_dir={json.dumps(str(out / 'run'))}", "run.max_steps=1",
-                 "run.save_every=0", "run.sample_every=0"]
-    config = load_config(TrainConfig, None, overrides)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(config)
-    trained: list = []
-    update = trainer.update
-    trainer.update = lambda experiences, timer=None: (trained.extend(experiences), update(experiences, timer))[1]
-    metrics = trainer.train_step()
-    model = FlopModel.of(trainer.rollouts.chat.model)
-    flops = step_flops(model, updated=shared_prompts(trained),
-                       generated=shared_prompts(trained),
-                       reference=trainer.reference is not None)
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    peak = peak_tflops(name)
-    seconds = metrics["time/update"] + metrics.get("time/reference", 0.0)
-    tokens = sum(len(e.prompt_ids) + len(e.response_ids) for e in trained)
-    train = throughput(flops["update"] + flops["reference"], seconds, peak)
-    rollout = throughput(flops["rollout"], metrics["time/rollout"], peak)
-    memory = torch.cuda.get_device_properties(0).total_memory / GB if device == "cuda" else 80.0
-    plan = plan_for(config, read_config(checkpoint), 1, memory)
-    result = {"update_tok_s": sig(tokens / seconds), "update_tflops": sig(train["tflops"]),
-              "rollout_tflops": sig(rollout["tflops"]), "loss": metrics.get("loss"),
-              "time_rollout_s": sig(metrics["time/rollout"]), "time_update_s": sig(seconds),
-              "plan_total_gb": sig(plan.total / GB), "plan_fits": plan.fits}
-    if "mfu" in train:
-        result.update(update_mfu=sig(train["mfu"]), rollout_mfu=sig(rollout["mfu"]))
-    if device == "cuda":
-        result["peak_allocated_gb"] = sig(torch.cuda.max_memory_allocated() / GB)
-    return result
+def summary_line(section: Section, entry: dict) -> str:
+    """The section's status and time, its error or skip reason, its headline results and its parts' problems."""
+    result = entry.get("result", {})
+    headline = [f"{path}={value}" for path in section.headline if (value := lookup(result, path)) is not None]
+    problems = [f"[{name}: {part.get('error') or 'skipped: ' + part['skipped']}]" for name, part in result.items()
+                if isinstance(part, dict) and ("error" in part or "skipped" in part)]
+    detail = " ".join(filter(None, [entry.get("error") or entry.get("reason"), *headline, *problems]))
+    line = f"gpu_check: {section.name:<9} {entry['status']:<8} {entry['seconds']:6.1f} s  {detail}"
+    return line if len(line) <= 400 else line[:397] + "..."
 
 
-def peak_bytes(fn) -> int:
-    """Peak device memory `fn` allocates above what was allocated before it (0 on CPU: no allocator stats)."""
-    if not torch.cuda.is_available():
-        fn()
-        return 0
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
+def no_cuda(entry: dict) -> bool:
+    return entry["status"] == "ok" and entry.get("result", {}).get("cuda") is False
 
 
-def run_vision(device: str, dtype: torch.dtype, kind: str) -> dict:
-    config = VisionConfig(**VISION[kind])
-    with torch.device(device):
-        tower = VisionTransformer(config).to(dtype)
-    grids = torch.tensor(IMAGES[kind])
-    patches = int(grids.prod(-1).sum())
-    pixels = torch.randn(patches, config.in_channels * config.temporal_patch_size * config.patch_size**2,
-                         device=device, dtype=dtype)
-    result = {"patches": patches}
-    for checkpointing in (False, True):
-        def step(checkpointing=checkpointing):
-            tower(pixels, grids, checkpointing).float().square().mean().backward()
-            tower.zero_grad(set_to_none=True)
-        step()  # warm-up
-        name = "checkpointed" if checkpointing else "plain"
-        result[f"{name}_peak_gb"] = sig(peak_bytes(step) / GB)
-        result[f"{name}_plan_gb"] = sig(vision_activation_bytes(config, patches, 2, checkpointing) / GB)
-        result[f"{name}_s"] = sig(timed(step))
-    return result
+def run_check(args: argparse.Namespace) -> int:
+    report_path = args.out / "gpu_check.json"
+    report = read_json(report_path) or {"runs": [], "sections": {}}  # a rerun keeps the sections it does not run
+    sections = selected(args.only, args.skip)
+    report["runs"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "argv": sys.argv[1:],
+                           "sections": [s.name for s in sections]})
+    print(f"gpu_check: {len(sections)} sections, deadline {args.deadline:.0f} s, report {report_path}", flush=True)
+    started = time.monotonic()
+    stop = None  # why the remaining sections cannot run
+    for section in sections:
+        left = args.deadline - (time.monotonic() - started)
+        missing = missing_packages(section)
+        if stop or missing or left < MIN_SECTION_S:
+            reason = stop or (f"needs {', '.join(missing)} (not installed)" if missing
+                              else f"{left:.0f} s left before the check's deadline")
+            entry = {"status": "skipped", "reason": reason, "seconds": 0.0}
+        else:
+            limit = min(section.limit_s, args.section_limit or section.limit_s, left)
+            report["sections"][section.name] = {"status": "running", "limit_s": round(limit)}
+            write_json(report_path, report)  # a check killed now still says where it was
+            entry = run_section(section, args, limit)
+        report["sections"][section.name] = entry
+        report["runs"][-1]["seconds"] = round(time.monotonic() - started, 1)
+        write_json(report_path, report)
+        print(summary_line(section, entry), flush=True)
+        if section.name == "preflight" and not args.cpu and no_cuda(entry):
+            stop = "no CUDA device (--cpu checks the script on CPU)"
+    statuses = [report["sections"][s.name]["status"] for s in sections]
+    print(f"gpu_check: {statuses.count('ok')} ok, {statuses.count('skipped')} skipped, "
+          f"{len(statuses) - statuses.count('ok') - statuses.count('skipped')} not ok, in "
+          f"{(time.monotonic() - started) / 60:.1f} min; report {report_path}", flush=True)
+    return 0 if set(statuses) <= {"ok", "skipped"} else 1
 
 
-def run_logprob_head(device: str, kind: str) -> dict:
-    shape = HEAD[kind]
-    g = torch.Generator().manual_seed(0)
-    hidden = (torch.randn(shape["tokens"], shape["hidden"], generator=g) / 4).to(device, torch.bfloat16)
-    weight = (torch.randn(shape["vocab"], shape["hidden"], generator=g) / 60).to(device)
-    targets = torch.randint(0, shape["vocab"], (shape["tokens"],), generator=g).to(device)
-    result, logps = {}, {}
-    for name, head in (("fp32", weight), ("bf16", weight.to(torch.bfloat16))):
-        h, w = hidden.clone().requires_grad_(), head.clone().requires_grad_()
-
-        def step(h=h, w=w, name=name):
-            logp, _ = token_logprobs(h, w, targets, chunk_size=1024, with_entropy=True)
-            logp.sum().backward()
-            logps[name] = logp.detach().float()
-        step()  # warm-up
-        result[f"{name}_s"] = sig(timed(step))
-    result["mean_abs_logp_diff"] = sig(float((logps["bf16"] - logps["fp32"]).abs().mean()))
-    return result
-
-
-def table(report: dict) -> str:
-    lines = [f"device: {report['device']}  torch {report['torch']}  {report['attention']}"]
-    tests = report["tests"]
-    lines.append(f"tests: {tests.get('passed', 0)} passed, {tests.get('failure', 0) + tests.get('error', 0)} failed, "
-                 f"{tests.get('skipped', 0)} skipped" + (f" ({', '.join(tests['failed'])})" if tests.get("failed") else ""))
-    for name in ("sampler", "trainer_step", "vision", "logprob_head"):
-        lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in report[name].items()))
-    return "\n".join(lines)
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu", action="store_true", help="tiny shapes on CPU: proves the script, not the device")
-    parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json (default: a temp folder)")
-    args = parser.parse_args()
-    kind = "cpu" if args.cpu else "gpu"
-    device = "cpu" if args.cpu else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("gpu_check: no CUDA device (use --cpu to check the script itself)")
-    dtype = torch.bfloat16
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = args.out or Path(tmp)
-        out.mkdir(parents=True, exist_ok=True)
-        report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                  "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                  "torch": torch.__version__, "attention": describe_attention(torch.device(device), dtype)}
-        section(report, "tests", run_tests, out)
-        checkpoint = make_tiny_checkpoint(Path(tmp) / "model", dtype=dtype, device=device, **SHAPES[kind])
-        section(report, "sampler", run_sampler, checkpoint, device, dtype, WORKLOAD[kind])
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        section(report, "trainer_step", run_trainer_step, checkpoint, device, WORKLOAD[kind], Path(tmp))
-        section(report, "vision", run_vision, device, dtype, kind)
-        section(report, "logprob_head", run_logprob_head, device, kind)
-        report["minutes"] = round((time.perf_counter() - started) / 60, 2)
-        print(table(report))
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report))
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu_check",
+                        help="the report folder: the only thing that has to come back from the device")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "spark-gpu-check",
+                        help="scratch folder (the 1.5B checkpoint, trainer runs); reused by a rerun")
+    parser.add_argument("--cpu", action="store_true", help="tiny shapes on CPU: checks the script, not a device")
+    parser.add_argument("--only", help="comma-separated sections to run (default: all)")
+    parser.add_argument("--skip", help="comma-separated sections not to run")
+    parser.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds for the whole check")
+    parser.add_argument("--section-limit", type=float, default=0,
+                        help="cap on every section's time limit, seconds (tests of the check)")
+    parser.add_argument("--fail", help="SECTION[:raise|hang|crash],...: make sections fail (tests of the check)")
+    args = parser.parse_args(argv)
+    args.fail = failures(args.fail)
+    args.out, args.work = args.out.resolve(), args.work.resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_check(parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,12 +12,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (a device image's): the backport when installed, else no TOML
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
 
 from spark.data import RowFormat, Task
 from spark.losses import POLICY_LOSSES, AdvantageScale, AdvantageStd, Aggregation, KLKind
@@ -45,6 +52,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    if tomllib is None and (path or overrides):
+        raise ConfigError("reading a TOML config or overrides needs Python 3.11 or the tomli package")
     raw: dict = {}
     source = str(path) if path else "<defaults>"
     if path:

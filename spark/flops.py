@@ -14,6 +14,7 @@ MFU = achieved FLOP/s per GPU / the GPU's dense bf16 peak (`PEAK_TFLOPS`, or a c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +26,24 @@ from spark.models.checkpoint import build_model
 from spark.models.qwen2 import ModelConfig
 from spark.packing import group_by_prompt
 
-# Dense bf16 tensor-core peaks, TFLOP/s (vendor datasheets; SXM parts). Matched against the CUDA device name.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# Dense bf16 tensor-core peaks, TFLOP/s (vendor datasheets: half the sparse figure), by CUDA device name
+# (`by_device_name`): the SXM parts are named by the chip alone ("NVIDIA H100 80GB HBM3", "NVIDIA H200").
+PEAK_TFLOPS = {"H100": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0, "H200 NVL": 835.0,
+               "A100": 312.0}
+
+
+def by_device_name(table: dict[str, float], device_name: str) -> float | None:
+    """The entry of the longest key that occurs in `device_name` as whole words ("H100 PCIe" before "H100";
+    "H200" not in "GH200"), or None."""
+    keys = [key for key in table if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", device_name)]
+    return table[max(keys, key=len)] if keys else None
 
 
 def peak_tflops(device_name: str, configured: float = 0.0) -> float | None:
-    """The configured peak when > 0, else the table's entry whose key the device name contains, else None."""
+    """The configured peak when > 0, else the table's entry for the device name, else None."""
     if configured > 0:
         return configured
-    return next((peak for key, peak in PEAK_TFLOPS.items() if key in device_name), None)
+    return by_device_name(PEAK_TFLOPS, device_name)
 
 
 def matmul_weights(module: nn.Module) -> int:

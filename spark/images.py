@@ -21,12 +21,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from spark.data import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -52,7 +55,7 @@ class ImageConfig:
     image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     image_std: tuple[float, ...] = OPENAI_CLIP_STD
     rescale_factor: float = 1 / 255
-    resample: int = Image.Resampling.BICUBIC
+    resample: int = 3  # PIL's Image.Resampling.BICUBIC: pillow is imported only where images are opened
 
     @classmethod
     def from_hf(cls, hf: dict) -> ImageConfig:
@@ -78,6 +81,8 @@ class ImageConfig:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, with any transparency composited onto white (as the transformers processor does)."""
+    from PIL import Image
+
     if "A" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
@@ -85,6 +90,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _open(source: ImageSource) -> Image.Image:
+    from PIL import Image
+
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
@@ -92,6 +99,8 @@ def load_image(source: ImageSource, *, where: tuple[str | Path, int | None, str]
     """Open an image (a file path or the encoded bytes) as RGB (`to_rgb`), upright per its EXIF
     orientation. Errors are DataErrors naming the image and, given `where` = (data file, line, field),
     the data row that holds it."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with _open(source) as image:
             return to_rgb(ImageOps.exif_transpose(image))
@@ -148,6 +157,8 @@ def check_placeholders(text: str, num_images: int, *, path: str | Path, line: in
 
 def _decode_error(source: ImageSource) -> str | None:
     """Why `source` cannot be decoded (pillow's message), or None when it decodes."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with _open(source) as image:
             image.load()

@@ -168,21 +168,27 @@ CACHE_QUANTUM = 256  # a static cache's length is rounded up to a multiple of th
 
 
 def static_cache(model: nn.Module, batch: int, length: int) -> KVCache:
-    """The compiled path's KV cache: allocated once per model and reused by every call with `batch` rows and at
-    most its length in prompt + new tokens, so the decode graph's inputs keep their shapes and addresses (no
-    recompile, and CUDA graphs replay without copying the cache); otherwise replaced (the old one freed first)
-    by one of `length` rounded up to CACHE_QUANTUM. It stays allocated between calls: spark.plan counts it as
-    resident when rollout.compile. The eager path allocates a cache per call instead, freed on return."""
+    """The compiled path's KV cache: allocated once per model and reused by every later call with at most its
+    rows and its length in prompt + new tokens (a call with fewer rows pads them: `sample_batch`), so the decode
+    graph's inputs keep their shapes and addresses (no recompile for a new row count, and CUDA graphs replay
+    without copying the cache); a call that needs more replaces it (the old one freed first) by one with the
+    rows of both and `length` rounded up to CACHE_QUANTUM. It stays allocated between calls: spark.plan counts
+    it as resident when rollout.compile. The eager path allocates a cache per call instead, freed on return."""
     weight = model.lm_head.weight
     cache = STATIC_CACHES.pop(model, None)
-    if cache is None or (cache.batch, cache.k[0].dtype, cache.k[0].device) != (batch, weight.dtype, weight.device) \
-            or cache.max_len < length:
-        cache = None
-        cfg = model.config
-        cache = KVCache(cfg.num_hidden_layers, batch, -(-length // CACHE_QUANTUM) * CACHE_QUANTUM,
-                        cfg.num_key_value_heads, cfg.head_dim, device=weight.device, dtype=weight.dtype)
-        for tensor in cache.k + cache.v:  # written in place: CUDA graphs must not copy them in per replay
-            torch._dynamo.mark_static_address(tensor)
+    if cache is not None and (cache.k[0].dtype, cache.k[0].device) == (weight.dtype, weight.device) \
+            and cache.batch >= batch and cache.max_len >= length:
+        STATIC_CACHES[model] = cache
+        return cache
+    rows = max(batch, cache.batch if cache is not None else 0)
+    cache = None
+    cfg = model.config
+    cache = KVCache(cfg.num_hidden_layers, rows, -(-length // CACHE_QUANTUM) * CACHE_QUANTUM,
+                    cfg.num_key_value_heads, cfg.head_dim, device=weight.device, dtype=weight.dtype)
+    for tensor in cache.k + cache.v:  # written in place: CUDA graphs must not copy them in per replay
+        # Unguarded (torch releases differ in the default): a replaced cache re-records the CUDA graph instead
+        # of recompiling the step, which past dynamo's recompile limit would silently fall back to eager.
+        torch._dynamo.mark_static_address(tensor, guard=False)
     STATIC_CACHES[model] = cache
     return cache
 
@@ -325,12 +331,23 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
     stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.long, device=device)
     banned_ids = torch.tensor(params.banned_token_ids, dtype=torch.long, device=device)
 
+    static = params.compile and device.type not in DYNAMIC_COMPILE_DEVICES
+    if static:
+        cache = static_cache(model, B, T + N)
+    else:
+        cache = KVCache(cfg.num_hidden_layers, B, T + N, cfg.num_key_value_heads, cfg.head_dim,
+                        device=device, dtype=dtype)
+    # A static cache's rows beyond this call's: decoded as copies of the first prompt that finish at once (a
+    # limit of one token) and are never returned, so the compiled step sees the same shapes in every call.
+    pad = cache.batch - B
+    limits = limits + [1] * pad
+
     # Cache row r holds the caller's row rows[r] of prompt source[r]: the first copy of each prompt in rows
-    # [0, D) (prefilled), its other copies after them (their prompt's rows of the cache copied).
+    # [0, D) (prefilled), its other copies after them (their prompt's rows of the cache copied), then the pad.
     first = [sum(copies[:d]) for d in range(D)]
     others = [(first[d] + j, d) for d in range(D) for j in range(1, copies[d])]
-    rows = torch.tensor(first + [row for row, _ in others], device=device)
-    source = torch.tensor(list(range(D)) + [d for _, d in others], device=device)
+    rows = torch.tensor(first + [row for row, _ in others] + list(range(B, B + pad)), device=device)
+    source = torch.tensor(list(range(D)) + [d for _, d in others] + [0] * pad, device=device)
 
     # Prefill: right-padded prompts; pad positions write garbage keys that decode overwrites or masks.
     input_ids = torch.zeros(D, T, dtype=torch.long)
@@ -338,31 +355,28 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
         input_ids[d, :len(prompt)] = torch.tensor(prompt)
     input_ids = input_ids.to(device)
     prompt_lens = torch.tensor(list(map(len, prompts)), device=device)
-    static = params.compile and device.type not in DYNAMIC_COMPILE_DEVICES
-    if static:
-        cache = static_cache(model, B, T + N)
-    else:
-        cache = KVCache(cfg.num_hidden_layers, B, T + N, cfg.num_key_value_heads, cfg.head_dim,
-                        device=device, dtype=dtype)
     positions, rope_deltas = prefill_positions(model, input_ids, prompt_lens, **model_inputs)
     logits = prefill(model, cache, input_ids, prompt_lens, positions, params.prefill_tokens, **model_inputs)
     cache.repeat_rows(source[D:], T)
     logits, cache_lens, rope_deltas = logits[source], prompt_lens[source], rope_deltas[source]
     mrope = positions.dim() == 3
-    seen = None  # [B, V] by the caller's row: the tokens each row holds so far, for the repetition penalty
+    seen = None  # [B + pad, V] by the caller's row: the tokens each row holds so far (repetition penalty)
     if params.repetition_penalty != 1.0:
-        seen = torch.empty(B, logits.shape[-1], dtype=torch.bool, device=device)
+        seen = torch.empty(B + pad, logits.shape[-1], dtype=torch.bool, device=device)
         seen[rows] = tokens_seen(input_ids, prompt_lens, logits.shape[-1])[source]
 
     step_fn = compiled_decode_step(device.type, not static) if params.compile else decode_step
     row_limits = torch.tensor(limits, device=device)[rows]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    out_tokens = torch.zeros(B, N, dtype=torch.long, device=device)
-    out_logp = torch.zeros(B, N, device=device)
+    done = torch.zeros(B + pad, dtype=torch.bool, device=device)
+    out_tokens = torch.zeros(B + pad, N, dtype=torch.long, device=device)
+    out_logp = torch.zeros(B + pad, N, device=device)
     # Each look at `done` is a device -> host sync: free on CPU, batched on accelerators.
     check_every = 1 if device.type == "cpu" else 8
     for step in range(N):
-        uniforms = torch.rand(B, generator=generator, device=device)[rows]  # for every row: see the doc
+        uniforms = torch.rand(B, generator=generator, device=device)  # for every row: see the doc
+        if pad:  # the pad rows draw none: a call samples the same whatever the cache it found
+            uniforms = torch.cat([uniforms, uniforms.new_zeros(pad)])
+        uniforms = uniforms[rows]
         if params.banned_token_ids:
             logits.index_fill_(-1, banned_ids, float("-inf"))
         if seen is not None:
@@ -390,7 +404,7 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
         kv_len = cache.max_len if static else T + step + 1
         logits = step_fn(model, tokens, decode_positions, Decoding(cache, cache_lens, kv_len))
         cache_lens += 1
-    return out_tokens, out_logp
+    return out_tokens[:B], out_logp[:B]
 
 
 def finish(out_tokens: torch.Tensor, out_logp: torch.Tensor, limits: list[int], stop_ids: set[int]) -> Rollouts:

@@ -1,9 +1,15 @@
 """Config errors are caught when the file is loaded, naming the file, the key, the value and what is allowed."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from spark.checkpointing import check_same_run
 from spark.config import ConfigError, TrainConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -80,3 +86,16 @@ def test_a_subset_is_part_of_the_run_and_all_rows_resume_older_checkpoints(run_f
     check_same_run(before_subsets, whole, tmp_path, force=False)
     with pytest.raises(ValueError, match=r"another run \(subset: \{'max_rows': 19000, 'subset_seed': 2\} -> None\)"):
         check_same_run(subset, whole, tmp_path, force=False)
+
+
+def test_without_tomllib_defaults_load_and_toml_is_refused_by_name():
+    """Python 3.10 without the tomli backport (a bare device image): spark.config imports, the defaults load,
+    and only reading TOML says what it needs."""
+    script = ("import sys; sys.modules['tomllib'] = sys.modules['tomli'] = None\n"
+              "from spark.config import ConfigError, TrainConfig, load_config\n"
+              "assert load_config(TrainConfig) == TrainConfig()\n"
+              "try:\n    load_config(TrainConfig, None, ['run.max_steps=2'])\n"
+              "except ConfigError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "reading a TOML config or overrides needs Python 3.11 or the tomli package"

@@ -57,6 +57,10 @@ def test_vision_tower_by_hand():
 
 def test_mfu_against_the_device_table():
     assert peak_tflops("NVIDIA H200") == 989.0 and peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    # Not the SXM part's peak for the PCIe and NVL parts, nor any for a chip the table does not name.
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0 and peak_tflops("NVIDIA H100 NVL") == 835.0
+    assert peak_tflops("NVIDIA H200 NVL") == 835.0 and peak_tflops("NVIDIA GH200 480GB") is None
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and peak_tflops("NVIDIA A100 80GB PCIe") == 312.0
     assert peak_tflops("NVIDIA H200", configured=500.0) == 500.0
     assert peak_tflops("cpu") is None
     assert throughput(989e12 * 2, 4.0, 989.0) == pytest.approx({"tflops": 494.5, "mfu": 0.5})

@@ -298,6 +298,29 @@ def test_compiled_decode_reuses_its_graph_and_cache(model, monkeypatch):
 
 
 @pytest.mark.slow
+def test_compiled_decode_does_not_recompile_for_a_new_row_count(model, monkeypatch):
+    """The trainer's sampler calls differ in rows (a last chunk, a judge call): with the static shapes of
+    accelerators a call with fewer rows than the cache pads them to its rows, so after the first call no row
+    count compiles anything new, the cache is the same, and each call's rows come out as eager's, greedy (with
+    and without a repetition penalty) or sampled (the pad rows draw no uniforms)."""
+    monkeypatch.setattr(sampler, "DYNAMIC_COMPILE_DEVICES", set())
+    STATIC_CACHES.pop(model, None)
+    prompts = make_prompts(model.config.vocab_size)
+    compiled = SamplingParams(max_new_tokens=6, temperature=0.0, compile=True)
+    torch._dynamo.reset()
+    counters.clear()
+    generate(model, prompts, compiled, n=2)  # 12 rows
+    graphs, cache = counters["stats"]["unique_graphs"], STATIC_CACHES[model]
+    for chosen, n, temperature, penalty in (([0], 1, 0.0, 1.0), ([1, 2, 3], 3, 0.0, 1.3), ([4, 5], [2, 1], 1.0, 1.0)):
+        rows = [prompts[i] for i in chosen]
+        params = dataclasses.replace(compiled, temperature=temperature, repetition_penalty=penalty)
+        out = generate(model, rows, params, n=n, seed=5)
+        assert out.tokens == generate(model, rows, dataclasses.replace(params, compile=False), n=n, seed=5).tokens
+    assert counters["stats"]["unique_graphs"] == graphs == 1
+    assert STATIC_CACHES[model] is cache and cache.batch == 12
+
+
+@pytest.mark.slow
 def test_compiled_cpu_decode_drops_finished_rows_and_keeps_packed_weights(model):
     """rollout.compile on CPU keeps dynamic shapes: rows of different lengths give the same tokens as eager,
     finished rows are still dropped (one graph for all rows, one for some, one for a single row; the second
