@@ -111,8 +111,7 @@ def plot(table: dict[str, dict[str, list[float]]], png: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=25, help="RL steps of every run (25: the whole table in "
-                                                              "29-50 minutes on 2 cores, OMP_NUM_THREADS=2)")
+    parser.add_argument("--steps", type=int, default=25, help="RL steps of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))

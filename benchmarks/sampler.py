@@ -6,10 +6,9 @@ weights) on CPU; 16 ragged prompts of 32-96 tokens; temperature 1.0, top-p 1.0, 
   ragged: rows end at different lengths, as RL rollouts do: each run draws every row's length as if each
           step ended it with probability 1/160 (at most 256: mean ~128 tokens, a fifth of the rows at 256),
           and both engines generate exactly those lengths (ours: per-row `max_new_tokens`; `generate`: a
-          stopping criterion that finishes each row at its length, as an EOS does). Before, each engine
-          sampled its own lengths from weights with an EOS logit bias (about as long: 118-132 tokens a row):
-          the lengths then differed between the engines within a run, and since the longest of 16 rows sets
-          the number of steps, a run's ratio moved with the draws as much as with the engines' speed.
+          stopping criterion that finishes each row at its length, as an EOS does). The engines generate the
+          same lengths because the longest of 16 rows sets the number of steps: lengths sampled by each
+          engine would move a run's ratio with the draws as much as with the engines' speed.
 Ours runs eager and compiled (`SamplingParams.compile`: on CPU inductor with dynamic shapes; the warm-up
 compiles its graphs for all rows, some rows and one row). The engines are timed interleaved in the same process
 (the CPU is shared), median of several runs after the warm-up; a ratio is the median of the runs' ratios (each

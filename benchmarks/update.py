@@ -2,7 +2,7 @@
 `runs/demo/warmup` (made by `spark.demo.ensure_prepared` when missing), then updated 6 times; the median of
 the last 5 is printed (JSON, last line).
 
-  --no-shared-prompts  pack every response with its own copy of its prompt (as before prompts were shared)
+  --no-shared-prompts  pack every response with its own copy of its prompt (instead of one copy per group)
   --root DIR           import spark from another checkout, e.g. an older commit (`git worktree add DIR COMMIT`),
                        so that the same measurement runs on the code before a change
   --profile            print torch.profiler's table of one more update

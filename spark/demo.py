@@ -2,7 +2,7 @@ r"""The CPU demo: its tiny checkpoint, its starting point (data + warm-up), the 
 
 The demo trains a Qwen2 of about a million parameters on the arithmetic task of spark.arithmetic (which holds
 the task's formats and warm-up examples); spark.warmup is the supervised warm-up that teaches those formats
-before RL. README ("The CPU demo") has the measured figures and the commands that produce them.
+before RL. docs/demo.md has the demo's figures and the commands that produce them.
 
 The tokenizer is trained on the prompt templates and responses with the digits removed, so that every
 digit stays its own token (as in Qwen's tokenizer) and template words become single tokens.
@@ -243,7 +243,7 @@ def tts_summary(checkpoint: str | Path, heldout: list[dict], *, content: str, ma
 # --------------------------------------------------------------------------- `make demo`
 
 CONFIG = Path("configs/tiny.toml")
-ABLATION_DIR = Path("runs/demo-policy-only")  # where the README's policy-only ablation runs
+ABLATION_DIR = Path("runs/demo-policy-only")  # where docs/demo.md's policy-only ablation runs
 
 
 def summarize(records: list[dict]) -> dict[str, float]:

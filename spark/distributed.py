@@ -79,8 +79,9 @@ def close_distributed() -> None:
     """Leave the process group once a run is done, after its last user (the trainer) is gone. A gloo group that
     something still holds (FSDP's device mesh, in a trainer that a reference cycle keeps alive) is freed only at
     interpreter exit, where its threads can abort the process ("terminate called without an active exception")
-    after all its work succeeded: 3 of 28 runs of tests/test_plan.py's two-rank test did, with close_distributed
-    called from inside the function that held the trainer and no collection. Hence the collection first."""
+    after all its work succeeded: tests/test_plan.py's two-rank test (tests/dist_plan.py) aborted so at times, with
+    close_distributed called from inside the function that held the trainer and no collection. Hence the
+    collection first."""
     if dist.is_initialized():
         gc.collect()
         dist.barrier()

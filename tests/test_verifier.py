@@ -242,7 +242,7 @@ def test_cheap_rows_never_reach_sympy():
         (r"\frac{1}{" * 60 + "2" + "}" * 60, "rejected", 1.0),
         ("(" * 5_000, "rejected", 1.0),
         # A 2.5-million-digit integer passes the size guards; its check takes far longer than 50 ms on any
-        # machine (about a second here), so its worker is killed.
+        # machine, so its worker is killed.
         ("(996!)^{1000}", "timeouts", 0.05),
     ],
 )
@@ -262,7 +262,7 @@ def test_unbalanced_box_scores_zero():
 
 
 def test_stuck_checks_are_killed_counted_and_replaced():
-    # (n!)^1000 passes the size guards but takes about a second (far over 50 ms): each worker is killed.
+    # (n!)^1000 passes the size guards but takes far over 50 ms: each worker is killed.
     responses = [boxed(f"({n}!)^{{1000}}") for n in (997, 998, 999)]
     before = verifier_stats()
     assert score_batch(responses, ["3"] * 3, timeout=0.05) == [0.0, 0.0, 0.0]

@@ -346,7 +346,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: K
                            1, cache.max_len, causal=False, seqused_k=(cache_lens + 1).int())
         return out[:, None]
     # The G query heads that read one kv head (h // G) go in as G query rows of it: B x Hkv attention tasks of
-    # G rows rather than B x Hq of one, and no repeated keys (benchmarks/sampler.py on CPU: 1.10x -> 1.23x generate).
+    # G rows rather than B x Hq of one, and no repeated keys (benchmarks/sampler.py measures the decode speed).
     heads, kv_heads, dim = q.shape[2], k.shape[2], q.shape[3]
     out = F.scaled_dot_product_attention(
         q.reshape(B, kv_heads, heads // kv_heads, dim), k_cache[:, :kv_len].transpose(1, 2),
