@@ -25,7 +25,7 @@ repetition penalty, which changes the logits here first too: these log-probs are
 
 Sampling is by inverse CDF with one uniform per row and step, from a `torch.Generator` on the
 model's device seeded by `seed`: a call is reproducible. (The exponential race of gpt-fast draws V
-numbers per row; on CPU that took 13% of a decode step.) Each step draws uniforms for all of the
+numbers per row, a noticeable share of a CPU decode step: benchmarks/sampler.py --profile shows it.) Each step draws uniforms for all of the
 caller's rows, so a row's samples do not depend on when finished rows were dropped from the batch.
 
 Vision-language models plug in through one optional hook: `model.prefill_positions(input_ids,
@@ -253,8 +253,8 @@ def packed_linear_weights(model: nn.Module, rows: int, traced: bool = False) -> 
     the `packed_linear` op, which torch.compile can trace (in eager, one more dispatch per call).
 
     Decoding multiplies a few rows by each weight, and the packed layout streams the weight faster than the
-    dense one (benchmarks/sampler.py: 542 -> 616 tokens/s on a 2-core AMD EPYC; a layout chosen for the
-    batch's rows rather than oneDNN's default one: -> 718). Same results up to rounding.
+    dense one, and a layout chosen for the batch's rows faster than oneDNN's default one (benchmarks/sampler.py
+    measures both). Same results up to rounding.
     The packed copies take the weights' memory again; the modules are as before once the call returns.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.device.type == "cpu"
