@@ -185,6 +185,9 @@ class LossSettings:
     advantage_eps: float = 1e-6
     mask_truncated: bool = False  # responses cut at max_new_tokens carry no loss
     mini_batch_size: int = 0  # rollouts per optimizer step, over all ranks; 0 = the whole batch in one step
+    # The order mini-batches are cut from, per pass: groups (a prompt's responses together, its prompt packed
+    # once; verl) | rollouts (each on its own; the authors' OpenRLHF)
+    mini_batch_order: Literal["groups", "rollouts"] = "groups"
     ppo_epochs: int = 1  # passes over each batch (each mini-batch an optimizer step)
     micro_batch_tokens: int = 8192  # packed tokens per forward/backward
     logprob_chunk: int = 1024  # tokens per fp32 logits chunk

@@ -166,17 +166,25 @@ def experience_keys(experiences: list[Experience]) -> list[tuple[int, int]]:
     return keys
 
 
-def mini_batches(keys: list, size: int, passes: int, seed: int) -> list[list]:
-    """The optimizer steps of one update, as lists of experience keys: `passes` passes over the batch, each
-    in its own seeded random order, cut into mini-batches of `size` (the last one may be smaller). A batch that
-    fits in one mini-batch (or `size` 0) keeps its order. Every rank calls it with the keys of the whole
-    (global) batch and trains its own experiences of each mini-batch, so the mini-batches do not depend on the
-    number of ranks."""
+def mini_batches(keys: list[tuple[int, int]], size: int, passes: int, seed: int,
+                 keep_groups: bool = True) -> list[list[tuple[int, int]]]:
+    """The optimizer steps of one update, as lists of experience keys (`experience_keys`): `passes` passes over
+    the batch, each in its own seeded random order, cut into mini-batches of `size` (the last one may be
+    smaller). With `keep_groups` the order shuffles whole groups, whose responses stay together (a mini-batch then
+    packs each prompt once, as verl keeps them), else single rollouts (as OpenRLHF shuffles). A batch that fits
+    in one mini-batch (or `size` 0) keeps its order. Every rank calls it with the keys of the whole (global)
+    batch and trains its own experiences of each mini-batch, so the mini-batches do not depend on the number of
+    ranks."""
     keys = sorted(keys)
     if not size or size >= len(keys):
         return [keys for _ in range(passes)] if keys else []
+    units: dict = {}
+    for key in keys:
+        units.setdefault(key[0] if keep_groups else key, []).append(key)
+    units = list(units.values())
     batches = []
     for epoch in range(passes):
-        order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        batches += [[keys[i] for i in order[start:start + size]] for start in range(0, len(keys), size)]
+        order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        shuffled = [key for unit in order for key in units[unit]]
+        batches += [shuffled[start:start + size] for start in range(0, len(shuffled), size)]
     return batches

@@ -381,7 +381,8 @@ class Trainer:
                              "over all ranks (Trainer.rollout numbers them by position in the global batch)")
         # The same order on every rank: the seed does not depend on the rank.
         seed = step_seed(self.config.data.seed, self.step, 0, salt)
-        plan = mini_batches(everyone, cfg.mini_batch_size, cfg.ppo_epochs, seed)
+        plan = mini_batches(everyone, cfg.mini_batch_size, cfg.ppo_epochs, seed,
+                            keep_groups=cfg.mini_batch_order == "groups")
         if not plan:
             return {}
         with timer("reference"):

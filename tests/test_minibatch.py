@@ -27,6 +27,17 @@ def test_mini_batches_partition_each_pass_in_its_own_seeded_order():
     assert mini_batches([], 4, 1, seed=5) == []
 
 
+def test_mini_batches_keep_a_groups_responses_together_unless_asked_not_to():
+    keys = [(g, i) for g in range(6) for i in range(2)]
+    plan = mini_batches(keys, 4, 1, seed=0)
+    assert [len(b) for b in plan] == [4, 4, 4]
+    for batch in plan:
+        assert {(g, 0) in batch for g, i in batch} == {True} and {(g, 1) in batch for g, i in batch} == {True}
+    loose = mini_batches(keys, 4, 1, seed=0, keep_groups=False)
+    assert sorted(sum(loose, [])) == keys
+    assert any((g, 1 - i) not in batch for batch in loose for g, i in batch)  # some group split
+
+
 def test_experience_keys_number_the_responses_of_each_group():
     experiences = [Experience(Sample("q", "1"), [1], [2], "r", 0.0, False, group=g) for g in (7, 3, 7, 7, 3)]
     assert experience_keys(experiences) == [(7, 0), (3, 0), (7, 1), (7, 2), (3, 1)]
@@ -99,7 +110,7 @@ def test_update_equals_the_optimizer_steps_written_out(run_files, tmp_path, mini
     experiences = fixed_experiences()
     metrics = trainer.update(experiences)
     plan = mini_batches(experience_keys(experiences), mini_batch_size, ppo_epochs,
-                        step_seed(trainer.config.data.seed, 0, 0, Salt.MINI_BATCHES))
+                        step_seed(trainer.config.data.seed, 0, 0, Salt.MINI_BATCHES), keep_groups=True)
     assert metrics["optimizer_steps"] == len(plan) == ppo_epochs * (3 if mini_batch_size else 1)
     state = next(iter(trainer.optimizer.state.values()))
     assert int(state["step"]) == len(plan)
