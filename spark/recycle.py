@@ -112,7 +112,8 @@ class RecycleConfig:
     reflection_cot_prob: float = 0.5  # chance a reflection shows the whole response, else the final answer
     judge_to_reflection: float = 1.0  # judge : reflection samples kept, the larger kind subsampled; 0: no ratio
     balance_labels: bool = True  # as many Yes as No (majority dropped), as many A as B (positions dealt)
-    max_per_kind: int | None = None  # keep at most this many judge and this many reflection samples per step
+    # keep at most this many judge and this many reflection samples per step, over all ranks (each rank its share)
+    max_per_kind: int | None = None
     pointwise_ab_prob: float = 0.0  # chance a pointwise sample asks for A (correct) / B (incorrect), else Yes/No
     reflection_says_wrong_prob: float = 0.0  # chance a reflection's template says the answer shown is wrong
 
