@@ -15,9 +15,12 @@ settings with their prompts (spark.presets); a flag given explicitly overrides i
 
 from __future__ import annotations
 
-import argparse
+import sys
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
+from spark.cli import ArgumentParser, flag_error, run_command
+from spark.errors import SettingError
 from spark.evaluation import EvalConfig, evaluate_checkpoint
 from spark.evaluation.loaders import BUILTIN, HUB
 from spark.presets import PRESETS, preset_values, resolve_preset
@@ -27,8 +30,8 @@ from spark.verifier import ANSWER_MODES
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--bench", required=True, action="append",
                         help=f"comma-separated specs: {', '.join(BUILTIN)}; NAME:PATH[:name=N] with NAME one of "
@@ -65,16 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    args = build_parser().parse_args(argv)
-    preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                            answer_mode=args.answer_mode, content=args.content, max_rounds=args.max_rounds)
-    cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, n=args.n, judge=args.judge, tts=args.tts,
-                     max_rounds=preset.max_rounds, content=preset.content, style=preset.style, preset=args.preset,
-                     batch_size=args.batch_size)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit {args.limit} must be >= 1")
+    try:
+        preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                                answer_mode=args.answer_mode, content=args.content, max_rounds=args.max_rounds)
+        cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, n=args.n, judge=args.judge, tts=args.tts,
+                         max_rounds=preset.max_rounds, content=preset.content, style=preset.style,
+                         preset=args.preset, batch_size=args.batch_size)
+    except SettingError as e:
+        raise flag_error(parser.prog, e) from None
     return evaluate_checkpoint(args.model, ",".join(args.bench), cfg, data_dir=args.data_dir, limit=args.limit,
                                out_dir=args.out, dtype=args.dtype)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -9,17 +9,20 @@ settings with their prompts (spark.presets); a flag given explicitly overrides i
 
 from __future__ import annotations
 
-import argparse
+import sys
+from argparse import RawDescriptionHelpFormatter
 
 import torch
 
+from spark.cli import ArgumentParser, flag_error, run_command
+from spark.errors import SettingError
 from spark.presets import PRESETS, preset_values, resolve_preset
 from spark.tts import CONTENTS, Problem, format_trace, run_tts
 from spark.verifier import ANSWER_MODES
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="tts.py", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--question", required=True)
     parser.add_argument("--image", action="append", default=[],
@@ -49,13 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> str:
     from spark.chat import load_chat_model
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                repetition_penalty=args.repetition_penalty, answer_mode=args.answer_mode,
+                                content=args.content, max_rounds=args.max_rounds)
+    except SettingError as e:
+        raise flag_error(parser.prog, e) from None
+    if preset.max_rounds < 0:
+        parser.error(f"--max-rounds {preset.max_rounds} must be >= 0")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = load_chat_model(args.model, device=device, dtype=dtype)
-    preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            repetition_penalty=args.repetition_penalty, answer_mode=args.answer_mode,
-                            content=args.content, max_rounds=args.max_rounds)
     (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=preset.max_rounds,
                        sampling=preset.sampling, seed=args.seed, content=preset.content, style=preset.style)
     text = f"Preset: {args.preset}\n" + format_trace(trace, show_prompts=args.show_prompts)
@@ -64,4 +73,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from spark.errors import CheckpointError, UserError
 from spark.images import (
     IMAGE_PLACEHOLDER,
     ImageConfig,
@@ -175,7 +176,7 @@ class ChatModel:
         if not images:
             return ChatPrompt(user_prompt_ids(self.tokenizer, prompt, system))
         if image_config is None:
-            raise NotImplementedError(f"{image_label(images[0])}: images need a Qwen2.5-VL checkpoint")
+            raise UserError(f"{image_label(images[0])}: images need a Qwen2.5-VL checkpoint")
         key = tuple(images)
         if key not in preprocessed:
             preprocessed[key] = preprocess([load_image(image) for image in images], image_config)
@@ -218,10 +219,25 @@ class ChatModel:
         return self.complete(rendered, sampling, n=n, seed=seed)
 
 
-def load_chat_model(path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32, **engine) -> ChatModel:
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A checkpoint directory's tokenizer, from its own files (never a hub); a missing or broken one is a
+    CheckpointError naming the directory."""
+    path = Path(path)
+    if not any((path / name).exists() for name in ("tokenizer.json", "vocab.json")):
+        raise CheckpointError(f"{path}: no tokenizer.json (or vocab.json) in the checkpoint directory")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: its tokenizer does not load ({reason})") from None
+
+
+def load_chat_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32, **engine
+                    ) -> ChatModel:
     """The model and tokenizer (and, for Qwen2.5-VL, the image preprocessing in preprocessor_config.json)
-    of a Hugging Face checkpoint directory (local files only). `engine`: ChatModel's max_batch_rows, compile."""
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    of a Hugging Face checkpoint directory (local files only). `engine`: ChatModel's max_batch_rows, compile.
+    The model loads first: its errors name a missing directory or a broken file."""
     model = load_model(path, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(path)
     image_config = ImageConfig.from_pretrained(path) if isinstance(model, Qwen2_5_VL) else None
     return ChatModel(model, tokenizer, stop_token_ids(tokenizer, Path(path)), image_config=image_config, **engine)

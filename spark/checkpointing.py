@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from spark.distributed import copy_full_weights
+from spark.errors import UserError
 from spark.models import save_model
 from spark.models.checkpoint import checkpoint_dtype
 
@@ -137,7 +138,7 @@ def check_same_run(saved: dict, current: dict, checkpoint: Path, *, force: bool)
     unless `force`."""
     changed = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in current.items() if saved.get(key) != value]
     if changed and not force:
-        raise ValueError(f"{checkpoint} is of another run ({'; '.join(changed)}); resume it with run.resume=force, "
+        raise UserError(f"{checkpoint} is of another run ({'; '.join(changed)}); resume it with run.resume=force, "
                          "or write this run to another run.out_dir")
 
 

@@ -20,6 +20,8 @@ from typing import Literal, get_args
 
 import torch
 
+from spark.errors import UserError
+
 # A policy prompt, or one of the recycled kinds (spark.recycle).
 Task = Literal["policy", "pointwise", "pairwise", "reflection"]
 TASKS: tuple[str, ...] = get_args(Task)
@@ -28,7 +30,7 @@ TASKS: tuple[str, ...] = get_args(Task)
 RowFormat = Literal["rows", "messages"]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A row that cannot be used, with where it is."""
 
     def __init__(self, path: str | Path, line: int | None, field: str | None, message: str):

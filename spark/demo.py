@@ -37,6 +37,7 @@ from spark.arithmetic import (
     write_jsonl,
 )
 from spark.chat import ChatModel, load_chat_model
+from spark.cli import run_command
 from spark.config import TrainConfig, load_config
 from spark.data import Sample
 from spark.evaluation.scoring import self_judgment
@@ -247,8 +248,7 @@ ABLATION_DIR = Path("runs/demo-policy-only")  # where docs/demo.md's policy-only
 
 
 def summarize(records: list[dict]) -> dict[str, float]:
-    """Held-out accuracies at the first and last evaluated step of a run's metrics.jsonl records.
-    A step logged twice (a run resumed from an earlier checkpoint) counts at its last record."""
+    """Held-out accuracies at the first and last evaluated step of a run's metrics.jsonl records."""
     summary: dict[str, float] = {}
     for name in ("policy_acc", "judge_acc"):
         by_step = {row["step"]: row[f"eval/{name}"] for row in records if f"eval/{name}" in row}
@@ -302,4 +302,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] in (["-h"], ["--help"]):
         print("python -m spark.demo [section.key=value ...]\n\n" + inspect.getdoc(main))
     else:
-        main(sys.argv[1:])
+        sys.exit(run_command(main, sys.argv[1:]))

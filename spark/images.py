@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from spark.data import DataError
+from spark.errors import CheckpointError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -75,8 +76,11 @@ class ImageConfig:
     def from_pretrained(cls, path: str | Path) -> ImageConfig:
         file = Path(path) / "preprocessor_config.json"
         if not file.exists():
-            raise FileNotFoundError(f"{file}: not found (a Qwen2.5-VL checkpoint carries its image preprocessing)")
-        return cls.from_hf(json.loads(file.read_text()))
+            raise CheckpointError(f"{file}: not found (a Qwen2.5-VL checkpoint carries its image preprocessing)")
+        try:
+            return cls.from_hf(json.loads(file.read_text()))
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{file}: {e}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -36,18 +36,20 @@ vision-language run are assumed to hold one image of max_pixels each and IMAGE_T
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from spark.cli import ArgumentParser, run_command
 from spark.config import TrainConfig, load_config
+from spark.errors import UserError
 from spark.images import ImageConfig
-from spark.models.checkpoint import build_model, read_config
+from spark.models.checkpoint import CheckpointError, build_model, read_config
 from spark.models.qwen2 import ModelConfig
 from spark.models.qwen2_vl import VisionConfig
 from spark.sampler import CACHE_QUANTUM, SamplingParams
@@ -86,7 +88,7 @@ def read_model_config(path: str | Path) -> tuple[dict, str]:
         return read_config(path), str(path / "config.json")
     if path.name in KNOWN_CONFIGS:
         return KNOWN_CONFIGS[path.name], f"spark.plan.KNOWN_CONFIGS['{path.name}'] (no {path / 'config.json'})"
-    raise FileNotFoundError(f"{path / 'config.json'}: not found, and '{path.name}' is not one of the known "
+    raise CheckpointError(f"{path / 'config.json'}: not found, and '{path.name}' is not one of the known "
                             f"checkpoints ({', '.join(KNOWN_CONFIGS)})")
 
 
@@ -399,13 +401,13 @@ def check_memory(config: TrainConfig, world_size: int, gpu_memory_bytes: int, *,
         return
     message, _ = refusal(plan, config, model_config)
     if config.run.memory_check == "refuse":
-        raise ValueError(f"{message}; run.memory_check=warn starts it anyway")
+        raise UserError(f"{message}; run.memory_check=warn starts it anyway")
     if show:
         print(f"warning: {message}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m spark.plan", description=__doc__.split("\n")[0])
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--gpus", type=int, default=8)
@@ -413,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--release-sampler", action="store_true",
                         help="what-if: the sampler's weights freed during the update (the trainer does not yet)")
     args = parser.parse_intermixed_args(argv)
+    if args.gpus < 1 or not args.gpu_memory > 0:
+        parser.error(f"--gpus {args.gpus} must be >= 1 and --gpu-memory {args.gpu_memory:g} > 0")
     config = load_config(TrainConfig, args.config, args.overrides)
     plan, model_config, source = plan_checkpoint(config, args.gpus, args.gpu_memory,
                                                  release_sampler=args.release_sampler)
@@ -426,4 +430,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

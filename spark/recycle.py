@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from spark.data import Sample
+from spark.errors import check_ranges, ranged
 from spark.prompts import (
     NUM_VARIANTS,
     POINTWISE_VERDICTS,
@@ -101,34 +102,28 @@ class RolloutGroup:
 
 @dataclass
 class RecycleConfig:
-    """What one step's rollouts are recycled into. Defaults: the method's reference rules, plus balancing."""
+    """What one step's rollouts are recycled into.
+
+    Defaults: the method's reference rules, plus balancing."""
 
     pointwise: bool = True  # judge one rollout: is it correct? (Yes/No)
     pairwise: bool = True  # judge a correct and a wrong rollout: which is correct? (A/B)
     reflection: bool = True  # fix a wrong rollout (label: the gold answer)
     content: Content = "both"  # judges see "answer" (final answers), "cot" (responses) or "both" (half each)
-    mixed_pairwise_prob: float = 0.7  # a mixed group gives a pairwise sample with this chance, else pointwise
-    mixed_pointwise_correct_prob: float = 0.5  # chance a mixed group's pointwise shows a correct rollout
-    reflection_cot_prob: float = 0.5  # chance a reflection shows the whole response, else the final answer
-    judge_to_reflection: float = 1.0  # judge : reflection samples kept, the larger kind subsampled; 0: no ratio
+    mixed_pairwise_prob: float = ranged(0.7, "[0, 1]")  # a mixed group gives a pairwise sample with this chance, else pointwise
+    mixed_pointwise_correct_prob: float = ranged(0.5, "[0, 1]")  # chance a mixed group's pointwise shows a correct rollout
+    reflection_cot_prob: float = ranged(0.5, "[0, 1]")  # chance a reflection shows the whole response, else the final answer
+    judge_to_reflection: float = ranged(1.0, ">= 0")  # judge : reflection samples kept, the larger kind subsampled; 0: no ratio
     balance_labels: bool = True  # as many Yes as No (majority dropped), as many A as B (positions dealt)
     # keep at most this many judge and this many reflection samples per step, over all ranks (each rank its share)
-    max_per_kind: int | None = None
-    pointwise_ab_prob: float = 0.0  # chance a pointwise sample asks for A (correct) / B (incorrect), else Yes/No
-    reflection_says_wrong_prob: float = 0.0  # chance a reflection's template says the answer shown is wrong
+    max_per_kind: int | None = ranged(None, ">= 0")
+    pointwise_ab_prob: float = ranged(0.0, "[0, 1]")  # chance a pointwise sample asks for A (correct) / B (incorrect), else Yes/No
+    reflection_says_wrong_prob: float = ranged(0.0, "[0, 1]")  # chance a reflection's template says the answer shown is wrong
 
     def __post_init__(self):
         if self.content not in typing.get_args(Content):
             raise ValueError(f"RecycleConfig.content must be one of {typing.get_args(Content)}, got {self.content!r}")
-        for name in ("mixed_pairwise_prob", "mixed_pointwise_correct_prob", "reflection_cot_prob",
-                     "pointwise_ab_prob", "reflection_says_wrong_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"RecycleConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.max_per_kind is not None and self.max_per_kind < 0:
-            raise ValueError(f"RecycleConfig.max_per_kind must be >= 0, got {self.max_per_kind}")
-        if self.judge_to_reflection < 0:
-            raise ValueError(f"RecycleConfig.judge_to_reflection must be >= 0 (0: no ratio), "
-                             f"got {self.judge_to_reflection}")
+        check_ranges(self)
 
 
 def recycled_kinds(mode: str, rules: RecycleConfig) -> RecycleConfig | None:

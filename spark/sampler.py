@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spark.errors import check_ranges, ranged
 from spark.models.attention import KVCache
 from spark.models.qwen2 import Decoding
 
@@ -53,17 +54,16 @@ from spark.models.qwen2 import Decoding
 class Sampling:
     """How to sample: the settings a training run, an evaluation or a test-time-scaling call chooses."""
 
-    max_new_tokens: int = 1024  # per row; `generate(max_new_tokens=[...])` overrides it row by row
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
-    top_k: int = 0  # keep the k most likely tokens; 0 keeps all
+    max_new_tokens: int = ranged(1024, ">= 1")  # per row; `generate(max_new_tokens=[...])` overrides it row by row
+    temperature: float = ranged(1.0, ">= 0")  # 0 means greedy
+    top_p: float = ranged(1.0, "(0, 1]")  # keep the smallest set of tokens whose probability reaches top_p
+    top_k: int = ranged(0, ">= 0")  # keep the k most likely tokens; 0 keeps all
     # transformers' and vLLM's repetition penalty: the logit of every token already in the row (prompt or
     # generated) is divided by it when positive, multiplied when not; 1 = off
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = ranged(1.0, "> 0")
 
     def __post_init__(self):
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        check_ranges(self)
 
 
 @dataclass
@@ -76,7 +76,7 @@ class SamplingParams(Sampling):
     # read over the whole cache, finished rows are never dropped, and the cache is kept for the next call
     # (`static_cache`). On CPU they stay dynamic (inductor fuses the small ops; no graphs to replay).
     compile: bool = False
-    prefill_tokens: int = 8192  # prompt tokens (rows x columns) one prefill forward takes at most
+    prefill_tokens: int = ranged(8192, ">= 1")  # prompt tokens (rows x columns) one prefill forward takes at most
 
 
 @dataclass

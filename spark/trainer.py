@@ -35,7 +35,7 @@ from torch.distributed.tensor import DTensor
 
 from spark.chat import load_chat_model
 from spark.checkpointing import Checkpointer, check_same_run, export_model
-from spark.config import TrainConfig, config_hash
+from spark.config import ConfigError, TrainConfig, config_hash
 from spark.data import TASKS, DataErrors, Sample, load_judge_rows, load_questions, step_prompts, subset_rows
 from spark.distributed import (
     all_gather_objects,
@@ -128,18 +128,21 @@ class Trainer:
             cap = split_evenly(self.recycle_rules.max_per_kind, self.world.size)[self.world.rank]
             self.recycle_rules = dataclasses.replace(self.recycle_rules, max_per_kind=cap)
         data, run = config.data, config.run
+        if not config.model.path:
+            raise ConfigError("'model.path' is not set: it names the Hugging Face checkpoint directory to train")
+        if data.prompts_per_step % self.world.size:
+            raise ConfigError(f"'data.prompts_per_step' = {data.prompts_per_step} must be divisible by the "
+                              f"{self.world.size} ranks")
         rows = load_questions(data.train_files, question_field=data.question_field, answer_field=data.answer_field,
                               image_field=data.image_field, prompt=math_prompt, row_format=data.format)
         self.questions = subset_rows(rows, data.max_rows, seed=data.subset_seed, source=", ".join(data.train_files))
         self.eval_sets = {"policy": load_questions(run.eval_files, prompt=math_prompt) if run.eval_files else [],
                           "pointwise": load_judge_rows(run.judge_eval_files, render=pointwise_prompt)}
-        if data.prompts_per_step % self.world.size:
-            raise ValueError(f"data.prompts_per_step={data.prompts_per_step} must be divisible by the "
-                             f"{self.world.size} ranks")
         steps = data.epochs * len(self.questions) // data.prompts_per_step
         self.total_steps = min(steps, run.max_steps) if run.max_steps else steps
         if self.total_steps < 1:
-            raise ValueError(f"{len(self.questions)} training rows give no step of {data.prompts_per_step} prompts")
+            raise ConfigError(f"{len(self.questions)} training rows x data.epochs = {data.epochs} give no step of "
+                              f"data.prompts_per_step = {data.prompts_per_step} prompts")
         # The learning-rate schedule counts the policy batches' optimizer steps; recycled updates take the rate
         # of the policy update before them (so the schedule ends where planned whatever is recycled).
         self.policy_optimizer_steps = self.optimizer_steps_per_update(data.prompts_per_step * config.rollout.n)
@@ -147,9 +150,13 @@ class Trainer:
 
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", run.keep_last)
         self.resume_from = self.checkpointer.latest()
+        self.step = 0
         if self.resume_from is not None:  # before any model loads: a checkpoint of another run is an error
-            check_same_run(self.checkpointer.trainer_state(self.resume_from).get("run", {}), run_identity(config),
-                           self.resume_from, force=run.resume == "force")
+            saved = self.checkpointer.trainer_state(self.resume_from)
+            check_same_run(saved.get("run", {}), run_identity(config), self.resume_from, force=run.resume == "force")
+            self.step = saved["step"]
+        if self.step >= self.total_steps:
+            return  # a finished run: `train` says so, and nothing is loaded or written
 
         device = self.world.device
         mixed = config.model.mixed_precision  # bf16 compute on CPU too: FSDP2's MixedPrecisionPolicy works with gloo
@@ -187,17 +194,24 @@ class Trainer:
         self.check_prompts()
 
         self.queue = RecycleQueue()
-        self.step = 0
         self.skipped_steps = self.skipped_in_a_row = 0  # updates skipped for a non-finite loss or grad norm
         self.signals = StopSignals()
-        self.metrics = MetricsLogger(self.out_dir, enabled=self.world.is_main)
         self.resume()
+        # A run resumed from an earlier checkpoint than its last logged step logs those steps again.
+        self.metrics = MetricsLogger(self.out_dir, next_step=self.step + 1 if self.resume_from else 0,
+                                     enabled=self.world.is_main)
 
     # ---- the loop -----------------------------------------------------------------------------------
 
     def train(self) -> dict[str, float]:
-        """Train to the last step, or until a SIGTERM / SIGUSR1: then the current step ends, a checkpoint is
-        saved and train returns (the process exits 0; running it again resumes)."""
+        """Train to the last step, or until a SIGTERM / SIGUSR1 / SIGINT (Ctrl-C): then the current step ends, a
+        checkpoint is saved and train returns (the process exits 0; running it again resumes). A run already at
+        its last step says so and writes nothing."""
+        if self.step >= self.total_steps:
+            if self.world.is_main:
+                print(f"{self.out_dir} is at step {self.step} of {self.total_steps}: nothing to train; set "
+                      "run.max_steps or run.out_dir", flush=True)
+            return {}
         self.signals.install()
         try:
             return self.train_until_done_or_stopped()
@@ -268,8 +282,8 @@ class Trainer:
         metrics.update(experience_flop_metrics(self.flop_model, trained, experiences, metrics, self.config,
                                                reference=self.reference is not None, gpus=self.world.size,
                                                peak=self.peak_tflops))
-        if config.run.sample_every and self.step % config.run.sample_every == 0:
-            self.metrics.log_samples(self.step, first_of_each_task(experiences))
+        if config.run.sample_every and self.step % config.run.sample_every == 0:  # the first step, then every K
+            self.metrics.log_samples(self.step + 1, first_of_each_task(experiences))  # numbered as metrics.jsonl
         return metrics
 
     def take_recycled(self) -> list[Sample]:

@@ -235,8 +235,11 @@ def tts_statistics(traces: list[Trace], max_rounds: int) -> dict:
     accuracy_by_round[t]: accuracy of the answers held after round t (index 0: before any judging);
     false_accept: Yes to a wrong answer (rate over judged wrong answers); false_reject: not Yes to a right
     one (rate over judged right answers); fixed / broke: reflections that turned a wrong answer right /
-    a right one wrong; extra_tokens: tokens of judge and reflect turns, beyond the first answers."""
-    judged_right = judged_wrong = false_accept = false_reject = fixed = broke = reflections = 0
+    a right one wrong; extra_tokens: tokens of judge and reflect turns, beyond the first answers;
+    rounds: for round t = 1 .. max_rounds (o_{t-1} judged, then reflected on unless accepted), its answers
+    judged, judged wrong (not Yes: reflected on), fixed and broke."""
+    judged_right = judged_wrong = false_accept = false_reject = 0
+    rounds = [dict.fromkeys(("judged", "judged_wrong", "fixed", "broke"), 0) for _ in range(max_rounds)]
     for trace in traces:
         right = False  # whether the answer held at this point of the trace is correct
         for turn in trace.turns:
@@ -245,28 +248,39 @@ def tts_statistics(traces: list[Trace], max_rounds: int) -> dict:
                 judged_wrong += not right
                 false_accept += turn.extracted == "Yes" and not right
                 false_reject += turn.extracted != "Yes" and right
+                rounds[turn.round]["judged"] += 1
+                rounds[turn.round]["judged_wrong"] += turn.extracted != "Yes"
             elif turn.role == "reflect":
-                reflections += 1
-                fixed += not right and bool(turn.correct)
-                broke += right and not turn.correct
+                rounds[turn.round - 1]["fixed"] += not right and bool(turn.correct)
+                rounds[turn.round - 1]["broke"] += right and not turn.correct
             if turn.role in ANSWER_ROLES:
                 right = bool(turn.correct)
     answer_tokens = sum(t.turns[0].num_tokens for t in traces)
+    accuracy_by_round = [rate(sum(bool(_held(trace, t).correct) for trace in traces), len(traces))
+                         for t in range(max_rounds + 1)]
     return {
-        "accuracy_by_round": [
-            rate(sum(bool(_held(trace, t).correct) for trace in traces), len(traces)) for t in range(max_rounds + 1)
-        ],
+        "accuracy_by_round": accuracy_by_round,
         "judged": judged_right + judged_wrong,
         "false_accept": false_accept,
         "false_accept_rate": rate(false_accept, judged_wrong),
         "false_reject": false_reject,
         "false_reject_rate": rate(false_reject, judged_right),
-        "reflections": reflections,
-        "fixed": fixed,
-        "broke": broke,
+        "reflections": sum(turn.role == "reflect" for t in traces for turn in t.turns),
+        "fixed": sum(r["fixed"] for r in rounds),
+        "broke": sum(r["broke"] for r in rounds),
         "answer_tokens": answer_tokens,
         "extra_tokens": sum(turn.num_tokens for t in traces for turn in t.turns) - answer_tokens,
+        "rounds": [{"round": t + 1, "accuracy": accuracy_by_round[t + 1], **counts} for t, counts in enumerate(rounds)],
     }
+
+
+def format_rounds(statistics: dict) -> str:
+    """`tts_statistics`' rounds as a table: round 0 the first answers' accuracy, then each round's."""
+    lines = ["round  accuracy  judged  judged wrong  fixed  broke",
+             f"{0:>5}  {100 * statistics['accuracy_by_round'][0]:>7.1f}%  {'-':>6}  {'-':>12}  {'-':>5}  {'-':>5}"]
+    lines += [f"{r['round']:>5}  {100 * r['accuracy']:>7.1f}%  {r['judged']:>6}  {r['judged_wrong']:>12}  "
+              f"{r['fixed']:>5}  {r['broke']:>5}" for r in statistics["rounds"]]
+    return "\n".join(lines)
 
 
 def format_trace(trace: Trace, *, show_prompts: bool = False) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from spark.chat import Completion, load_chat_model
+from spark.errors import UserError
 from spark.sampler import SamplingParams, generate
 from spark.tiny import make_tiny_checkpoint
 
@@ -65,7 +66,7 @@ def test_small_batches_give_the_same_greedy_completions(chat, monkeypatch):
 
 
 def test_images_need_the_vl_model(chat):
-    with pytest.raises(NotImplementedError, match="Qwen2.5-VL"):
+    with pytest.raises(UserError, match=r"^a.png: images need a Qwen2.5-VL checkpoint$"):
         chat.generate(PROMPTS, images=[["a.png"], []])
     with pytest.raises(ValueError, match="image lists for 1 prompts, but 2 prompts"):
         chat.generate(PROMPTS, images=[[]])

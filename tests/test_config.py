@@ -1,13 +1,18 @@
 """Config errors are caught when the file is loaded, naming the file, the key, the value and what is allowed."""
 
+import dataclasses
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
 from spark.checkpointing import check_same_run
 from spark.config import ConfigError, TrainConfig, load_config
+from spark.errors import SettingError
+from spark.evaluation import EvalConfig
+from spark.sampler import Sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,16 +34,32 @@ def run_file(tmp_path):
     ("run.resume=always", "run.resume", "'auto', 'force'"),
     ("reward.answer_mode=loose", "reward.answer_mode", "'strict', 'lenient', 'first'"),
     ("data.format=message", "data.format", "'rows', 'messages'"),
+    ("loss.policy_loss=ppo", "loss.policy_loss", "'grpo'"),
 ])
-def test_a_misspelt_choice_names_file_key_value_and_choices(run_file, override, key, allowed):
+def test_a_misspelt_choice_names_the_command_line_key_value_and_choices(run_file, override, key, allowed):
     value = override.split("=")[1]
     with pytest.raises(ConfigError) as error:
         load_config(TrainConfig, run_file, [override])
-    assert str(error.value) == f"{run_file}: '{key}' = '{value}' is not one of {allowed}"
+    assert str(error.value) == f"command line: '{key}' = '{value}' is not one of {allowed}"
+
+
+def test_a_mistake_in_the_file_names_the_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[spark]\nschedule = "seperate"\n')
+    with pytest.raises(ConfigError, match=r"^.*run\.toml: 'spark\.schedule' = 'seperate' is not one of"):
+        load_config(TrainConfig, path)
+    # The file's table is fine; the override's key is not.
+    with pytest.raises(ConfigError, match=r"^command line: unknown key 'spark\.schedul' \(known: "):
+        load_config(TrainConfig, path, ["spark.schedule=mixed", "spark.schedul=mixed"])
+    path.write_text("[spark]\nschedul = 1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key 'spark\.schedul' \(known: "):
+        load_config(TrainConfig, path, ["spark.mode=spark"])
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'none.toml'}: config file not found$"):
+        load_config(TrainConfig, tmp_path / "none.toml")
 
 
 def test_a_misspelt_task_weight_key(run_file):
-    with pytest.raises(ConfigError, match=r"run\.toml: 'spark\.task_weights key' = 'pointwize' is not one of "
+    with pytest.raises(ConfigError, match=r"^command line: 'spark\.task_weights key' = 'pointwize' is not one of "
                                           r"'policy', 'pointwise', 'pairwise', 'reflection'"):
         load_config(TrainConfig, run_file, ["spark.task_weights={policy=1.0, pointwize=0.5}"])
     # A partial table (or one key on the command line) keeps the other tasks' weight of 1.
@@ -48,22 +69,139 @@ def test_a_misspelt_task_weight_key(run_file):
     assert weights == {"policy": 1.0, "pointwise": 1.0, "pairwise": 1.0, "reflection": 2.0}
 
 
-@pytest.mark.parametrize("override, message", [
-    ("rollout.n=0", r"\[rollout\] n, batch_size and max_new_tokens must be >= 1"),
-    ("rollout.repetition_penalty=0", r"\[rollout\] repetition_penalty must be > 0, got 0.0"),
-    ("loss.dual_clip=0.5", r"\[loss\] dual_clip must be 0 \(off\) or > 1, got 0.5"),
-    ("loss.kl_coef=-1", r"\[loss\] kl_coef must be >= 0, got -1.0"),
-    ("loss.clip_low=1", r"\[loss\] clip_low must be in \[0, 1\) and clip_high >= 0, got 1.0 and 0.2"),
-    ("spark.task_weights.policy=-1", r"\[spark\] task weights must be >= 0"),
-    ("run.collective_timeout_s=0", r"\[run\] max_skipped_steps must be >= 0 and collective_timeout_s >= 1"),
-    ("spark.recycle.mixed_pairwise_prob=2", r"\[spark.recycle\] RecycleConfig.mixed_pairwise_prob must be in \[0, 1\]"),
-    ("data.max_rows=-1", r"\[data\] max_rows must be >= 0 \(0 = all rows\), got -1"),
-    ("spark.recycle.reflection_says_wrong_prob=1.5",
-     r"\[spark.recycle\] RecycleConfig.reflection_says_wrong_prob must be in \[0, 1\], got 1.5"),
+# Every numeric setting of TrainConfig: an override out of its range, and what the error says after the source.
+OUT_OF_RANGE = {
+    "data.max_rows": ("data.max_rows=-1", "'data.max_rows' = -1 must be >= 0"),
+    "data.subset_seed": ("data.subset_seed=-1", "'data.subset_seed' = -1 must be >= 0"),
+    "data.prompts_per_step": ("data.prompts_per_step=0", "'data.prompts_per_step' = 0 must be >= 1"),
+    "data.epochs": ("data.epochs=0", "'data.epochs' = 0 must be >= 1"),
+    "data.max_prompt_tokens": ("data.max_prompt_tokens=0", "'data.max_prompt_tokens' = 0 must be >= 1"),
+    "data.min_pixels": ("data.min_pixels=-1", "'data.min_pixels' = -1 must be >= 0"),
+    "data.max_pixels": ("data.max_pixels=-1", "'data.max_pixels' = -1 must be >= 0"),
+    "data.judge_max_pixels": ("data.judge_max_pixels=-1", "'data.judge_max_pixels' = -1 must be >= 0"),
+    "data.seed": ("data.seed=-1", "'data.seed' = -1 must be >= 0"),
+    "rollout.max_new_tokens": ("rollout.max_new_tokens=0", "'rollout.max_new_tokens' = 0 must be >= 1"),
+    "rollout.temperature": ("rollout.temperature=-1", "'rollout.temperature' = -1.0 must be >= 0"),
+    "rollout.top_p": ("rollout.top_p=2", "'rollout.top_p' = 2.0 must be in (0, 1]"),
+    "rollout.top_k": ("rollout.top_k=-1", "'rollout.top_k' = -1 must be >= 0"),
+    "rollout.repetition_penalty": ("rollout.repetition_penalty=0", "'rollout.repetition_penalty' = 0.0 must be > 0"),
+    "rollout.n": ("rollout.n=0", "'rollout.n' = 0 must be >= 1"),
+    "rollout.batch_size": ("rollout.batch_size=0", "'rollout.batch_size' = 0 must be >= 1"),
+    "loss.kl_coef": ("loss.kl_coef=-1", "'loss.kl_coef' = -1.0 must be >= 0"),
+    "loss.clip_low": ("loss.clip_low=1.5", "'loss.clip_low' = 1.5 must be in (0, 1)"),
+    "loss.clip_high": ("loss.clip_high=0", "'loss.clip_high' = 0.0 must be > 0"),
+    "loss.dual_clip": ("loss.dual_clip=0.5", "'loss.dual_clip' = 0.5 must be 0 (off) or > 1"),
+    "loss.advantage_eps": ("loss.advantage_eps=0", "'loss.advantage_eps' = 0.0 must be > 0"),
+    "loss.mini_batch_size": ("loss.mini_batch_size=-1", "'loss.mini_batch_size' = -1 must be >= 0"),
+    "loss.ppo_epochs": ("loss.ppo_epochs=0", "'loss.ppo_epochs' = 0 must be >= 1"),
+    "loss.micro_batch_tokens": ("loss.micro_batch_tokens=0", "'loss.micro_batch_tokens' = 0 must be >= 1"),
+    "loss.logprob_chunk": ("loss.logprob_chunk=0", "'loss.logprob_chunk' = 0 must be >= 1"),
+    "optim.lr": ("optim.lr=-1", "'optim.lr' = -1.0 must be > 0"),
+    "optim.betas": ("optim.betas=[0.9, 1.0]", "'optim.betas' = (0.9, 1.0) must be in [0, 1) each"),
+    "optim.weight_decay": ("optim.weight_decay=-0.1", "'optim.weight_decay' = -0.1 must be >= 0"),
+    "optim.warmup_ratio": ("optim.warmup_ratio=1.5", "'optim.warmup_ratio' = 1.5 must be in [0, 1]"),
+    "optim.min_lr_ratio": ("optim.min_lr_ratio=-0.1", "'optim.min_lr_ratio' = -0.1 must be in [0, 1]"),
+    "optim.grad_clip": ("optim.grad_clip=-1", "'optim.grad_clip' = -1.0 must be > 0"),
+    "spark.task_weights": ("spark.task_weights.policy=-1", "'spark.task_weights.policy' = -1.0 must be >= 0"),
+    "spark.recycled_batch": ("spark.recycled_batch=-1", "'spark.recycled_batch' = -1 must be >= 0"),
+    "spark.recycle.mixed_pairwise_prob": ("spark.recycle.mixed_pairwise_prob=2",
+                                          "'spark.recycle.mixed_pairwise_prob' = 2.0 must be in [0, 1]"),
+    "spark.recycle.mixed_pointwise_correct_prob": (
+        "spark.recycle.mixed_pointwise_correct_prob=-0.5",
+        "'spark.recycle.mixed_pointwise_correct_prob' = -0.5 must be in [0, 1]"),
+    "spark.recycle.reflection_cot_prob": ("spark.recycle.reflection_cot_prob=1.5",
+                                          "'spark.recycle.reflection_cot_prob' = 1.5 must be in [0, 1]"),
+    "spark.recycle.judge_to_reflection": ("spark.recycle.judge_to_reflection=-1",
+                                          "'spark.recycle.judge_to_reflection' = -1.0 must be >= 0"),
+    "spark.recycle.max_per_kind": ("spark.recycle.max_per_kind=0", "'spark.recycle.max_per_kind' = 0 must be >= 1 "
+                                   "(unset: no cap; spark.mode = policy-only recycles nothing)"),
+    "spark.recycle.pointwise_ab_prob": ("spark.recycle.pointwise_ab_prob=1.01",
+                                        "'spark.recycle.pointwise_ab_prob' = 1.01 must be in [0, 1]"),
+    "spark.recycle.reflection_says_wrong_prob": ("spark.recycle.reflection_says_wrong_prob=1.5",
+                                                 "'spark.recycle.reflection_says_wrong_prob' = 1.5 must be in [0, 1]"),
+    "run.max_steps": ("run.max_steps=-5", "'run.max_steps' = -5 must be >= 0"),
+    "run.save_every": ("run.save_every=-1", "'run.save_every' = -1 must be >= 0"),
+    "run.keep_last": ("run.keep_last=0", "'run.keep_last' = 0 must be >= 1"),
+    "run.export_every": ("run.export_every=-1", "'run.export_every' = -1 must be >= 0"),
+    "run.sample_every": ("run.sample_every=-1", "'run.sample_every' = -1 must be >= 0"),
+    "run.eval_every": ("run.eval_every=-1", "'run.eval_every' = -1 must be >= 0"),
+    "run.eval_max_new_tokens": ("run.eval_max_new_tokens=0", "'run.eval_max_new_tokens' = 0 must be >= 1"),
+    "run.peak_tflops": ("run.peak_tflops=-1", "'run.peak_tflops' = -1.0 must be >= 0"),
+    "run.max_skipped_steps": ("run.max_skipped_steps=-1", "'run.max_skipped_steps' = -1 must be >= 0"),
+    "run.collective_timeout_s": ("run.collective_timeout_s=0", "'run.collective_timeout_s' = 0 must be >= 1"),
+}
+
+
+def numeric_settings(cls: type, prefix: str = "") -> set[str]:
+    """The dotted keys of every int or float setting of a config dataclass (also in optionals, tuples and dicts)."""
+    keys = set()
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys |= numeric_settings(hint, f"{prefix}{f.name}.")
+            continue
+        leaves = {a for arg in typing.get_args(hint) or (hint,) for a in typing.get_args(arg) or (arg,)}
+        if leaves & {int, float}:
+            keys.add(prefix + f.name)
+    return keys
+
+
+def test_every_numeric_setting_has_a_range_checked_at_load(tmp_path):
+    assert set(OUT_OF_RANGE) == numeric_settings(TrainConfig)  # a new setting needs its range, and a line here
+    for override, message in OUT_OF_RANGE.values():
+        with pytest.raises(ConfigError) as error:
+            load_config(TrainConfig, None, [override])
+        assert str(error.value) == f"command line: {message}"
+        # The same value in a file names the file.
+        (key, value), path = override.split("=", 1), tmp_path / "bad.toml"
+        *table, name = key.split(".")
+        path.write_text(f"[{'.'.join(table)}]\n{name} = {value}\n")
+        with pytest.raises(ConfigError) as error:
+            load_config(TrainConfig, path)
+        assert str(error.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lr=nan"], "'optim.lr' = nan must be a finite number"),
+    (["rollout.temperature=inf"], "'rollout.temperature' = inf must be a finite number"),
+    (["rollout.n=true"], "'rollout.n' must be int, got True"),
+    (["optim.betas=[0.9]"], "'optim.betas' must be a list of 2, got [0.9]"),
+    (["data.train_files=[1]"], "'data.train_files' must be str, got 1"),
+    (["loss.mini_batch_size=48"], "'loss.mini_batch_size' = 48 must divide the batch of data.prompts_per_step x "
+                                  "rollout.n = 512 rollouts"),
+    (["data.min_pixels=1000", "data.max_pixels=500"], "'data.max_pixels' = 500 must be >= data.min_pixels = 1000"),
+    (["data.min_pixels=1000", "data.judge_max_pixels=500"],
+     "'data.judge_max_pixels' = 500 must be >= data.min_pixels = 1000"),
+    (["run.eval_every=5"], "'run.eval_every' = 5 evaluates nothing: set run.eval_files or run.judge_eval_files "
+                           "(or eval_every = 0)"),
+    (["optim=3", "optim.lr=1"], "'optim.lr': 'optim' is not a table"),
+    (["optimlr"], "'optimlr' is not section.key=value"),
 ])
-def test_out_of_range_values_name_the_file_and_table(run_file, override, message):
-    with pytest.raises(ConfigError, match=f"run.toml: {message}"):
-        load_config(TrainConfig, run_file, [override])
+def test_values_and_rules_across_settings_are_checked_at_load(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(TrainConfig, None, overrides)
+    assert str(error.value) == f"command line: {message}"
+
+
+def test_a_rule_across_settings_names_the_command_line_when_an_override_broke_it(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[loss]\nmini_batch_size = 64\n")
+    assert load_config(TrainConfig, path).loss.mini_batch_size == 64
+    with pytest.raises(ConfigError, match=r"^command line: 'loss\.mini_batch_size' = 64 must divide the batch of "
+                                          r"data\.prompts_per_step x rollout\.n = 36 rollouts$"):
+        load_config(TrainConfig, path, ["data.prompts_per_step=6", "rollout.n=6"])
+    path.write_text("[loss]\nmini_batch_size = 48\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: 'loss\.mini_batch_size' = 48 must divide"):
+        load_config(TrainConfig, path, ["run.max_steps=3"])
+
+
+def test_settings_built_in_code_are_checked_too():
+    with pytest.raises(SettingError, match=r"^Sampling\.temperature = -1 must be >= 0$"):
+        Sampling(temperature=-1)
+    with pytest.raises(SettingError, match=r"^Sampling\.top_p = 0.0 must be in \(0, 1\]$"):
+        Sampling(top_p=0.0)
+    with pytest.raises(SettingError, match=r"^EvalConfig\.n = 0 must be >= 1$"):
+        EvalConfig(n=0)
 
 
 def test_a_checkpoint_resumes_only_its_own_run(tmp_path):

@@ -16,7 +16,13 @@ from spark.data import DataError
 from spark.evaluation import EvalConfig, Shard, evaluate, parse_spec, split_specs
 from spark.evaluation.loaders import BUILTIN, Benchmark, canonical_number, load_rb2, load_vlrb, vlrb_subset
 from spark.evaluation.scoring import best_of_n_correct, markdown_table, pairwise_correct, precision_recall_f1
-from spark.prompts import math_prompt, pointwise_prompt, rating_prompt, vl_rewardbench_prompt
+from spark.prompts import (
+    math_prompt,
+    pointwise_prompt,
+    rating_prompt,
+    reflection_prompt,
+    vl_rewardbench_prompt,
+)
 from tests.test_tts import ScriptedModel, boxed
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "eval"
@@ -85,6 +91,18 @@ def test_generic_loader_with_field_mapping(vl_file):
     assert bench.items[0].images == [str(vl_file.parent / "img" / "a.png")] and bench.items[2].images == []
     assert bench.items[0].meta["question"].startswith("Which shape?\n(A) square\n(B) circle\n")
     assert bench.items[1].meta["question"] == "How many?"
+
+
+def test_a_file_reads_an_image_column_by_default_as_training_does(tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
+    rows = [{"question": "Which shape?", "answer": "circle", "image": "img/a.png"},
+            {"question": "How many?", "answer": "3", "image": None}, {"question": "Text only?", "answer": "yes"}]
+    bench = parse_spec(f"file:{write_jsonl(tmp_path / 'mixed.jsonl', rows)}", "unused")
+    assert [s.images for s in bench.items] == [[str(tmp_path / "img" / "a.png")], [], []]
+    # A mapped image field must be in every row: a misspelt mapping is not a silent text-only run.
+    with pytest.raises(DataError, match=r"mixed\.jsonl, line 1, field 'img': missing"):
+        parse_spec(f"file:{tmp_path / 'mixed.jsonl'}:image=img", "unused")
 
 
 @pytest.mark.parametrize("row, field, message", [
@@ -328,8 +346,10 @@ def test_cli_main_end_to_end_with_a_fake_chat_module(tmp_path, monkeypatch, caps
     """evaluate.main(argv): specs, the process group of one, loading via spark.chat, outputs, table."""
     import evaluate
 
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)  # restored (unset) after the test
+    group_of_one = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    for key in group_of_one:  # set first, so that monkeypatch restores their absence after the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     loaded = []
     fake_chat = types.ModuleType("spark.chat")
     fake_chat.load_chat_model = lambda path, device, dtype: loaded.append((path, device, dtype)) or math_model()
@@ -341,3 +361,16 @@ def test_cli_main_end_to_end_with_a_fake_chat_module(tmp_path, monkeypatch, caps
     assert (summary["toy"]["n"], summary["toy"]["accuracy"]) == (5, pytest.approx(2 / 5))
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"] == summary
     assert "| ckpt | 40.0 | 40.0 |" in capsys.readouterr().out
+    # --tts prints each round: rows 0 and 3 of the 5 are judged wrong, and both reflections fix them.
+    model = math_model()
+    for i in range(N):
+        model.replies[reflection_prompt(f"What is {i} + 1?", reply(i), cot=True)] = boxed(str(i + 1))
+    fake_chat.load_chat_model = lambda path, device, dtype: model
+    for key in group_of_one:  # a new process group of one, on a new port
+        monkeypatch.delenv(key)
+    evaluate.main(["--model", str(tmp_path / "ckpt"), "--bench", f"file:{toy}:question=q,answer=a", "--limit", "5",
+                   "--tts", "--max-rounds", "1"])
+    assert "\n".join(["toy, test-time scaling by round:",
+                      "round  accuracy  judged  judged wrong  fixed  broke",
+                      "    0     40.0%       -             -      -      -",
+                      "    1     80.0%       5             2      2      0"]) in capsys.readouterr().out

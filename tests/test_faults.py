@@ -2,7 +2,10 @@
 step 1, preemption, a dead rank, a stalled collective. The multi-process ones are slow (`make test-slow`)."""
 
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import spark.trainer
 from spark.checkpointing import verify
 from spark.data import DataErrors
 from spark.models import load_model
+from spark.preemption import SAME_PRESS_S, StopSignals
 from spark.trainer import NonFiniteError, Trainer
 from tests.trainer_utils import QUESTIONS, read_metrics, tiny_config, torchrun
 
@@ -79,6 +83,24 @@ def test_every_prompt_is_checked_before_step_1(run_files, tmp_path):
     assert error.value.errors == [f"{bad}:{line}, field 'question': prompt is 209 tokens, over "
                                   "data.max_prompt_tokens=150" for line in (2, 5)]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_second_ctrl_c_aborts_at_once_but_not_torchruns_copy_of_the_first():
+    signals = StopSignals()
+    signals.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.received == "SIGINT"
+        signals.received_at = time.monotonic() + 60  # torchrun's agent forwards the same press right after
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.received == "SIGINT"
+        signals.received_at = time.monotonic() - SAME_PRESS_S
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here at the latest
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are restored
+    finally:
+        signals.restore()
 
 
 # ---- several processes under torchrun -----------------------------------------------------------------

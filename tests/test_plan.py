@@ -15,7 +15,7 @@ from spark.config import TrainConfig, load_config
 from spark.images import ImageConfig
 from spark.models import Packing, load_model
 from spark.models.attention import KVCache
-from spark.models.checkpoint import read_config
+from spark.models.checkpoint import CheckpointError, read_config
 from spark.plan import KNOWN_CONFIGS, Shapes, fitting_settings, plan_for
 from spark.sampler import SamplingParams, generate
 from spark.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
@@ -166,7 +166,7 @@ def test_cli_prints_the_plan_and_a_json_line(capsys):
 
 
 def test_unknown_checkpoint_without_config_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json.*not one of the known"):
+    with pytest.raises(CheckpointError, match="config.json.*not one of the known"):
         planning.read_model_config(tmp_path / "Mystery-1B")
 
 

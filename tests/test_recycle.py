@@ -260,9 +260,9 @@ def test_bad_input_is_an_error():
     with pytest.raises(ValueError, match="content"):
         RecycleConfig(content="both-ish")
     for name, value in [("pointwise_ab_prob", 1.5), ("reflection_says_wrong_prob", -0.1), ("reflection_cot_prob", 2)]:
-        with pytest.raises(ValueError, match=f"RecycleConfig.{name} must be in \\[0, 1\\], got {value}"):
+        with pytest.raises(ValueError, match=f"^RecycleConfig.{name} = {value} must be in \\[0, 1\\]$"):
             RecycleConfig(**{name: value})
-    with pytest.raises(ValueError, match="RecycleConfig.judge_to_reflection must be >= 0"):
+    with pytest.raises(ValueError, match=r"^RecycleConfig\.judge_to_reflection = -1\.0 must be >= 0$"):
         RecycleConfig(judge_to_reflection=-1.0)
 
 

@@ -89,7 +89,7 @@ def test_penalty_reads_prompts_without_padding():
     logits = torch.tensor([[2.0, -2.0, 0.0, 1.0]])
     penalized = sampler.penalize(logits, torch.tensor([[True, True, True, False]]), 2.0)
     assert penalized.tolist() == [[1.0, -4.0, 0.0, 1.0]]
-    with pytest.raises(ValueError, match="repetition_penalty must be > 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"^SamplingParams\.repetition_penalty = 0\.0 must be > 0$"):
         SamplingParams(repetition_penalty=0.0)
 
 

@@ -1,17 +1,23 @@
 """The training loop: schedule, configs, a run end to end, rank invariance, resume, export."""
 
+import itertools
 import json
 import math
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
+import spark.trainer
+from spark.checkpointing import verify
 from spark.config import ConfigError, TrainConfig, config_hash, load_config
-from spark.distributed import full_state_dict
+from spark.distributed import World, full_state_dict
 from spark.models import load_model, save_model
 from spark.recycle import RecycleConfig, recycled_kinds
 from spark.trainer import Trainer, cosine_lr
@@ -38,15 +44,21 @@ def test_ablation_modes_pick_the_recycled_kinds():
     assert (no_pairwise.pointwise, no_pairwise.pairwise, no_pairwise.reflection) == (True, False, True)
 
 
+def scalar_steps(out_dir: Path, tag: str) -> list[int]:
+    events = EventAccumulator(str(out_dir / "tensorboard"))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
 def test_config_file_overrides_and_errors(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[optim]\nlr = 1e-6\nbetas = [0.9, 0.99]\n[spark.recycle]\ncontent = "cot"\n')
     config = load_config(TrainConfig, path, ["rollout.n=4", "spark.mode=policy-only"])
     assert (config.optim.lr, config.optim.betas, config.rollout.n) == (1e-6, (0.9, 0.99), 4)
     assert (config.spark.mode, config.spark.recycle.content) == ("policy-only", "cot")
-    with pytest.raises(ConfigError, match=r"run\.toml: unknown key 'optim\.learning_rate'"):
+    with pytest.raises(ConfigError, match=r"^command line: unknown key 'optim\.learning_rate'"):
         load_config(TrainConfig, path, ["optim.learning_rate=1"])
-    with pytest.raises(ConfigError, match=r"'rollout\.n' must be int"):
+    with pytest.raises(ConfigError, match=r"^command line: 'rollout\.n' must be int, got 'many'$"):
         load_config(TrainConfig, path, ["rollout.n=many"])
 
 
@@ -125,16 +137,19 @@ def test_resume_reproduces_the_uninterrupted_run(run_files, tmp_path):
     shard = checkpoints / "step_00000004" / "__0_0.distcp"
     size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[:size // 2])
-    (out / "metrics.jsonl").unlink()
     with pytest.warns(UserWarning, match=rf"skipping checkpoint .*step_00000004: __0_0.distcp is {size // 2} bytes, "
                                          rf"the manifest says {size}; trying the one before it"):
         resumed_run = Trainer(config)
     assert resumed_run.step == 2
     resumed_run.train()
     assert not list((out / "checkpoints").glob("*.tmp"))
+    # Steps 3 and 4 were logged by the first run and again by the resumed one: each appears once.
     resumed = read_metrics(out)
-    assert [m["step"] for m in resumed] == [3, 4]
-    for a, b in zip(uninterrupted[2:], resumed):
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    sampled = [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [step for step, _ in itertools.groupby(sampled)] == [1, 2, 3, 4]  # a sample of each task, each step
+    assert scalar_steps(out, "loss") == [1, 2, 3, 4]
+    for a, b in zip(uninterrupted, resumed):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["reward/policy"] == b["reward/policy"]
     # The checkpoint is of this run: another seed or group size is an error before any model loads.
@@ -142,6 +157,54 @@ def test_resume_reproduces_the_uninterrupted_run(run_files, tmp_path):
         Trainer(tiny_config(checkpoint, data, out, "run.max_steps=4", "spark.schedule=mixed", "data.seed=1"))
     forced = Trainer(tiny_config(checkpoint, data, out, "run.max_steps=4", "rollout.n=4", "run.resume=force"))
     assert forced.step == 4
+
+
+def test_a_run_at_its_last_step_says_so_and_loads_and_writes_nothing(run_files, tmp_path, capsys):
+    checkpoint, data = run_files
+    out = tmp_path / "run"
+    Trainer(tiny_config(checkpoint, data, out, "spark.mode=policy-only")).train()
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+    capsys.readouterr()
+    again = Trainer(tiny_config(checkpoint, data, out, "spark.mode=policy-only"))
+    assert not hasattr(again, "policy")
+    assert again.train() == {}
+    assert capsys.readouterr().out == f"{out} is at step 2 of 2: nothing to train; set run.max_steps or run.out_dir\n"
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == written
+
+
+def test_rules_that_need_the_ranks_or_the_rows_are_checked_before_any_model_loads(run_files, tmp_path, monkeypatch):
+    checkpoint, data = run_files
+    with pytest.raises(ConfigError, match=r"^'model\.path' is not set: it names the Hugging Face checkpoint "):
+        Trainer(load_config(TrainConfig, None, [f"data.train_files=[{json.dumps(str(data))}]"]))
+    with pytest.raises(ConfigError, match=r"^8 training rows x data\.epochs = 1 give no step of "
+                                          r"data\.prompts_per_step = 16 prompts$"):
+        Trainer(tiny_config(checkpoint, data, tmp_path / "run", "data.prompts_per_step=16", "data.epochs=1"))
+    monkeypatch.setattr(spark.trainer, "init_distributed", lambda timeout: World(0, 3, torch.device("cpu")))
+    with pytest.raises(ConfigError, match=r"^'data\.prompts_per_step' = 2 must be divisible by the 3 ranks$"):
+        Trainer(tiny_config(checkpoint, data, tmp_path / "run"))
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(run_files, tmp_path, capfd):
+    checkpoint, data = run_files
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(checkpoint, data, out, "spark.mode=policy-only", "run.max_steps=3"))
+    update = trainer.update
+
+    def update_then_ctrl_c(*args, **kwargs):
+        result = update(*args, **kwargs)
+        if trainer.step == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    trainer.update = update_then_ctrl_c
+    trainer.train()
+    saved = out / "checkpoints" / "step_00000001"
+    printed = capfd.readouterr()
+    assert "[rank 0] SIGINT received: stopping after this step, with a checkpoint (Ctrl-C again aborts at once)" \
+        in printed.err
+    assert f"stopped by SIGINT after step 1: checkpoint saved to {saved}; run the same command to resume" in printed.out
+    assert verify(saved) is None and [m["step"] for m in read_metrics(out)] == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_one_update_on_two_ranks_equals_one_rank_and_bf16_is_close(run_files, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from spark.prompts import math_prompt, pointwise_prompt, reflection_prompt
 from spark.sampler import Sampling
-from spark.tts import Problem, Trace, format_trace, reflection_alone, run_tts, tts_statistics
+from spark.tts import Problem, Trace, format_rounds, format_trace, reflection_alone, run_tts, tts_statistics
 
 
 @dataclass
@@ -103,6 +103,16 @@ def test_statistics(traces_and_model):
     assert (stats["false_reject"], stats["false_reject_rate"]) == (2, pytest.approx(2 / 4))  # Q3, Q5 round 1
     assert (stats["reflections"], stats["fixed"], stats["broke"]) == (5, 2, 1)
     assert (stats["answer_tokens"], stats["extra_tokens"]) == (50, (8 + 5) * 10)
+    # Round 1 judges all 5 first answers, rejects Q1, Q3 (right) and Q5 (unparsed), fixes Q1 and Q5 and breaks Q3;
+    # round 2 judges those 3 again, rejects Q3 and Q5 (right) and reflects without changing either.
+    assert stats["rounds"] == [
+        {"round": 1, "accuracy": pytest.approx(3 / 5), "judged": 5, "judged_wrong": 3, "fixed": 2, "broke": 1},
+        {"round": 2, "accuracy": pytest.approx(3 / 5), "judged": 3, "judged_wrong": 2, "fixed": 0, "broke": 0}]
+    assert format_rounds(stats).splitlines() == [
+        "round  accuracy  judged  judged wrong  fixed  broke",
+        "    0     40.0%       -             -      -      -",
+        "    1     60.0%       5             3      2      1",
+        "    2     60.0%       3             2      0      0"]
 
 
 def test_reflection_alone_reflects_every_first_answer_once(traces_and_model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from spark.data import Sample
+from spark.errors import check_ranges, ranged
 from spark.evaluation.loaders import BestOfNItem, PairItem
 from spark.evaluation.scoring import best_of_n_correct, pairwise_correct, parse_rating, rounds_to
 from spark.images import ImageSource, image_label
@@ -22,15 +23,18 @@ from spark.verifier import parse_judgment
 @dataclass
 class EvalConfig:
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0))
-    seed: int = 0
-    n: int = 1  # samples per math question: mean@n and pass@n (the judge benchmarks use one)
+    seed: int = ranged(0, ">= 0")
+    n: int = ranged(1, ">= 1")  # samples per math question: mean@n and pass@n (the judge benchmarks use one)
     judge: bool = False  # the model also judges each of its answers (self-judgment P/R/F1)
     tts: bool = False  # the test-time loop on each answer (implies judging)
-    max_rounds: int = 2  # judge -> reflect rounds of the loop
+    max_rounds: int = ranged(2, ">= 0")  # judge -> reflect rounds of the loop
     content: str = "cot"  # what the judge and the reflection see of an answer: "cot" (all of it) | "answer" (spark.tts)
     style: Style = field(default_factory=Style)  # templates, verdict rule, answer mode, system message (spark.tts)
     preset: str = "ours"  # the preset these settings came from (spark.presets), recorded with the results
-    batch_size: int = 64  # items per generate call
+    batch_size: int = ranged(64, ">= 1")  # items per generate call
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:

@@ -11,9 +11,9 @@ key on it):
 
 A benchmark is named by a spec string (`parse_spec`): a built-in name (`gsm8k`), a hub benchmark and
 its file(s) (`mathvista:data/MathVista/data/testmini-*.parquet`), a file with a field mapping
-(`file:path.jsonl:question=q,answer=a,image=img,choices=c`), `rb2:PATH` or `vlrb:PATH`; `:name=N`
-renames any of them (the key of its results). Images are checked when the benchmark is loaded. A row
-that cannot be used is a DataError naming the file, line and field.
+(`file:path.jsonl:question=q,answer=a,image=img,choices=c`; the image(s) are read from `image` unless
+mapped), `rb2:PATH` or `vlrb:PATH`; `:name=N` renames any of them (the key of its results). Images are
+checked when the benchmark is loaded. A row that cannot be used is a DataError naming the file, line and field.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from itertools import islice
 from pathlib import Path
 
 from spark.data import DataError, Sample, expand_paths, read_records, require_str
+from spark.errors import UserError
 from spark.images import ImageSource, check_images, image_sources
 from spark.prompts import math_prompt
 from spark.verifier import extract_answer
@@ -38,14 +39,16 @@ CHOICES_INSTRUCTION = "Answer with the letter of the correct option."
 
 @dataclass
 class FieldMap:
-    """Which row fields hold the question, the gold answer, the image(s) and the choices. A mapped
-    image / choices field must be in every row (a typo in the mapping must not turn into a silent
-    text-only run); its value may be null: MathVista has choices only for its multiple-choice rows."""
+    """Which row fields hold the question, the gold answer, the image(s) and the choices. The image(s) are read
+    from `image` as training reads them (absent or null in a text row); a field the spec maps (`require_image`,
+    `choices`) must be in every row, since a typo in the mapping must not turn into a silent text-only run. Its
+    value may be null: MathVista has choices only for its multiple-choice rows."""
 
     question: str = "question"
     answer: str = "answer"
-    image: str | None = None
+    image: str = "image"
     choices: str | None = None
+    require_image: bool = False  # the spec mapped the image field
 
 
 @dataclass
@@ -162,7 +165,7 @@ def load_math(
     for path, line, row in _records(files, limit):
         question = require_str(row, fields.question, path, line)
         choices = _optional(row, fields.choices, path, line, _choices)
-        images = _optional(row, fields.image, path, line, _images) or []
+        images = _optional(row, fields.image, path, line, _images, required=fields.require_image) or []
         if fields.answer not in row or row[fields.answer] is None:
             raise DataError(path, line, fields.answer, "missing")
         try:
@@ -180,9 +183,9 @@ def load_math(
     return samples
 
 
-def _optional(row: dict, key: str | None, path: Path, line: int, read: Callable):
-    """A mapped optional field: must be in the row, may be null."""
-    if key is None:
+def _optional(row: dict, key: str | None, path: Path, line: int, read: Callable, *, required: bool = True):
+    """An optional field: may be null, and must be in the row when `required` (a field the spec maps)."""
+    if key is None or key not in row and not required:
         return None
     if key not in row:
         raise DataError(path, line, key, "missing (a row without one holds null)")
@@ -422,7 +425,7 @@ def parse_spec(spec: str, data_dir: str | Path, *, limit: int | None = None) -> 
         return Benchmark(spec, "math", items)
     kind, _, rest = spec.partition(":")
     if kind not in _MAPPING_KEYS or not rest:
-        raise ValueError(f"unknown benchmark {spec!r}: expected one of {sorted(BUILTIN)}, NAME:PATH with NAME one "
+        raise UserError(f"unknown benchmark {spec!r}: expected one of {sorted(BUILTIN)}, NAME:PATH with NAME one "
                          f"of {sorted(HUB)}, file:PATH[:question=...,answer=...,image=...,choices=...], "
                          "rb2:PATH or vlrb:PATH")
     file, mapping = rest, {}
@@ -431,14 +434,15 @@ def parse_spec(spec: str, data_dir: str | Path, *, limit: int | None = None) -> 
         mapping = dict(pair.split("=", 1) for pair in pairs.split(",") if "=" in pair)
     unknown = set(mapping) - _MAPPING_KEYS[kind]
     if unknown:
-        raise ValueError(f"{spec!r}: unknown keys {sorted(unknown)}, expected {sorted(_MAPPING_KEYS[kind])}")
+        raise UserError(f"{spec!r}: unknown keys {sorted(unknown)}, expected {sorted(_MAPPING_KEYS[kind])}")
     name = mapping.pop("name", Path(file).stem if kind == "file" else kind)
     if not re.fullmatch(r"[\w.-]+", name):
-        raise ValueError(f"{spec!r}: benchmark name {name!r} must be letters, digits, '_', '-' or '.'")
+        raise UserError(f"{spec!r}: benchmark name {name!r} must be letters, digits, '_', '-' or '.'")
     if kind == "rb2":
         return Benchmark(name, "rb2", load_rb2(file, limit=limit))
     if kind == "vlrb":
         return Benchmark(name, "vlrb", load_vlrb(file, limit=limit))
     if kind in HUB:
         return Benchmark(name, "math", load_hub(file, kind, bench=name, limit=limit))
-    return Benchmark(name, "math", load_math(file, FieldMap(**mapping), bench=name, limit=limit))
+    fields = FieldMap(**mapping, require_image="image" in mapping)
+    return Benchmark(name, "math", load_math(file, fields, bench=name, limit=limit))

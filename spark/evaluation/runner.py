@@ -24,9 +24,11 @@ import torch
 
 from spark.data import DataError, read_records
 from spark.distributed import all_gather_objects, init_distributed
+from spark.errors import UserError
 from spark.evaluation.inference import RUNS, EvalConfig
 from spark.evaluation.loaders import Benchmark, parse_spec, split_specs
 from spark.evaluation.scoring import markdown_table, mean_accuracy, summarize_judge, summarize_math
+from spark.tts import format_rounds
 
 # The subset reported as each reward benchmark's math column (VL-RB's reasoning group: MathVerse, MMMU-Pro).
 MATH_SUBSETS = {"rb2": "Math", "vlrb": "reasoning"}
@@ -102,8 +104,10 @@ def _check_config(out_dir: Path, config: dict) -> None:
     if path.exists():
         saved = json.loads(path.read_text())
         if saved != config:
-            raise ValueError(f"{out_dir} holds results made with other settings ({path}: {saved}); "
-                             "use another --out or delete it")
+            changed = ", ".join(f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in config.items()
+                                if saved.get(key) != value)
+            raise UserError(f"{out_dir} holds results made with other settings ({path}: {changed}); "
+                            "use another --out or delete it")
 
 
 def evaluate(
@@ -119,13 +123,15 @@ def evaluate(
     """{NAME: summary} for every benchmark; rank 0 writes the outputs when out_dir is given."""
     names = [b.name for b in benchmarks]
     if len(set(names)) != len(names):
-        raise ValueError(f"benchmark names must be unique, got {names}")
+        raise UserError(f"benchmark names must be unique, got {names} (rename one with :name=N)")
     out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and shard.rank == 0:
+    if out_dir is not None:
         config = {"model": model_name} | {k: v for k, v in asdict(cfg).items() if k != "batch_size"}
-        _check_config(out_dir, config)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        _check_config(out_dir, config)  # on every rank: one that stopped alone would leave the others waiting
+        shard.gather(None)  # every rank has read config.json before rank 0 writes it
+        if shard.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     summaries = {}
     for bench in benchmarks:
         records = evaluate_benchmark(model, bench, cfg, out_dir=out_dir, shard=shard, progress=progress)
@@ -163,6 +169,9 @@ def evaluate_checkpoint(
                              model_name=Path(checkpoint).name, progress=log)
         if world.is_main:
             print(markdown_table(summaries, Path(checkpoint).name))
+            for name, summary in summaries.items():
+                if "tts" in summary:
+                    print(f"\n{name}, test-time scaling by round:\n{format_rounds(summary['tts'])}")
             print(f"preset {cfg.preset}: mean of the benchmarks' accuracies {100 * mean_accuracy(summaries):.1f}")
         return summaries
     finally:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from spark.errors import CheckpointError
 from spark.models.qwen2 import FusedLinear, ModelConfig, Qwen2
 from spark.models.qwen2_vl import Qwen2_5_VL
 
@@ -35,22 +37,40 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.t
               "preprocessor_config.json")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded, naming the file and the tensor."""
-
-
 def read_config(path: Path) -> dict:
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory" if not path.exists() else
+                              f"{path}: not a directory (a checkpoint is a Hugging Face checkpoint directory)")
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{config_file}: not found (is {path} a Hugging Face checkpoint directory?)")
-    return json.loads(config_file.read_text())
+    return read_json(config_file)
+
+
+def read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+
+
+@contextmanager
+def open_weights(file: Path, device: str = "cpu") -> Iterator:
+    """safe_open, with a file it cannot read (cut short, not safetensors) a CheckpointError naming it."""
+    try:
+        with safe_open(file, "pt", device=device) as f:
+            yield f
+    except SafetensorError as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e}); was it copied in full?") from None
 
 
 def weight_files(path: Path) -> dict[str, Path]:
     """tensor name -> the safetensors file that holds it."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no weight_map")
         files = {name: path / file for name, file in weight_map.items()}
         for file in sorted(set(files.values())):
             if not file.exists():
@@ -59,7 +79,7 @@ def weight_files(path: Path) -> dict[str, Path]:
     single = path / "model.safetensors"
     if not single.exists():
         raise CheckpointError(f"{path}: no model.safetensors and no model.safetensors.index.json")
-    with safe_open(single, "pt") as f:
+    with open_weights(single) as f:
         return {name: single for name in f.keys()}
 
 
@@ -125,7 +145,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
         names_by_file.setdefault(file, []).append(name)
     state: dict[str, torch.Tensor] = {}
     for file, names in names_by_file.items():
-        with safe_open(file, "pt", device=str(device)) as f:
+        with open_weights(file, str(device)) as f:
             for name in names:
                 key = hub_layout(name)
                 if key == "lm_head.weight" and tied:
