@@ -23,9 +23,7 @@ from spark.cli import ArgumentParser, flag_error, run_command
 from spark.errors import SettingError
 from spark.evaluation import EvalConfig, evaluate_checkpoint
 from spark.evaluation.loaders import BUILTIN, HUB
-from spark.presets import PRESETS, preset_values, resolve_preset
-from spark.tts import CONTENTS
-from spark.verifier import ANSWER_MODES
+from spark.presets import add_preset_arguments, resolve_preset
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
 
@@ -40,28 +38,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--limit", type=int, help="only the first N rows of each benchmark")
     parser.add_argument("--out", type=Path, help="output directory (resumes what is already there)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the built-in files are")
-    parser.add_argument("--preset", default="ours", choices=PRESETS,
-                        help="the prompts and the defaults of the flags that list them: ours, or paper (the "
-                             "authors' evaluation)")
-    parser.add_argument("--max-new-tokens", type=int, help=f"(preset: {preset_values('max_new_tokens')})")
-    parser.add_argument("--temperature", type=float, help=f"0 = greedy (preset: {preset_values('temperature')})")
-    parser.add_argument("--top-p", type=float, help=f"(preset: {preset_values('top_p')})")
-    parser.add_argument("--top-k", type=int, help=f"0 = all (preset: {preset_values('top_k')})")
-    parser.add_argument("--repetition-penalty", type=float,
-                        help=f"1 = off (preset: {preset_values('repetition_penalty')})")
-    parser.add_argument("--answer-mode", choices=ANSWER_MODES,
-                        help=f"how the final answer is read (spark.verifier; preset: "
-                             f"{preset_values('answer_mode')})")
+    add_preset_arguments(parser, ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+                                  "answer_mode", "max_rounds", "content"), "evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=1, help="samples per math question (mean@n, pass@n)")
     parser.add_argument("--judge", action="store_true", help="the model also judges its answers (P/R/F1)")
     parser.add_argument("--tts", action="store_true", help="test-time scaling: judge, then reflect if not Yes")
-    parser.add_argument("--max-rounds", type=int,
-                        help=f"judge -> reflect rounds of --tts (preset: {preset_values('max_rounds')})")
-    parser.add_argument("--content", choices=CONTENTS,
-                        help="what --judge / --tts show the judge and the reflection: the whole answer (cot) or its "
-                             "final answer (answer); match the form the model was trained to judge in "
-                             f"(preset: {preset_values('content')})")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     return parser

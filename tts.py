@@ -16,9 +16,8 @@ import torch
 
 from spark.cli import ArgumentParser, flag_error, run_command
 from spark.errors import SettingError
-from spark.presets import PRESETS, preset_values, resolve_preset
-from spark.tts import CONTENTS, Problem, format_trace, run_tts
-from spark.verifier import ANSWER_MODES
+from spark.presets import add_preset_arguments, resolve_preset
+from spark.tts import Problem, format_trace, run_tts
 
 
 def build_parser() -> ArgumentParser:
@@ -29,21 +28,8 @@ def build_parser() -> ArgumentParser:
                         help="image file for a vision-language checkpoint (repeatable: shown in order, or at the "
                              "question's <image> placeholders)")
     parser.add_argument("--gold", help="gold answer: each answer is then marked correct or wrong")
-    parser.add_argument("--preset", default="ours", choices=PRESETS,
-                        help="the prompts and the defaults of the flags that list them: ours, or paper (the "
-                             "authors' test-time scaling)")
-    parser.add_argument("--max-rounds", type=int,
-                        help=f"judge -> reflect rounds (preset: {preset_values('max_rounds')})")
-    parser.add_argument("--content", choices=CONTENTS,
-                        help="what the judge and the reflection see: the whole answer (cot) or its final answer "
-                             f"(preset: {preset_values('content')})")
-    parser.add_argument("--max-new-tokens", type=int, help=f"(preset: {preset_values('max_new_tokens')})")
-    parser.add_argument("--temperature", type=float, help=f"0 = greedy (preset: {preset_values('temperature')})")
-    parser.add_argument("--repetition-penalty", type=float,
-                        help=f"1 = off (preset: {preset_values('repetition_penalty')})")
-    parser.add_argument("--answer-mode", choices=ANSWER_MODES,
-                        help=f"how the final answer is read (spark.verifier; preset: "
-                             f"{preset_values('answer_mode')})")
+    add_preset_arguments(parser, ("max_rounds", "content", "max_new_tokens", "temperature", "repetition_penalty",
+                                  "answer_mode"), "test-time scaling")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-prompts", action="store_true", help="also print the prompt of every turn")
     return parser

@@ -15,11 +15,13 @@ paper  the authors' evaluation as their scripts run it (InternLM/Spark, Evaluati
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, fields, replace
 
 from spark.prompts import PAPER_SYSTEM
 from spark.sampler import Sampling
-from spark.tts import Style
+from spark.tts import CONTENTS, Style
+from spark.verifier import ANSWER_MODES
 
 
 @dataclass(frozen=True)
@@ -60,3 +62,29 @@ def preset_values(key: str) -> str:
         part = next(p for p in (preset.sampling, preset.style, preset) if key in {f.name for f in fields(p)})
         return getattr(part, key)
     return ", ".join(f"{name} {value(preset)}" for name, preset in PRESETS.items())
+
+
+# The flags a preset gives defaults to: name -> (argparse keywords, what the value means).
+PRESET_FLAGS: dict[str, tuple[dict, str]] = {
+    "max_new_tokens": ({"type": int}, ""),
+    "temperature": ({"type": float}, "0 = greedy"),
+    "top_p": ({"type": float}, ""),
+    "top_k": ({"type": int}, "0 = all"),
+    "repetition_penalty": ({"type": float}, "1 = off"),
+    "answer_mode": ({"choices": ANSWER_MODES}, "how the final answer is read (spark.verifier)"),
+    "max_rounds": ({"type": int}, "judge -> reflect rounds of test-time scaling"),
+    "content": ({"choices": CONTENTS}, "what the judge and the reflection see: the whole answer (cot) or its "
+                                       "final answer"),
+}
+
+
+def add_preset_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...], purpose: str) -> None:
+    """--preset and the flags `names` (of PRESET_FLAGS), each defaulting to None (= its preset's value) with the
+    presets' values in its help; `purpose` says what the paper preset reproduces."""
+    parser.add_argument("--preset", default="ours", choices=PRESETS,
+                        help=f"the prompts and the defaults of the flags that list them: ours, or paper (the "
+                             f"authors' {purpose})")
+    for name in names:
+        keywords, meaning = PRESET_FLAGS[name]
+        parser.add_argument("--" + name.replace("_", "-"), **keywords,
+                            help=f"{meaning + '; ' if meaning else ''}preset: {preset_values(name)}")

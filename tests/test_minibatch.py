@@ -11,6 +11,7 @@ from spark.packing import experience_keys, mini_batches
 from spark.recycle import deal, split_evenly
 from spark.rollout import Experience
 from spark.trainer import Salt, Trainer, cosine_lr, step_seed
+from tests.dist_update import fixed_experiences
 from tests.trainer_utils import read_metrics, tiny_config, torchrun
 
 
@@ -51,18 +52,6 @@ def test_deal_and_split_evenly():
     assert deal([0, 3, 9], 7) == [0, 3, 4]
     with pytest.raises(ValueError, match="7 samples asked of 6 waiting"):
         deal([3, 3], 7)
-
-
-def fixed_experiences(num: int = 6) -> list[Experience]:
-    """Policy experiences on random tokens, each its own group (its position in the batch)."""
-    generator = torch.Generator().manual_seed(0)
-    experiences = []
-    for i in range(num):
-        prompt = torch.randint(3, 200, (int(torch.randint(3, 9, (1,), generator=generator)),), generator=generator)
-        response = torch.randint(3, 200, (int(torch.randint(2, 7, (1,), generator=generator)),), generator=generator)
-        experiences.append(Experience(Sample("q", "1"), prompt.tolist(), response.tolist(), "r", reward=float(i % 2),
-                                      truncated=False, advantage=(-1.0) ** i * (1 + i / 10), group=i))
-    return experiences
 
 
 def response_logprobs(model, experience: Experience) -> torch.Tensor:
