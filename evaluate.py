@@ -10,7 +10,7 @@
     python evaluate.py --model CKPT_DIR --bench 'mathvista:...' --tts --preset paper  # as the authors ran it
 
 --preset sets the defaults that the flags' help lists as (preset: ...): "ours" (the default) or "paper", the authors'
-settings with their prompts (spark.presets); a flag given explicitly overrides its preset's value.
+settings with their prompts (spark.evaluation.presets); a flag given explicitly overrides its preset's value.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from spark.cli import ArgumentParser, flag_error, run_command
 from spark.errors import SettingError
 from spark.evaluation import EvalConfig, evaluate_checkpoint
 from spark.evaluation.loaders import BUILTIN, HUB
-from spark.presets import add_preset_arguments, resolve_preset
+from spark.evaluation.presets import add_preset_arguments, resolve_preset
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
 

@@ -16,7 +16,7 @@ import sys
 
 from spark.cli import run_command
 from spark.config import TrainConfig, describe_tables, load_config
-from spark.distributed import close_distributed
+from spark.distributed.groups import close_distributed
 from spark.trainer import Trainer
 
 

@@ -1,10 +1,10 @@
-"""Test-time scaling on one problem, shown turn by turn: answer, self-judgment, reflection (spark.tts).
+"""Test-time scaling on one problem, shown turn by turn: answer, self-judgment, reflection (spark.evaluation.tts).
 
     python tts.py --model CKPT_DIR --question "What is 17 * 23?" [--gold 391] [--image fig.png [--image fig2.png]]
     python tts.py --model CKPT_DIR --question "..." --image fig.png --preset paper   # as the authors ran it
 
 --preset sets the defaults that the flags' help lists as (preset: ...): "ours" (the default) or "paper", the authors'
-settings with their prompts (spark.presets); a flag given explicitly overrides its preset's value.
+settings with their prompts (spark.evaluation.presets); a flag given explicitly overrides its preset's value.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 
 from spark.cli import ArgumentParser, flag_error, run_command
 from spark.errors import SettingError
-from spark.presets import add_preset_arguments, resolve_preset
-from spark.tts import Problem, format_trace, run_tts
+from spark.evaluation.presets import add_preset_arguments, resolve_preset
+from spark.evaluation.tts import Problem, format_trace, run_tts
 
 
 def build_parser() -> ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> str:
-    from spark.chat import load_chat_model
+    from spark.generation.chat import load_chat_model
 
     parser = build_parser()
     args = parser.parse_args(argv)

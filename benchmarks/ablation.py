@@ -1,12 +1,12 @@
 """The paper's ablation (tables 5 and 6, figure 4) at CPU scale, on the demo's task.
 
-From the demo's warmed-up start (configs/tiny.toml's model.path, prepared by spark.demo when missing) and for
+From the demo's warmed-up start (configs/tiny.toml's model.path, prepared by spark.demo.pipeline when missing) and for
 the same number of RL steps: policy-only (GRPO), policy+reward (recycled judge samples, no reflections), and
 SPARK with answer-based, CoT-based and both kinds of recycled judge data; each with every seed of --seeds
 (data.seed: other prompts and draws, the same start). For each run, on the demo's held-out files:
 
   policy_acc      greedy accuracy of the first answers (the trainer's evaluation after the last step)
-  tts_acc         accuracy of the final answers with test-time scaling (spark.tts, greedy, 2 rounds; the judge
+  tts_acc         accuracy of the final answers with test-time scaling (spark.evaluation.tts, greedy, 2 rounds; the judge
                   and the reflection see final answers unless the run trained CoT-based judges only)
   tts_gain        tts_acc - the accuracy of the same first answers without it
   judge_acc       balanced accuracy of the pointwise judge on the fixed judge set (the trainer's evaluation)
@@ -14,7 +14,7 @@ SPARK with answer-based, CoT-based and both kinds of recycled judge data; each w
                   the model's verdicts on its own first answers (Yes = correct) against the verifier
   fixed, broke    reflections that turned a wrong answer right / a right one wrong (counts over the held-out set)
 
-Each run's result.json also keeps spark.tts.reflection_alone (one reflection on every first answer, the judge
+Each run's result.json also keeps spark.evaluation.tts.reflection_alone (one reflection on every first answer, the judge
 left out), which the table does not show.
 
 Each figure is the mean over seeds, +- their sample standard deviation. Writes OUT/ablation.md (the table),
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from spark.config import TrainConfig, load_config
-from spark.demo import CONFIG, ensure_prepared, read_metrics, summarize, tts_content, tts_summary
+from spark.demo.pipeline import CONFIG, ensure_prepared, read_metrics, summarize, tts_content, tts_summary
 from spark.trainer import Trainer
 
 # Row name -> the configs/tiny.toml overrides that make it (the paper's table 5 and 6 rows).
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     warmed = ensure_prepared(load_config(TrainConfig, CONFIG, args.overrides))
     if warmed is not None:
         print("warm-up:", json.dumps({k: v for k, v in warmed.items() if not isinstance(v, str)}), flush=True)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # as spark.demo: one thread for RL
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # as spark.demo.pipeline: one thread for RL
     table = {}
     for row in args.rows:
         results = [run_one([*args.overrides, *ROWS[row]], args.out / f"{row}-s{seed}", args.steps, seed)

@@ -5,7 +5,7 @@ final answer, template variant 0) with a checkpoint, greedily and at temperature
 "57+38: 7+8=15, 5+3+1=9. 95 vs 85: 9 8 differ, 5 5 same, so different. \\boxed{No}" into:
   copy       it added the candidate shown and the question's subtrahend, and compared with its minuend
   add        its sum is right for the two numbers it added
-  compare    the digit pairs are what spark.arithmetic.digit_pairs says for the two numbers it compared
+  compare    the digit pairs are what spark.demo.arithmetic.digit_pairs says for the two numbers it compared
   summary    the word after "so" follows from its pairs ("different" iff a pair differs, else "equal")
   read_off   balanced accuracy of a verdict read off that word (Yes iff "equal")
   verdict    balanced accuracy of the verdict it gave
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from spark import prompts
-from spark.arithmetic import digit_pairs, parse_question
-from spark.chat import user_prompt_ids
+from spark.demo.arithmetic import digit_pairs, parse_question
+from spark.generation.chat import user_prompt_ids
+from spark.generation.sampler import SamplingParams, generate
 from spark.models import load_model
-from spark.sampler import SamplingParams, generate
+from spark.tasks import prompts
 
 RESPONSE = re.compile(r"(\d+)\+(\d+): .*?\. (\d+) vs (\d+): (.*?), so (\w+)\. \\boxed\{(\w+)\}")
 

@@ -1,7 +1,7 @@
 """Test-time scaling along a demo run: the TTS gain of the start and of every checkpoint the run kept.
 
 For the warmed-up start and each `out_dir/checkpoints/step_*` (a demo run with `run.save_every=5
-run.keep_last=8` keeps one every 5 steps), runs spark.demo.tts_summary on the held-out problems (greedy,
+run.keep_last=8` keeps one every 5 steps), runs spark.demo.pipeline.tts_summary on the held-out problems (greedy,
 `max_rounds` 2, the form the run trained its judge in) and prints one line per model: the accuracy after
 each round, the gain (last round minus no TTS), the judge's false accept / reject rates on the model's own
 answers, the reflections that fixed / broke an answer, and what one reflection on every first answer
@@ -29,14 +29,14 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from spark.chat import ChatModel, load_chat_model
-from spark.demo import GREEDY, read_metrics, tts_summary
+from spark.demo.pipeline import GREEDY, read_metrics, tts_summary
+from spark.evaluation.tts import CONTENTS, Problem, Trace, answer, reflect, reflection_alone
+from spark.generation.chat import ChatModel, load_chat_model
 from spark.models import load_model, save_model
-from spark.tts import CONTENTS, Problem, Trace, answer, reflect, reflection_alone
 
 
 def export_checkpoint(checkpoint: Path, start: Path, folder: Path) -> Path:
-    """The policy weights of a training checkpoint (spark.checkpointing, one rank) as a Hugging Face folder,
+    """The policy weights of a training checkpoint (spark.distributed.checkpointing, one rank) as a Hugging Face folder,
     with the start's config and tokenizer."""
     model = load_model(start)
     state = {"model": model.state_dict()}
@@ -47,7 +47,7 @@ def export_checkpoint(checkpoint: Path, start: Path, folder: Path) -> Path:
 
 
 def sampled_wrong_reflection(chat: ChatModel, heldout: list[dict], n: int, content: str) -> dict[str, int]:
-    """One greedy reflection (spark.tts.reflection_alone) on each wrong answer among `n` sampled at temperature 1
+    """One greedy reflection (spark.evaluation.tts.reflection_alone) on each wrong answer among `n` sampled at temperature 1
     per held-out problem: `fixed` of `wrong`."""
     problems = [Problem(row["question"], row["answer"]) for row in heldout]
     sampled = answer(chat, problems, sampling=dataclasses.replace(GREEDY, temperature=1.0), seed=1, n=n)

@@ -48,7 +48,7 @@ VISION = {"gpu": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "
                   "fullatt_block_indexes": (1, 3)}}
 IMAGES = {"gpu": [[1, 72, 72]] * 4, "cpu": [[1, 8, 8]] * 2}
 HEAD = {"gpu": {"tokens": 16384, "hidden": 3584, "vocab": 152064}, "cpu": {"tokens": 64, "hidden": 64, "vocab": 1000}}
-# HBM bandwidths, GB/s (vendor datasheets), by CUDA device name (spark.flops.by_device_name).
+# HBM bandwidths, GB/s (vendor datasheets), by CUDA device name (spark.distributed.flops.by_device_name).
 HBM_GB_S = {"H100": 3350.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0, "H200": 4800.0, "H200 NVL": 4800.0,
             "A100-SXM4-80GB": 2039.0, "A100 80GB PCIe": 1935.0, "A100-SXM4-40GB": 1555.0, "A100-PCIE-40GB": 1555.0}
 # Packages the project or torch.compile can use, beyond torch and transformers (import names).
@@ -184,7 +184,7 @@ def checkpoint_path(ctx: Context) -> Path:
 def ensure_checkpoint(ctx: Context) -> Path:
     """The random Qwen2 checkpoint of the run's shape (bf16), built once in the work folder, on the device (a GPU
     draws the 1.5B in seconds), and reused by the sections and by reruns."""
-    from spark.tiny import make_tiny_checkpoint
+    from spark.models.tiny import make_tiny_checkpoint
 
     path = checkpoint_path(ctx)
     if not (path / ".complete").exists():
@@ -271,7 +271,7 @@ def compile_probe(device: torch.device) -> dict:
     """torch.compile with CUDA graphs on a small function: whether triton builds and runs here, and how long the
     first compile takes."""
     if device.type != "cuda":
-        raise Skip("needs CUDA (rollout.compile on CPU: tests/test_sampler.py)")
+        raise Skip("needs CUDA (rollout.compile on CPU: tests/generation/test_sampler.py)")
     compiled = torch.compile(probe, mode="reduce-overhead", fullgraph=True)
     x = torch.randn(4096, device=device)
     skips = counters["inductor"]["cudagraph_skips"]
@@ -505,7 +505,7 @@ def time_ours(model, prompts: list[list[int]], new: int, bound: float | None, co
     """Our sampler: a first call (compiling the decode step and recording its CUDA graphs when `compile_`), then
     a timed one; with `compile_` the graphs compiled, recompiles in the timed call, and inductor's CUDA-graph
     skips with their reasons (compiled code that runs without graphs)."""
-    from spark.sampler import SamplingParams, generate
+    from spark.generation.sampler import SamplingParams, generate
 
     params = SamplingParams(max_new_tokens=new, temperature=1.0, compile=compile_)
     device = model.lm_head.weight.device
@@ -538,7 +538,7 @@ def time_transformers(checkpoint: Path, prompts: list[list[int]], new: int, boun
 
 
 def sampler(ctx: Context) -> None:
-    from spark.flops import by_device_name
+    from spark.distributed.flops import by_device_name
     from spark.models import load_model
 
     work = SAMPLER[ctx.kind]

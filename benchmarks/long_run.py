@@ -1,6 +1,6 @@
 """Long runs stay flat: resident memory and step time over 200 steps of configs/tiny.toml.
 
-The demo's 0.9M-parameter Qwen2 (spark.demo), warmed up for a fixed 400 steps, trained with
+The demo's 0.9M-parameter Qwen2 (spark.demo.pipeline), warmed up for a fixed 400 steps, trained with
 every setting of configs/tiny.toml (checkpoints every 10 steps, samples every 5) except a smaller batch,
 so that 200 steps run in minutes on a CPU: 4 prompts x 4 rollouts per step, and no held-out evaluation. Every 20 steps it
 prints the process's resident memory (RSS) and the mean step time of those 20 steps; the last line
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spark.config import TrainConfig, load_config  # noqa: E402
-from spark.demo import CONFIG, DemoSetup, prepare  # noqa: E402
+from spark.demo.pipeline import CONFIG, DemoSetup, prepare  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
 
 

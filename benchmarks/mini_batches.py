@@ -4,7 +4,7 @@ mini-batches cut from whole groups (`loss.mini_batch_order = "groups"`, the defa
 (`"rollouts"`, as the authors' code shuffles: a prompt is then packed in several mini-batches).
 
 Each setting trains `--steps` steps from the demo's start (`runs/demo/warmup`, made by
-`spark.demo.ensure_prepared` when missing) with the same seed, so both sample the same first batch; the
+`spark.demo.pipeline.ensure_prepared` when missing) with the same seed, so both sample the same first batch; the
 medians of each phase are printed. Rollouts, rewards and the reference's log-probs are computed once per batch in
 both; with several mini-batches the update also computes pi_old's log-probs once (a forward over the batch,
 timed under `time/reference`) and then takes 8 optimizer steps, so the difference is that forward and those
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spark.config import TrainConfig, load_config  # noqa: E402
-from spark.demo import ensure_prepared  # noqa: E402
+from spark.demo.pipeline import ensure_prepared  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
 
 PHASES = ("time/step", "time/rollout", "time/reward", "time/reference", "time/update")

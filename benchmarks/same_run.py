@@ -1,7 +1,7 @@
 """A refactoring changes no behaviour: the metrics of a 4-step tiny SPARK run, from this checkout and another.
 
 Each checkout runs its own `train.py` on its own `configs/tiny.toml` (policy, pointwise, pairwise and reflection
-tasks on the demo's warmed-up 0.9M-parameter model, made by `spark.demo.ensure_prepared` when missing) for
+tasks on the demo's warmed-up 0.9M-parameter model, made by `spark.demo.pipeline.ensure_prepared` when missing) for
 `--steps` steps, with checkpoints, samples and evaluations off. Every metric except wall-clock ones (time, tokens
 per second, TFLOP/s, MFU) is compared exactly; the last line says how many agree.
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     subprocess.run([sys.executable, "-c", "from spark.config import TrainConfig, load_config; "
-                    "from spark.demo import ensure_prepared; "
+                    "from spark.demo.pipeline import ensure_prepared; "
                     "ensure_prepared(load_config(TrainConfig, 'configs/tiny.toml'))"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as tmp:
         here = run_metrics(ROOT, args.steps, Path(tmp) / "here")

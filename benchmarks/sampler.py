@@ -1,4 +1,4 @@
-"""Rollout throughput: spark.sampler.generate against transformers' generate on the same weights.
+"""Rollout throughput: spark.generation.sampler.generate against transformers' generate on the same weights.
 
 A ~27M-parameter Qwen2 (hidden 512, 8 layers, 8 heads / 2 KV heads, vocab 8192, fp32, random
 weights) on CPU; 16 ragged prompts of 32-96 tokens; temperature 1.0, top-p 1.0, seeded.
@@ -38,8 +38,8 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spark.generation.sampler import SamplingParams, generate  # noqa: E402
 from spark.models import load_model  # noqa: E402
-from spark.sampler import SamplingParams, generate  # noqa: E402
 
 BATCH, MIN_PROMPT, MAX_PROMPT, NEW_TOKENS = 16, 32, 96, 256
 STOP_HAZARD = 1 / 160  # the ragged rows' chance of ending at each step

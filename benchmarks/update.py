@@ -1,5 +1,5 @@
 """Seconds of one policy update (`Trainer.update`) on the demo's start: 32 prompts x 8 rollouts sampled once from
-`runs/demo/warmup` (made by `spark.demo.ensure_prepared` when missing), then updated 6 times; the median of
+`runs/demo/warmup` (made by `spark.demo.pipeline.ensure_prepared` when missing), then updated 6 times; the median of
 the last 5 is printed (JSON, last line).
 
   --no-shared-prompts  pack every response with its own copy of its prompt (instead of one copy per group)
@@ -31,18 +31,18 @@ def main() -> None:
     args = parser.parse_args()
     # The demo's start, prepared by this checkout (an older one may not know how).
     subprocess.run([sys.executable, "-c", "from spark.config import TrainConfig, load_config; "
-                    "from spark.demo import ensure_prepared; "
+                    "from spark.demo.pipeline import ensure_prepared; "
                     "ensure_prepared(load_config(TrainConfig, 'configs/tiny.toml'))"], cwd=ROOT, check=True)
     sys.path.insert(0, str(args.root.resolve()))
     import torch
 
-    import spark.packing
+    import spark.rl.packing
     from spark.config import TrainConfig, load_config
-    from spark.metrics import PhaseTimer
+    from spark.distributed.metrics import PhaseTimer
     from spark.trainer import Trainer
 
     if args.no_shared_prompts:
-        spark.packing.shared_prompt = id  # every experience its own key: no prompt is shared
+        spark.rl.packing.shared_prompt = id  # every experience its own key: no prompt is shared
     demo = load_config(TrainConfig, ROOT / "configs/tiny.toml")
     checkpoint, data = (ROOT / demo.model.path).resolve(), (ROOT / demo.data.train_files[0]).resolve()
     overrides = ["spark.mode=policy-only", f"model.path={checkpoint}", f"data.train_files=['{data}']",

@@ -1,4 +1,4 @@
-"""Benchmark of spark.verifier against math-verify.
+"""Benchmark of spark.verify against math-verify.
 
 1. Accuracy per category on each hand-written case file, in lenient mode: the boxed forms
    (tests/verifier_cases.jsonl), the lenient grader's classes used while developing
@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from spark.verify import extract_answer, is_correct, score_batch
+
 from spark import verifier
-from spark.verifier import extract_answer, is_correct, score_batch
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO / "data" / "eval"

@@ -1,7 +1,7 @@
 """Rollout time of a tiny VL step: the vision tower on every rollout row's copy of its image (before) or
 once per distinct image (after, `image_index`).
 
-A Qwen2.5-VL built by spark.tiny (decoder hidden 64, 2 layers; vision tower hidden 128, 8 blocks) on
+A Qwen2.5-VL built by spark.models.tiny (decoder hidden 64, 2 layers; vision tower hidden 128, 8 blocks) on
 CPU, fp32; a step's rollout: P prompts with one 448 x 448 image each (1,024 patches at max_pixels
 28*28*256), n rollouts per prompt, temperature 1, seeded, NEW_TOKENS new tokens per row. Both ways
 are timed interleaved, median of --runs runs after a warm-up; the sampled tokens are the same.
@@ -25,10 +25,10 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spark.images import ImageConfig, expand_image_pads, preprocess  # noqa: E402
+from spark.data.images import ImageConfig, expand_image_pads, preprocess  # noqa: E402
+from spark.generation.sampler import SamplingParams, generate  # noqa: E402
 from spark.models import load_model  # noqa: E402
-from spark.sampler import SamplingParams, generate  # noqa: E402
-from spark.tiny import make_tiny_vl_checkpoint  # noqa: E402
+from spark.models.tiny import make_tiny_vl_checkpoint  # noqa: E402
 
 NEW_TOKENS, SIDE = 32, 448
 

@@ -1,11 +1,11 @@
 """A GRPO step of spark against TRL's `GRPOTrainer`, on the same checkpoint, prompts and shapes; and what a full
 SPARK step costs per token against a policy-only one.
 
-All train the demo's warmed-up checkpoint (`runs/demo/warmup`, made by `spark.demo.prepare` when missing) on
+All train the demo's warmed-up checkpoint (`runs/demo/warmup`, made by `spark.demo.pipeline.prepare` when missing) on
 the demo's training prompts (`runs/demo/data/train.jsonl`, the method's math prompt in the chat template):
 32 prompts x 8 rollouts per step, at most 64 new tokens, temperature 1, top-p 1, no KL (no reference model),
 one optimizer step per batch (pi_old = pi), lr 1e-4, fp32 on CPU, the same rule reward
-(`spark.verifier.is_correct`, strict: the last \\boxed{}).
+(`spark.verify.is_correct`, strict: the last \\boxed{}).
   spark:       `train.py configs/tiny.toml spark.mode=policy-only ...` (token-mean loss);
   trl:         `GRPOTrainer` with loss_type "dapo" (its token-mean), transformers `generate`, beta 0;
   spark-spark: `train.py configs/tiny.toml` as it is (spark.mode=spark): the policy step, then its groups
@@ -62,11 +62,11 @@ def run_spark(checkpoint: Path, train_file: Path, steps: int, out_dir: Path, mod
 def run_trl(checkpoint: Path, train_file: Path, steps: int, out_dir: Path) -> list[dict]:
     """The same steps with TRL's GRPOTrainer, timed from its step-begin to its step-end callback."""
     from datasets import Dataset
+    from spark.verify import is_correct
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from spark.prompts import math_prompt
-    from spark.verifier import is_correct
+    from spark.tasks.prompts import math_prompt
 
     rows = [json.loads(line) for line in train_file.read_text().splitlines()]
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": math_prompt(r["question"])}],
@@ -109,7 +109,7 @@ def run_trl(checkpoint: Path, train_file: Path, steps: int, out_dir: Path) -> li
 def prepared_demo() -> tuple[Path, Path]:
     """The demo's warmed-up checkpoint and training prompts (configs/tiny.toml's), made once."""
     from spark.config import TrainConfig, load_config
-    from spark.demo import ensure_prepared
+    from spark.demo.pipeline import ensure_prepared
 
     config = load_config(TrainConfig, ROOT / "configs/tiny.toml")
     ensure_prepared(config)

@@ -3,7 +3,7 @@
 A mistake in what a program was given (`spark.errors.UserError`: a bad config, flag or data row, a missing or
 broken checkpoint) is printed as one line, `error: ...`, and the program exits with status 2, without a
 traceback; `--debug` or SPARK_DEBUG=1 shows the traceback. Any other exception is a bug and keeps its traceback.
-Ctrl-C outside a training step (where `spark.preemption` handles it) ends the program with one line and status
+Ctrl-C outside a training step (where `spark.distributed.preemption` handles it) ends the program with one line and status
 130.
 
 Under torchrun every rank finds a mistake in the config or the data alike, so the line is printed once: by the
@@ -85,7 +85,7 @@ def first_to_report() -> bool:
 
 def leave_process_group() -> None:
     """Destroy the process group of a program that ends early, without waiting for its peers: a gloo group still
-    held at interpreter exit can abort the process (spark.distributed.close_distributed)."""
+    held at interpreter exit can abort the process (spark.distributed.groups.close_distributed)."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()

@@ -30,12 +30,13 @@ except ModuleNotFoundError:  # Python 3.10 (a device image's): the backport when
     except ModuleNotFoundError:
         tomllib = None
 
-from spark.data import RowFormat, Task
+from spark.data.rows import RowFormat
 from spark.errors import SettingError, UserError, check_ranges, ranged
-from spark.losses import POLICY_LOSSES, AdvantageScale, AdvantageStd, Aggregation, KLKind
-from spark.recycle import Mode, RecycleConfig
-from spark.sampler import Sampling
-from spark.verifier import AnswerMode
+from spark.generation.sampler import Sampling
+from spark.rl.losses import POLICY_LOSSES, AdvantageScale, AdvantageStd, Aggregation, KLKind
+from spark.rl.recycle import Mode, RecycleConfig
+from spark.tasks.table import TASKS
+from spark.verify import AnswerMode
 
 T = TypeVar("T")
 
@@ -227,7 +228,7 @@ class DataSettings:
 
 @dataclass
 class RolloutSettings(Sampling):
-    """How responses are sampled: the knobs of spark.sampler.Sampling, the group size and the engine."""
+    """How responses are sampled: the knobs of spark.generation.sampler.Sampling, the group size and the engine."""
 
     max_new_tokens: int = ranged(768, ">= 1")
     n: int = ranged(8, ">= 1")  # rollouts per prompt (group size)
@@ -239,7 +240,7 @@ class RolloutSettings(Sampling):
 class LossSettings:
     """The policy loss, the KL to the reference, advantages, and how a batch is cut into optimizer steps."""
 
-    policy_loss: str = "grpo"  # a name in spark.losses.POLICY_LOSSES: grpo (token-level clipped surrogate)
+    policy_loss: str = "grpo"  # a name in spark.rl.losses.POLICY_LOSSES: grpo (token-level clipped surrogate)
     kl_coef: float = ranged(0.001, ">= 0")  # lambda of the KL to the frozen reference, in the loss
     kl_kind: KLKind = "k3"  # k1 | k2 | k3
     # The ratio is clipped to [1 - clip_low, 1 + clip_high]: clip_low = 0 would stop a token with a negative
@@ -299,14 +300,19 @@ class SparkSettings:
 
     mode: Mode = "spark"  # policy-only | reward-only | policy+reward | spark (the paper's ablation rows)
     schedule: Literal["separate", "mixed"] = "separate"  # separate: recycled update right after the policy update; mixed: into the next batch
-    task_weights: dict[Task, float] = ranged(rule=">= 0", factory=dict)  # per task; a task left out keeps weight 1.0
+    # per task of spark.tasks.table.TASKS; a task left out keeps its default weight (the table's)
+    task_weights: dict[str, float] = ranged(rule=">= 0", factory=dict)
     recycle: RecycleConfig = field(default_factory=RecycleConfig)  # rules; kinds off/on also follow `mode`
     # Recycled prompts per update, over all ranks: trained in full batches once this many wait, the rest
     # carried to later steps (the authors' 64); 0 = each step's recycled prompts all at once
     recycled_batch: int = ranged(0, ">= 0")
 
     def __post_init__(self):
-        self.task_weights = {**dict.fromkeys(typing.get_args(Task), 1.0), **self.task_weights}
+        unknown = sorted(set(self.task_weights) - set(TASKS))
+        if unknown:
+            raise SettingError(type(self).__name__, "task_weights key", unknown[0],
+                               f"is not one of {', '.join(map(repr, TASKS))}")
+        self.task_weights = {**{name: spec.weight for name, spec in TASKS.items()}, **self.task_weights}
         check_ranges(self)
         if self.recycle.max_per_kind == 0:  # a rank's share of the cap may be 0 (Trainer), the run's may not
             raise SettingError(type(self).__name__, "recycle.max_per_kind", 0,
@@ -333,7 +339,7 @@ class RunSettings:
     # On GPU the run starts with spark.plan's memory plan; refuse: stop when it says the config does not fit
     # (naming settings that would); warn: print that and go on (the plan is an upper bound)
     memory_check: Literal["refuse", "warn"] = "refuse"
-    peak_tflops: float = ranged(0.0, ">= 0")  # per GPU, for MFU; 0 = spark.flops.PEAK_TFLOPS by device name
+    peak_tflops: float = ranged(0.0, ">= 0")  # per GPU, for MFU; 0 = spark.distributed.flops.PEAK_TFLOPS by device name
     max_skipped_steps: int = ranged(3, ">= 0")  # optimizer steps skipped in a row (non-finite loss or grad norm) before the run stops
     collective_timeout_s: int = ranged(1800, ">= 1")  # a rank waiting this long in a collective (e.g. on a dead peer) fails
 

@@ -1,7 +1,7 @@
 """Mistakes a person running spark can fix, and the ranges of settings.
 
 A `UserError` is a mistake in what a program was given: a bad config or flag (`spark.config.ConfigError`,
-`spark.cli.UsageError`), bad data (`spark.data.DataError`), a missing or broken checkpoint (`CheckpointError`).
+`spark.cli.UsageError`), bad data (`DataError`), a missing or broken checkpoint (`CheckpointError`).
 Its message names the file, row, field or key and the value, and the command lines print it as one line,
 without a traceback (`spark.cli`).
 
@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -31,6 +34,46 @@ class SettingError(UserError):
     def __init__(self, owner: str, name: str, value: Any, rule: str, others: tuple[str, ...] = ()):
         super().__init__(f"{owner}.{name} = {value!r} {rule}")
         self.name, self.value, self.rule, self.others = name, value, rule, others
+
+
+class DataError(UserError):
+    """A row that cannot be used, with where it is."""
+
+    def __init__(self, path: str | Path, line: int | None, field: str | None, message: str):
+        where = f"{path}" + (f", line {line}" if line is not None else "") + (f", field '{field}'" if field else "")
+        super().__init__(f"{where}: {message}")
+        self.path, self.line, self.field = str(path), line, field
+
+
+class DataErrors(DataError):
+    """The bad rows one pass found (DataErrors, or their messages): the message lists the first MAX_LISTED,
+    then how many more."""
+
+    MAX_LISTED = 20
+
+    def __init__(self, errors: list[DataError | str]):
+        listed = "".join(f"\n  {error}" for error in errors[:self.MAX_LISTED])
+        more = f"\n  ... and {len(errors) - self.MAX_LISTED} more" if len(errors) > self.MAX_LISTED else ""
+        ValueError.__init__(self, str(errors[0]) if len(errors) == 1 else f"{len(errors)} bad rows:{listed}{more}")
+        self.errors = [str(error) for error in errors]
+        self.path, self.line, self.field = "", None, None  # each listed error names its own
+
+    @classmethod
+    def raise_any(cls, errors: list[DataError | str]) -> None:
+        """Raise nothing, the one DataError itself (with its file, line and field), or all of them."""
+        if len(errors) == 1 and isinstance(errors[0], DataError):
+            raise errors[0]
+        if errors:
+            raise cls(errors)
+
+
+@contextmanager
+def collect_errors(errors: list[DataError | str]) -> Iterator[None]:
+    """Add a DataError raised in the block to `errors` instead of raising it."""
+    try:
+        yield
+    except DataError as e:
+        errors.append(e)
 
 
 def ranged(default: Any = dataclasses.MISSING, rule: str = "", *, zero: str = "",

@@ -47,12 +47,12 @@ import torch
 
 from spark.cli import ArgumentParser, run_command
 from spark.config import TrainConfig, load_config
+from spark.data.images import ImageConfig
 from spark.errors import UserError
-from spark.images import ImageConfig
+from spark.generation.sampler import CACHE_QUANTUM, SamplingParams
 from spark.models.checkpoint import CheckpointError, build_model, read_config
 from spark.models.qwen2 import ModelConfig
 from spark.models.qwen2_vl import VisionConfig
-from spark.sampler import CACHE_QUANTUM, SamplingParams
 
 GB = 2**30
 USABLE_FRACTION, RESERVED = 0.95, 2 * GB  # what a run can allocate of a GPU's memory

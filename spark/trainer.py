@@ -3,19 +3,19 @@ reflection prompts for the same model.
 
 One step (every rank runs it on its own share of the prompts), `Trainer.train_step`:
   1. rollout   the policy's weights are copied into a plain (unsharded) model that samples n responses
-               per prompt (`spark.rollout`, through `ChatModel.complete`);
+               per prompt (`spark.rl.rollout`, through `ChatModel.complete`);
   2. reward    the rule verifier scores each response (math answers, Yes/No and A/B verdicts);
   3. update    group-normalised advantages, then the clipped surrogate + kl_coef * KL to the frozen
-               reference (`spark.losses.micro_batch_loss`) over packed micro-batches (`spark.packing`), AdamW;
-  4. recycle   the policy groups become pointwise / pairwise / reflection prompts (`spark.recycle`),
+               reference (`spark.rl.losses.micro_batch_loss`) over packed micro-batches (`spark.rl.packing`), AdamW;
+  4. recycle   the policy groups become pointwise / pairwise / reflection prompts (`spark.rl.recycle`),
                trained with the same rollout + reward + update right away (`schedule = "separate"`, the
                reference behaviour) or mixed into the next step's batch (`schedule = "mixed"`).
 Every random draw derives from (seed, step, rank, purpose), and the data cursor is a pure function of
-the step (`spark.data.step_prompts`), so a resumed run continues exactly where the uninterrupted one
+the step (`spark.data.rows.step_prompts`), so a resumed run continues exactly where the uninterrupted one
 would have been.
 
 Faults (README, "Failures and recovery"): SIGTERM / SIGUSR1 end the run after the current step and a
-checkpoint (`spark.preemption`); an update whose loss or gradient norm is not finite on any rank is
+checkpoint (`spark.distributed.preemption`); an update whose loss or gradient norm is not finite on any rank is
 skipped on every rank, and too many in a row stop the run (`NonFiniteError`); every prompt is rendered
 and checked before step 1.
 """
@@ -33,27 +33,35 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from spark.chat import load_chat_model
-from spark.checkpointing import Checkpointer, check_same_run, export_model
 from spark.config import ConfigError, TrainConfig, config_hash
-from spark.data import TASKS, DataErrors, Sample, load_judge_rows, load_questions, step_prompts, subset_rows
-from spark.distributed import (
+from spark.data.rows import Sample, load_judge_rows, load_questions, step_prompts, subset_rows
+from spark.distributed.checkpointing import Checkpointer, check_same_run, export_model
+from spark.distributed.flops import FlopModel, flop_metrics, peak_tflops, step_flops
+from spark.distributed.groups import (
     all_gather_objects,
     copy_full_weights,
     init_distributed,
     reduce_metrics,
     shard_model,
 )
-from spark.flops import FlopModel, experience_flop_metrics, peak_tflops
-from spark.losses import group_advantages, micro_batch_loss
-from spark.metrics import MetricsLogger, PhaseTimer
+from spark.distributed.metrics import MetricsLogger, PhaseTimer
+from spark.distributed.preemption import StopSignals
+from spark.errors import DataErrors
+from spark.generation.chat import load_chat_model
 from spark.models import load_model
 from spark.models.attention import describe_attention
-from spark.packing import Filler, MicroBatch, experience_keys, mini_batches, pack, split_by_tokens
 from spark.plan import check_memory
-from spark.preemption import StopSignals
-from spark.prompts import math_prompt, pointwise_prompt
-from spark.recycle import (
+from spark.rl.losses import group_advantages, micro_batch_loss
+from spark.rl.packing import (
+    Filler,
+    MicroBatch,
+    experience_keys,
+    group_by_prompt,
+    mini_batches,
+    pack,
+    split_by_tokens,
+)
+from spark.rl.recycle import (
     ABLATIONS,
     RecycleQueue,
     deal,
@@ -61,9 +69,10 @@ from spark.recycle import (
     label_counts,
     recycle,
     recycled_kinds,
+    rule_tasks,
     split_evenly,
 )
-from spark.rollout import (
+from spark.rl.rollout import (
     Experience,
     Rollouts,
     by_group,
@@ -74,6 +83,8 @@ from spark.rollout import (
     score,
     task_image_configs,
 )
+from spark.tasks.prompts import math_prompt, pointwise_prompt
+from spark.tasks.table import TASKS
 
 
 class Salt(enum.IntEnum):
@@ -261,7 +272,8 @@ class Trainer:
         if self.recycle_rules is not None:
             rng = random.Random(self.seed(Salt.RECYCLE))
             recycled, stats = recycle(rollout_groups(experiences), self.recycle_rules, rng,
-                                     answer_mode=self.config.reward.answer_mode)
+                                     answer_mode=self.config.reward.answer_mode,
+                                     rule_tasks=rule_tasks(config.spark.mode))
             self.queue.push(recycled)
             metrics.update(label_balance(reduce_metrics(label_counts(stats))))
             if config.spark.schedule == "separate":
@@ -535,3 +547,31 @@ class Trainer:
     def export(self) -> None:
         """The policy as a Hugging Face directory (config, weights, tokenizer, chat template)."""
         export_model(self.policy, self.rollouts.chat.model, self.out_dir / "export")
+
+
+def shared_prompts(experiences: list) -> list[tuple[int, list[int]]]:
+    """(prompt length, response lengths) of each prompt the update packs once for its responses: the experiences
+    (spark.rl.rollout.Experience) grouped as spark.rl.packing groups them (a group split over micro-batches, which
+    packs its prompt again, is counted once)."""
+    return [(len(group[0].prompt_ids), [len(e.response_ids) for e in group])
+            for group in group_by_prompt(experiences).values()]
+
+
+def experience_flop_metrics(model: FlopModel, trained: list, sampled: list, seconds: dict[str, float], config, *,
+                            reference: bool, gpus: int, peak: float | None) -> dict[str, float]:
+    """A training step's model FLOPs per token, TFLOP/s and MFU by phase, over all ranks: `trained` and
+    `sampled` are its spark.rl.rollout.Experiences, `seconds` its phase times (time/rollout, ...), `config` its
+    TrainConfig. Also `trained_tokens`, the prompt and response tokens of the trained sequences (a shared
+    prompt counted once per response). A collective (one reduction); the functions above are the arithmetic."""
+    def lengths(experiences):
+        return [len(e.prompt_ids) + len(e.response_ids) for e in experiences]
+
+    def patches(experiences):
+        return [int(t * h * w) for e in experiences
+                for t, h, w in e.images.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
+
+    local = step_flops(model, updated=shared_prompts(trained), generated=shared_prompts(sampled),
+                       reference=reference, ppo_epochs=config.loss.ppo_epochs, updated_patches=patches(trained),
+                       generated_patches=patches(sampled), vision_trained=not config.model.freeze_vision)
+    totals = reduce_metrics({**local, "trained_tokens": sum(lengths(trained)), "sampled_tokens": sum(lengths(sampled))})
+    return {**flop_metrics(totals, seconds, gpus, peak), "trained_tokens": totals["trained_tokens"]}

@@ -13,7 +13,7 @@ from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spark.distributed import all_gather_objects, close_distributed  # noqa: E402
+from spark.distributed.groups import all_gather_objects, close_distributed  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
 from tests.dist_update import fixed_experiences  # noqa: E402
 from tests.trainer_utils import tiny_config  # noqa: E402

@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spark.data import Sample  # noqa: E402
-from spark.distributed import close_distributed, full_state_dict  # noqa: E402
-from spark.rollout import Experience  # noqa: E402
+from spark.data.rows import Sample  # noqa: E402
+from spark.distributed.groups import close_distributed, full_state_dict  # noqa: E402
+from spark.rl.rollout import Experience  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
 from tests.trainer_utils import tiny_config  # noqa: E402
 

@@ -15,7 +15,7 @@ import train
 import tts
 from spark import plan
 from spark.cli import INTERRUPTED, USER_ERROR, run_command
-from spark.tiny import make_tiny_checkpoint
+from spark.models.tiny import make_tiny_checkpoint
 from tests.trainer_utils import ROOT, torchrun
 
 TINY, FULL = str(ROOT / "configs" / "tiny.toml"), str(ROOT / "configs" / "7b.toml")
@@ -119,7 +119,7 @@ def test_under_torchrun_the_rank_that_finds_a_mistake_prints_it_once(tmp_path):
     assert done.returncode != 0
     line = f"error: {bad}, line 1, field 'answer': missing"
     printed = done.stdout + done.stderr
-    assert printed.count(line) == 1 and "spark.data.DataError" not in printed  # no rank's traceback
+    assert printed.count(line) == 1 and "spark.data.rows.DataError" not in printed  # no rank's traceback
 
 
 def test_ctrl_c_and_bugs(capsys):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from spark.checkpointing import check_same_run
 from spark.config import ConfigError, TrainConfig, load_config
+from spark.distributed.checkpointing import check_same_run
 from spark.errors import SettingError
 from spark.evaluation import EvalConfig
-from spark.sampler import Sampling
+from spark.generation.sampler import Sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 

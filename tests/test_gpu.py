@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
 import spark.config
+from spark.generation.sampler import SamplingParams, generate
 from spark.models import Packing, load_model
 from spark.models.attention import KVCache, attention_backend, describe_attention, varlen_attn
 from spark.models.qwen2 import Decoding
-from spark.sampler import SamplingParams, generate
-from spark.tiny import make_tiny_checkpoint
+from spark.models.tiny import make_tiny_checkpoint
 from spark.trainer import Trainer
 from tests.trainer_utils import make_run_files, tiny_config
 

@@ -4,12 +4,12 @@ steps written out by hand (plain autograd and AdamW, no trainer)."""
 import pytest
 import torch
 
-from spark.data import Sample
-from spark.distributed import full_state_dict
+from spark.data.rows import Sample
+from spark.distributed.groups import full_state_dict
 from spark.models import load_model
-from spark.packing import experience_keys, mini_batches
-from spark.recycle import deal, split_evenly
-from spark.rollout import Experience
+from spark.rl.packing import experience_keys, mini_batches
+from spark.rl.recycle import deal, split_evenly
+from spark.rl.rollout import Experience
 from spark.trainer import Salt, Trainer, cosine_lr, step_seed
 from tests.dist_update import fixed_experiences
 from tests.trainer_utils import read_metrics, tiny_config, torchrun

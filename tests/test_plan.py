@@ -12,13 +12,13 @@ import torch
 
 from spark import plan as planning
 from spark.config import TrainConfig, load_config
-from spark.images import ImageConfig
+from spark.data.images import ImageConfig
+from spark.generation.sampler import SamplingParams, generate
 from spark.models import Packing, load_model
 from spark.models.attention import KVCache
 from spark.models.checkpoint import CheckpointError, read_config
+from spark.models.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
 from spark.plan import KNOWN_CONFIGS, Shapes, fitting_settings, plan_for
-from spark.sampler import SamplingParams, generate
-from spark.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
 from tests.trainer_utils import QUESTIONS, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_kv_cache_formula_is_what_the_sampler_allocates(tmp_path, monkeypatch):
             super().__init__(*args, **kwargs)
             allocated.append(self.nbytes)
 
-    monkeypatch.setattr("spark.sampler.KVCache", Recording)
+    monkeypatch.setattr("spark.generation.sampler.KVCache", Recording)
     prompts = [[5] * 7, [6] * 11, [7] * 3]
     generate(model, prompts, SamplingParams(max_new_tokens=9, temperature=0.0))
     assert allocated == [planning.kv_cache_bytes(model.config, 3, 11 + 9, 4)]

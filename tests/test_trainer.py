@@ -15,11 +15,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForCausalLM
 
 import spark.trainer
-from spark.checkpointing import verify
 from spark.config import ConfigError, TrainConfig, config_hash, load_config
-from spark.distributed import World, full_state_dict
+from spark.distributed.checkpointing import verify
+from spark.distributed.groups import World, full_state_dict
 from spark.models import load_model, save_model
-from spark.recycle import RecycleConfig, recycled_kinds
+from spark.rl.recycle import RecycleConfig, recycled_kinds
 from spark.trainer import Trainer, cosine_lr
 from tests.trainer_utils import read_metrics, tiny_config, torchrun
 
@@ -102,8 +102,9 @@ def test_run_writes_metrics_checkpoint_and_export(run_files, tmp_path):
 
 
 def test_trainer_reads_the_authors_chat_rows_and_trains_on_a_subset(run_files, tmp_path):
-    from spark.data import DataError, load_questions, subset_rows
-    from spark.prompts import MATH_SUFFIX, math_prompt
+    from spark.data.rows import load_questions, subset_rows
+    from spark.errors import DataError
+    from spark.tasks.prompts import MATH_SUFFIX, math_prompt
 
     checkpoint, data = run_files
     rows = [json.loads(line) for line in data.read_text().splitlines()]

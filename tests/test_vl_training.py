@@ -18,16 +18,16 @@ from torch.distributed.tensor import DTensor
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-import spark.chat
-from spark.chat import ChatModel, image_inputs, load_chat_model
-from spark.data import Sample
-from spark.images import load_image
+import spark.generation.chat
+from spark.data.images import load_image
+from spark.data.rows import Sample
+from spark.generation.chat import ChatModel, image_inputs, load_chat_model
+from spark.generation.sampler import Sampling, SamplingParams, generate
 from spark.models import Qwen2_5_VL, load_model, save_model
-from spark.packing import pack
-from spark.prompts import math_prompt
-from spark.rollout import Experience, Rollouts, task_image_configs
-from spark.sampler import Sampling, SamplingParams, generate
-from spark.tiny import make_tiny_vl_checkpoint
+from spark.models.tiny import make_tiny_vl_checkpoint
+from spark.rl.packing import pack
+from spark.rl.rollout import Experience, Rollouts, task_image_configs
+from spark.tasks.prompts import math_prompt
 from spark.trainer import Trainer
 from tests.test_trainer import torchrun
 from tests.trainer_utils import tiny_config
@@ -216,7 +216,7 @@ def test_recycled_prompts_share_their_questions_image_decode(vl_files, monkeypat
                Sample("Which is correct?", "A", "pairwise", image), Sample(QUESTION, "2", "policy", image)]
     alone = [rollouts.render([sample])[0] for sample in samples]
     decoded = []
-    monkeypatch.setattr(spark.chat, "load_image", lambda source: decoded.append(source) or load_image(source))
+    monkeypatch.setattr(spark.generation.chat, "load_image", lambda source: decoded.append(source) or load_image(source))
     together = rollouts.render(samples)
     assert decoded == image * 2  # the policy resolution, then the judges' smaller one
     for one, shared in zip(alone, together):
@@ -245,7 +245,7 @@ def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
     assert not vision & {t for row in banned.tokens for t in row}
     # ChatModel.generate bans them itself.
     seen = []
-    monkeypatch.setattr(spark.chat, "generate", lambda *args, **kwargs: seen.append(args[2]) or generate(*args, **kwargs))
+    monkeypatch.setattr(spark.generation.chat, "generate", lambda *args, **kwargs: seen.append(args[2]) or generate(*args, **kwargs))
     chat.generate([QUESTION], [[str(data.parent / "shapes_1.png")]], max_new_tokens=3, temperature=1.0)
     assert seen[0].banned_token_ids == chat.banned_token_ids
 

@@ -12,10 +12,10 @@ import torch
 from transformers import AutoTokenizer
 
 from spark.config import TrainConfig, load_config
+from spark.demo.warmup import warm_up
 from spark.models import load_model, save_model
-from spark.prompts import math_prompt
-from spark.tiny import build_tokenizer, make_tiny_checkpoint
-from spark.warmup import warm_up
+from spark.models.tiny import build_tokenizer, make_tiny_checkpoint
+from spark.tasks.prompts import math_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = [(f"What is {a} + {b}?", str(a + b)) for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 9), (4, 4),

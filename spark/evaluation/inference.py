@@ -1,7 +1,7 @@
 """Running the model on benchmark items: one record (a JSON-ready dict) per item, in item order.
 
 math: the model answers (n samples), then, as configured, judges its own answers (self-judgment) or
-runs the test-time loop on them (spark.tts). rb2: the model rates each candidate response
+runs the test-time loop on them (spark.evaluation.tts). rb2: the model rates each candidate response
 (rating_prompt). vlrb: the model compares the two responses (vl_rewardbench_prompt) in both orders.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from spark.data import Sample
+from spark.data.images import ImageSource, image_label
+from spark.data.rows import Sample
 from spark.errors import check_ranges, ranged
 from spark.evaluation.loaders import BestOfNItem, PairItem
 from spark.evaluation.scoring import best_of_n_correct, pairwise_correct, parse_rating, rounds_to
-from spark.images import ImageSource, image_label
-from spark.prompts import rating_prompt, vl_rewardbench_prompt
-from spark.sampler import Sampling
-from spark.tts import Problem, Style, answer, judge, refine
-from spark.verifier import parse_judgment
+from spark.evaluation.tts import Problem, Style, answer, judge, refine
+from spark.generation.sampler import Sampling
+from spark.tasks.prompts import rating_prompt, vl_rewardbench_prompt
+from spark.verify import parse_judgment
 
 
 @dataclass
@@ -28,9 +28,9 @@ class EvalConfig:
     judge: bool = False  # the model also judges each of its answers (self-judgment P/R/F1)
     tts: bool = False  # the test-time loop on each answer (implies judging)
     max_rounds: int = ranged(2, ">= 0")  # judge -> reflect rounds of the loop
-    content: str = "cot"  # what the judge and the reflection see of an answer: "cot" (all of it) | "answer" (spark.tts)
-    style: Style = field(default_factory=Style)  # templates, verdict rule, answer mode, system message (spark.tts)
-    preset: str = "ours"  # the preset these settings came from (spark.presets), recorded with the results
+    content: str = "cot"  # what the judge and the reflection see of an answer: "cot" (all of it) | "answer" (spark.evaluation.tts)
+    style: Style = field(default_factory=Style)  # templates, verdict rule, answer mode, system message (spark.evaluation.tts)
+    preset: str = "ours"  # the preset these settings came from (spark.evaluation.presets), recorded with the results
     batch_size: int = ranged(64, ">= 1")  # items per generate call
 
     def __post_init__(self):

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from spark.data import DataError, Sample, expand_paths, read_records, require_str
-from spark.errors import UserError
-from spark.images import ImageSource, check_images, image_sources
-from spark.prompts import math_prompt
-from spark.verifier import extract_answer
+from spark.data.images import ImageSource, check_images, image_sources
+from spark.data.rows import Sample, expand_paths, read_records, require_str
+from spark.errors import DataError, UserError
+from spark.tasks.prompts import math_prompt
+from spark.verify import extract_answer
 
 KINDS = ("math", "rb2", "vlrb")
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from spark.data import DataError, read_records
-from spark.distributed import all_gather_objects, init_distributed
-from spark.errors import UserError
+from spark.data.rows import read_records
+from spark.distributed.groups import all_gather_objects, init_distributed
+from spark.errors import DataError, UserError
 from spark.evaluation.inference import RUNS, EvalConfig
 from spark.evaluation.loaders import Benchmark, parse_spec, split_specs
 from spark.evaluation.scoring import markdown_table, mean_accuracy, summarize_judge, summarize_math
-from spark.tts import format_rounds
+from spark.evaluation.tts import format_rounds
 
 # The subset reported as each reward benchmark's math column (VL-RB's reasoning group: MathVerse, MMMU-Pro).
 MATH_SUBSETS = {"rb2": "Math", "vlrb": "reasoning"}
@@ -154,7 +154,7 @@ def evaluate_checkpoint(
     dtype: str = "auto",
 ) -> dict[str, dict]:
     """Load the benchmarks and the checkpoint on this rank's device, evaluate, print the table (rank 0)."""
-    from spark.chat import load_chat_model
+    from spark.generation.chat import load_chat_model
 
     created_group = not torch.distributed.is_initialized()
     world = init_distributed()

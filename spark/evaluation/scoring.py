@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from spark.tts import Problem, Trace, rate, tts_statistics
-from spark.verifier import extract_answer
+from spark.evaluation.tts import Problem, Trace, rate, tts_statistics
+from spark.verify import extract_answer
 
 
 def parse_rating(response: str) -> float | None:

@@ -17,7 +17,7 @@ line a run prints at its start):
     Packed sequences are padded in buckets of similar lengths (`padded_plan`: a pad at most doubles a
     sequence), one SDPA call per bucket, never a Python loop per sequence: on CPU a call costs far more
     than the few padded keys of short sequences (benchmarks/update.py).
-All give the same numbers up to kernel rounding; tests/test_attention.py checks our calls against
+All give the same numbers up to kernel rounding; tests/models/test_attention.py checks our calls against
 pure-PyTorch references of each kernel's documented semantics.
 """
 
@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from spark.models.qwen2 import Packing
 
 try:  # optional, CUDA only
     from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
@@ -221,6 +217,71 @@ class PaddedPlan:
 
     buckets: list[PaddedBucket]
     order: torch.Tensor | None
+
+
+@dataclass
+class Keys:
+    """Where each packed sequence reads its keys from: `index` [K] stream rows, sequence after sequence,
+    cut by `cu_seqlens` [S + 1] int32; `max_seqlen` the most keys of one sequence."""
+
+    index: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+
+@dataclass
+class Packing:
+    """A flat stream of sequences: `cu_seqlens` [S + 1] int32 offsets, `max_seqlen` the longest.
+
+    A sequence may continue an earlier one (`continues[s]`, -1 for none): it then attends to that sequence's
+    tokens before its own, and its positions go on from there, as if the two were one sequence. The update
+    packs a prompt once and each of its responses as a continuation of it, so the prompt is computed once for
+    its n responses. `keys` says where each sequence's keys are (None: its own tokens only).
+    """
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    continues: list[int] | None = None
+    keys: Keys | None = None
+    # SDPA's layout of this packing (spark.models.attention.padded_plan), by causal; built at its first
+    # layer, reused by the others and by backward
+    plans: dict[bool, PaddedPlan] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], device: torch.device | str = "cpu",
+                     continues: list[int] | None = None) -> Packing:
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(lengths).cumsum(0)
+        if continues is None or all(c < 0 for c in continues):
+            return cls(cu.to(device), max(lengths))
+        if len(continues) != len(lengths) or any(c >= s or (c >= 0 and continues[c] >= 0)
+                                                 for s, c in enumerate(continues)):
+            raise ValueError(f"Packing: each sequence continues an earlier one that continues none, got {continues}")
+        starts = cu.tolist()
+        ranges = [range(starts[c], starts[c + 1]) if c >= 0 else range(0) for c in continues]
+        key_rows = [[*prefix, *range(starts[s], starts[s + 1])] for s, prefix in enumerate(ranges)]
+        key_lengths = [len(rows) for rows in key_rows]
+        cu_keys = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu_keys[1:] = torch.tensor(key_lengths).cumsum(0)
+        keys = Keys(torch.tensor([row for rows in key_rows for row in rows], device=device), cu_keys.to(device), max(key_lengths))
+        return cls(cu.to(device), max(lengths), list(continues), keys)
+
+    def padded(self, causal: bool) -> PaddedPlan:
+        """The buckets `padded_attention` runs this packing in (built once per causal flag)."""
+        if causal not in self.plans:
+            keys = self.keys
+            self.plans[causal] = padded_plan(self.cu_seqlens, keys.cu_seqlens if keys else self.cu_seqlens,
+                                             keys.index if keys else None, causal)
+        return self.plans[causal]
+
+    def positions(self) -> torch.Tensor:
+        """[1, N]: each token's index within its sequence (a continuation's after those of the one it continues)."""
+        cu = self.cu_seqlens.long()
+        lengths = cu[1:] - cu[:-1]
+        starts = cu[:-1]
+        if self.keys is not None:  # the keys before a sequence's own tokens are its prefix
+            starts = starts - (self.keys.cu_seqlens.long().diff() - lengths)
+        return (torch.arange(int(cu[-1]), device=cu.device) - torch.repeat_interleave(starts, lengths))[None]
 
 
 def padded_plan(cu_q: torch.Tensor, cu_k: torch.Tensor, key_rows: torch.Tensor | None, causal: bool) -> PaddedPlan:

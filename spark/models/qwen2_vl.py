@@ -4,7 +4,7 @@ Module names mirror the hub checkpoint (`visual.blocks.0.attn.qkv`, `model.layer
 so its state dict loads without renaming.
 
 How an image reaches the language model:
-  * the image processor (spark.images) cuts it into patches of 2 frames x 14 x 14 pixels, grouped
+  * the image processor (spark.data.images) cuts it into patches of 2 frames x 14 x 14 pixels, grouped
     in 2 x 2 blocks ("merge units"); `image_grid_thw` [I, 3] holds each image's (t, h, w) in patches;
   * the vision tower embeds the patches, runs blocks that attend within windows of merge units (and
     over the whole image in the `fullatt_block_indexes` blocks), and merges each 2 x 2 block into one
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from spark.models.attention import packed_attention
-from spark.models.qwen2 import MLP, Decoding, ModelConfig, Packing, Qwen2, RMSNorm, apply_rotary
+from spark.models.attention import Packing, packed_attention
+from spark.models.qwen2 import MLP, Decoding, ModelConfig, Qwen2, RMSNorm, apply_rotary
 
 
 class ImageTokenError(ValueError):
