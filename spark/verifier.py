@@ -708,7 +708,7 @@ def _match_leaf(p: str, g: str, use_sympy: bool) -> bool | None:
         return p.lower() == g.lower()
     if not use_sympy:
         return None
-    from spark import verifier_sympy  # only worker processes pay for importing sympy
+    from spark.verify import sympy_check as verifier_sympy  # only worker processes pay for importing sympy
 
     return verifier_sympy.equal(p, g)
 
@@ -729,7 +729,7 @@ def _match_equations(p_sides: list[str], g_sides: list[str], use_sympy: bool) ->
         return False
     if not use_sympy:
         return None
-    from spark import verifier_sympy
+    from spark.verify import sympy_check as verifier_sympy
 
     return verifier_sympy.equations_equal(p_sides, g_sides)
 
@@ -743,7 +743,7 @@ def _is_word(s: str) -> bool:
 
 def _check(pred: str, gold: str) -> str:
     """The verdict of a worker process: "equal", "different" or "rejected" (would not finish)."""
-    from spark import verifier_sympy
+    from spark.verify import sympy_check as verifier_sympy
 
     try:
         return "equal" if _compare(pred, gold, use_sympy=True) else "different"
