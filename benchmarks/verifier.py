@@ -29,9 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spark.verify import extract_answer, is_correct, score_batch
-
-from spark import verifier
+from spark.verify import extract_answer, is_correct, score_batch, verifier_stats
+from spark.verify.pool import configure, shutdown
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO / "data" / "eval"
@@ -223,7 +222,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="verifier worker processes")
     parser.add_argument("--timeout", type=float, default=2.0, help="per-check timeout, seconds")
     args = parser.parse_args()
-    verifier.configure(args.workers)
+    configure(args.workers)
     reference = math_verify_checker()
     if reference is None:
         print("math-verify is not installed (.venv/bin/pip install math-verify): reporting our figures only")
@@ -239,7 +238,7 @@ def main() -> None:
     result = {"ours": {"accuracy": case_files["cases"]["ours"],
                        **summary([bool(v) for v in batch_verdicts], rows, ours_times, ours_rate),
                        "strict_cases_per_s": round(strict_rate, 1),
-                       **{k: v for k, v in verifier.verifier_stats().items() if k in ("timeouts", "rejected")}}}
+                       **{k: v for k, v in verifier_stats().items() if k in ("timeouts", "rejected")}}}
     if reference:
         mv_times, mv_verdicts = latencies_ms(reference, rows)
         result["math_verify"] = {"accuracy": case_files["cases"]["math_verify"],
@@ -254,7 +253,7 @@ def main() -> None:
             print(f"{name:<12}{r['accuracy']:>10.4f}{r['realistic_accuracy']:>10.4f}{r['cases_per_s']:>10.1f}"
                   f"{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['max_ms']:>9.1f}")
     print(f"ours, strict mode: {strict_rate:.1f} cases/s")
-    verifier.shutdown()
+    shutdown()
     print(json.dumps(result))
 
 

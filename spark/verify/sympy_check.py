@@ -1,8 +1,9 @@
 r"""The sympy half of the verifier: LaTeX leaves to sympy, and equality of the results.
 
-Only the verifier's worker processes import this module (sympy is slow to import and a computation
-can get stuck; a worker can be killed, the trainer cannot). A small recursive-descent parser reads
-the LaTeX the verifier's normaliser leaves behind (sympy's own `parse_latex` needs antlr4).
+Only the verifier's worker processes (spark.verify.pool) import this module (sympy is slow to import and
+a computation can get stuck; a worker can be killed, the trainer cannot). A small recursive-descent parser
+reads the LaTeX the verifier's normaliser (spark.verify.normalise) leaves behind (sympy's own
+`parse_latex` needs antlr4).
 
 Two expressions are equal when they agree, to a relative 1e-9 at 50 digits, at a few generic
 positive points for their free symbols (one point when they have none); `0.333` is not `1/3`.
@@ -16,7 +17,7 @@ import re
 
 import sympy
 
-from spark.verifier import MAX_EXPONENT
+from spark.verify.limits import MAX_EXPONENT
 
 _DIGITS = 50
 _RELATIVE_TOLERANCE = 1e-9
