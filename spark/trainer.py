@@ -53,8 +53,8 @@ from spark.models.attention import describe_attention
 from spark.plan import check_memory
 from spark.rl.losses import group_advantages, micro_batch_loss
 from spark.rl.packing import (
-    Filler,
     MicroBatch,
+    NoLossSequence,
     experience_keys,
     group_by_prompt,
     mini_batches,
@@ -198,7 +198,7 @@ class Trainer:
         images = task_image_configs(chat.image_config, min_pixels=data.min_pixels, max_pixels=data.max_pixels,
                                     judge_max_pixels=data.judge_max_pixels)
         self.rollouts = Rollouts(chat, images, data.max_prompt_tokens)
-        self.filler = Filler.for_model(chat.model)
+        self.no_loss_sequence = NoLossSequence.for_model(chat.model)
         self.flop_model = FlopModel.of(chat.model)
         self.peak_tflops = peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
                                        run.peak_tflops)
@@ -360,7 +360,7 @@ class Trainer:
         batches = split_by_tokens(experiences, self.config.loss.micro_batch_tokens)
         count = int(reduce_metrics({"count": len(batches)}, op="max")["count"])
         batches += [[] for _ in range(count - len(batches))]
-        return [(batch, pack(batch, filler=self.filler, task_weights=self.config.spark.task_weights,
+        return [(batch, pack(batch, no_loss=self.no_loss_sequence, task_weights=self.config.spark.task_weights,
                              drop_truncated=self.config.loss.mask_truncated, device=self.world.device))
                 for batch in batches]
 

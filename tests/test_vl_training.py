@@ -251,7 +251,7 @@ def test_vl_generate_never_samples_vision_tokens(vl_files, monkeypatch):
 
 
 def trainer_pack(trainer: Trainer, experiences: list[Experience]):
-    return pack(experiences, filler=trainer.filler, task_weights=trainer.config.spark.task_weights, drop_truncated=False)
+    return pack(experiences, no_loss=trainer.no_loss_sequence, task_weights=trainer.config.spark.task_weights, drop_truncated=False)
 
 
 def test_trainer_gives_recycled_prompts_their_pixels_and_packs_images(vl_files, tmp_path):

@@ -91,7 +91,7 @@ def image_inputs(images: Iterable[dict[str, torch.Tensor]], device: torch.device
     return {key: value.to(device) for key, value in inputs.items()}
 
 
-def runs(rows: list[ChatPrompt]) -> tuple[list[ChatPrompt], list[int]]:
+def repeated_prompts(rows: list[ChatPrompt]) -> tuple[list[ChatPrompt], list[int]]:
     """Consecutive rows holding the same prompt (the same object) -> each run's prompt and its length."""
     distinct, copies = [], []
     for row in rows:
@@ -199,7 +199,7 @@ class ChatModel:
         device = self.model.lm_head.weight.device
         completions: list[Completion] = []
         for chunk, start in enumerate(range(0, len(rows), self.max_batch_rows)):
-            distinct, copies = runs(rows[start:start + self.max_batch_rows])
+            distinct, copies = repeated_prompts(rows[start:start + self.max_batch_rows])
             out = generate(self.model, [prompt.ids for prompt in distinct], params, n=copies, seed=seed + chunk,
                            **image_inputs((prompt.images for prompt in distinct), device))
             texts = self.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)

@@ -80,7 +80,7 @@ class SamplingParams(Sampling):
 
 
 @dataclass
-class Rollouts:
+class Generations:
     tokens: list[list[int]]  # generated ids per row, ending with the stop token when one was produced
     logprobs: list[torch.Tensor]  # [len(tokens[b])] log-prob of each sampled token (see the module doc)
     finish_reasons: list[str]  # "stop" | "length"
@@ -276,7 +276,7 @@ def packed_linear_weights(model: nn.Module, rows: int, traced: bool = False) -> 
 
 @torch.inference_mode()
 def generate(model: nn.Module, prompts: list[list[int]], params: SamplingParams, *, n: int | list[int] = 1,
-             max_new_tokens: list[int] | None = None, seed: int | None = None, **model_inputs) -> Rollouts:
+             max_new_tokens: list[int] | None = None, seed: int | None = None, **model_inputs) -> Generations:
     """Sample `n` completions of every prompt (token ids, no padding; n may differ per prompt) in one
     KV-cached batch. Rows come out prompt by prompt, a prompt's n rows consecutive; `max_new_tokens` and
     `model_inputs` (each distinct prompt's images once) follow that order. Each prompt is prefilled once."""
@@ -407,10 +407,10 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
     return out_tokens[:B], out_logp[:B]
 
 
-def finish(out_tokens: torch.Tensor, out_logp: torch.Tensor, limits: list[int], stop_ids: set[int]) -> Rollouts:
+def finish(out_tokens: torch.Tensor, out_logp: torch.Tensor, limits: list[int], stop_ids: set[int]) -> Generations:
     """Cut each row [N] of sampled tokens after its first stop token or at its own limit. Tokens a row
     sampled after it finished (before it was dropped from the batch) are discarded here."""
-    rollouts = Rollouts([], [], [])
+    rollouts = Generations([], [], [])
     for row, (tokens, limit) in enumerate(zip(out_tokens.tolist(), limits)):
         tokens = tokens[:limit]
         stop = next((i for i, token in enumerate(tokens) if token in stop_ids), None)

@@ -42,7 +42,7 @@ class MicroBatch:
 
 
 @dataclass
-class Filler:
+class NoLossSequence:
     """A one-token sequence with no loss, for micro-batches that would otherwise skip part of the model:
     token 0 for a text model; for a VL model an `<|image_pad|>` and a blank image of one merge unit, so
     that every rank runs the vision tower in every micro-batch (FSDP's collectives must match)."""
@@ -51,7 +51,7 @@ class Filler:
     images: dict[str, torch.Tensor]
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> Filler:
+    def for_model(cls, model: nn.Module) -> NoLossSequence:
         visual = getattr(model, "visual", None)
         if visual is None:
             return cls(0, {})
@@ -98,15 +98,15 @@ def split_by_tokens(experiences: list[Experience], budget: int) -> list[list[Exp
     return batches
 
 
-def pack(experiences: list[Experience], *, filler: Filler, task_weights: dict[str, float], drop_truncated: bool,
+def pack(experiences: list[Experience], *, no_loss: NoLossSequence, task_weights: dict[str, float], drop_truncated: bool,
          device: torch.device | str = "cpu") -> MicroBatch:
-    """One micro-batch of `experiences`; with none, the filler sequence alone (no loss). With
+    """One micro-batch of `experiences`; with none, the no-loss sequence alone (no loss). With
     `drop_truncated`, responses cut at max_new_tokens carry no loss."""
     if not experiences:
         zero = torch.zeros(1, 1, device=device)
-        stream = torch.tensor([[filler.token]], device=device)
+        stream = torch.tensor([[no_loss.token]], device=device)
         return MicroBatch(stream, zero.long(), Packing.from_lengths([1], device), zero.long(), zero,
-                          zero, zero, zero, zero, zero, image_inputs([filler.images], device))
+                          zero, zero, zero, zero, zero, image_inputs([no_loss.images], device))
     stream, lengths, continues, index, images = [], [], [], [], []
     prompts: dict[tuple, tuple[int, int]] = {}  # shared prompt -> (its sequence, the position of its last token)
     for e in experiences:
@@ -124,11 +124,11 @@ def pack(experiences: list[Experience], *, filler: Filler, task_weights: dict[st
             stream += own
             lengths.append(len(own))
             continues.append(prompt)
-    if filler.images and not any(images):
-        stream.append(filler.token)
+    if no_loss.images and not any(images):
+        stream.append(no_loss.token)
         lengths.append(1)
         continues.append(-1)
-        images = [filler.images]
+        images = [no_loss.images]
     width = max(len(e.response_ids) for e in experiences)
     response_index = torch.tensor([i + [0] * (width - len(i)) for i in index], device=device)
     targets = torch.tensor([e.response_ids + [0] * (width - len(e.response_ids)) for e in experiences], device=device)

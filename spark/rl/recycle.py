@@ -117,7 +117,7 @@ def rule_tasks(mode: str) -> tuple[str, ...]:
 
 
 @dataclass
-class _Pick:
+class _Draft:
     """A recycled sample before rendering: which rollouts of which group it shows, and how."""
 
     group: int
@@ -141,7 +141,7 @@ def recycle(
     answer shown, in either coding) when those kinds are present.
     """
     answers = []  # per group, per rollout: the final answer or None
-    wanted: list[_Pick | None] = []
+    wanted: list[_Draft | None] = []
     outcomes = {"groups_all_correct": 0, "groups_all_wrong": 0, "groups_mixed": 0}
     for index, group in enumerate(groups):
         _check_group(group, index)
@@ -209,17 +209,17 @@ def _choose(
     has_answer: list[bool],
     rng: random.Random,
     label: str = "",
-) -> _Pick | None:
+) -> _Draft | None:
     """One rollout drawn from each pool; None when a pool has no rollout that can be shown (answer-based
     samples only show rollouts with a final answer)."""
     if not cot:
         pools = [[i for i in pool if has_answer[i]] for pool in pools]
     if not all(pools):
         return None
-    return _Pick(group, task, tuple(rng.choice(pool) for pool in pools), cot, label)
+    return _Draft(group, task, tuple(rng.choice(pool) for pool in pools), cot, label)
 
 
-def _judge_units(judges: list[_Pick], balance: bool, rng: random.Random) -> list[list[_Pick]]:
+def _judge_units(judges: list[_Draft], balance: bool, rng: random.Random) -> list[list[_Draft]]:
     """Judges grouped into the units that are kept or dropped together: with `balance`, each Yes is paired
     with a No and the surplus of the majority label is dropped at random; otherwise single samples."""
     if not balance:
@@ -244,7 +244,7 @@ def _quotas(num_judges: int, num_reflections: int, config: RecycleConfig) -> tup
     return num_judges, num_reflections
 
 
-def _subsample_units(units: list[list[_Pick]], quota: int, rng: random.Random) -> list[list[_Pick]]:
+def _subsample_units(units: list[list[_Draft]], quota: int, rng: random.Random) -> list[list[_Draft]]:
     """Random whole units holding at most `quota` samples (quota - 1 when only a Yes/No pair is left)."""
     rng.shuffle(units)
     kept, size = [], 0
@@ -255,7 +255,7 @@ def _subsample_units(units: list[list[_Pick]], quota: int, rng: random.Random) -
     return kept
 
 
-def _deal_letters(pairwise: list[_Pick], balance: bool, rng: random.Random) -> None:
+def _deal_letters(pairwise: list[_Draft], balance: bool, rng: random.Random) -> None:
     """Put each pairwise sample's correct rollout at A or B: half and half in random order with `balance`,
     else each at random. The label is the correct rollout's letter."""
     if balance:
@@ -270,7 +270,7 @@ def _deal_letters(pairwise: list[_Pick], balance: bool, rng: random.Random) -> N
 
 
 def _render(
-    pick: _Pick, group: RolloutGroup, answers: list[str | None], config: RecycleConfig, rng: random.Random
+    pick: _Draft, group: RolloutGroup, answers: list[str | None], config: RecycleConfig, rng: random.Random
 ) -> Sample:
     question = group.sample.meta["question"]
     shown = [group.responses[i] if pick.cot else answers[i] for i in pick.rollouts]
@@ -305,7 +305,7 @@ def _by_rule(task: str, groups: list[RolloutGroup], config: RecycleConfig, rng: 
     return made if config.max_per_kind is None else rng.sample(made, min(len(made), config.max_per_kind))
 
 
-def _label_stats(judges: list[_Pick], reflections: list[_Pick]) -> dict[str, float]:
+def _label_stats(judges: list[_Draft], reflections: list[_Draft]) -> dict[str, float]:
     pointwise = [p.label for p in judges if p.task == "pointwise"]
     pairwise = [p.label for p in judges if p.task == "pairwise"]
     stats = {"pointwise": len(pointwise), "pairwise": len(pairwise), "reflection": len(reflections)}

@@ -12,7 +12,7 @@ from spark.data.rows import Sample
 from spark.generation.chat import image_inputs
 from spark.models import CheckpointError, Packing, load_model, save_model
 from spark.models.tiny import make_tiny_checkpoint
-from spark.rl.packing import Filler, pack
+from spark.rl.packing import NoLossSequence, pack
 from spark.rl.rollout import Experience
 
 
@@ -94,7 +94,7 @@ def shared_and_separate(model, prompts: list[list[int]], responses: list[list[li
     images = images or [{}] * len(prompts)
     experiences = [Experience(Sample("q", "1"), prompt, response, "", 0.0, False, images=images[g], group=g)
                    for g, (prompt, group) in enumerate(zip(prompts, responses)) for response in group]
-    batch = pack(experiences, filler=Filler.for_model(model), task_weights={"policy": 1.0}, drop_truncated=False)
+    batch = pack(experiences, no_loss=NoLossSequence.for_model(model), task_weights={"policy": 1.0}, drop_truncated=False)
     scored = batch.mask > 0
     sequences = [e.prompt_ids + e.response_ids[:-1] for e in experiences]
     starts = torch.tensor([0] + [len(s) for s in sequences]).cumsum(0).tolist()

@@ -5,7 +5,7 @@ import torch
 from spark.data.rows import Sample
 from spark.distributed.groups import init_distributed
 from spark.generation.sampler import Sampling
-from spark.rl.packing import Filler, pack, split_by_tokens
+from spark.rl.packing import NoLossSequence, pack, split_by_tokens
 from spark.rl.rollout import Experience, by_group, heldout_metrics, rollout_groups
 
 WEIGHTS = {"policy": 1.0, "pointwise": 0.5, "pairwise": 1.0, "reflection": 2.0}
@@ -40,7 +40,7 @@ def test_split_by_tokens_counts_a_shared_prompt_once_per_micro_batch():
 def test_pack_indexes_the_positions_that_predict_each_response_token():
     a = experience([10, 11, 12], [13, 14], advantage=1.5)
     b = experience([20], [21, 22, 23], task="reflection", advantage=-0.5, truncated=True, group=1)
-    batch = pack([a, b], filler=Filler(0, {}), task_weights=WEIGHTS, drop_truncated=False)
+    batch = pack([a, b], no_loss=NoLossSequence(0, {}), task_weights=WEIGHTS, drop_truncated=False)
     assert batch.input_ids.tolist() == [[10, 11, 12, 13, 20, 21, 22]]
     assert batch.targets.tolist() == [[13, 14, 0], [21, 22, 23]]
     assert batch.packing.cu_seqlens.tolist() == [0, 3, 4, 5, 7] and batch.packing.continues == [-1, 0, -1, 2]
@@ -49,7 +49,7 @@ def test_pack_indexes_the_positions_that_predict_each_response_token():
     assert batch.mask.tolist() == [[1, 1, 0], [1, 1, 1]]
     assert batch.advantages.tolist() == [[1.5], [-0.5]] and batch.weights.tolist() == [[1.0], [2.0]]
     assert batch.sampler_logprobs.tolist() == [[-1, -2, 0], [-1, -2, -3]]
-    dropped = pack([a, b], filler=Filler(0, {}), task_weights=WEIGHTS, drop_truncated=True)
+    dropped = pack([a, b], no_loss=NoLossSequence(0, {}), task_weights=WEIGHTS, drop_truncated=True)
     assert dropped.mask.tolist() == [[1, 1, 0], [0, 0, 0]]
 
 
@@ -57,7 +57,7 @@ def test_responses_to_one_prompt_share_its_packed_tokens():
     """Group 0's prompt [10, 11] is packed once; each response continues it (positions 2, 3, ...) and reads its
     keys; the last prompt token predicts the first token of both responses. A one-token response packs nothing."""
     responses = [[13, 14, 15], [16, 17], [18]]
-    batch = pack([experience([10, 11], r) for r in responses], filler=Filler(0, {}), task_weights=WEIGHTS,
+    batch = pack([experience([10, 11], r) for r in responses], no_loss=NoLossSequence(0, {}), task_weights=WEIGHTS,
                  drop_truncated=False)
     assert batch.input_ids.tolist() == [[10, 11, 13, 14, 16]]
     assert batch.packing.cu_seqlens.tolist() == [0, 2, 4, 5] and batch.packing.continues == [-1, 0, 0]
@@ -70,7 +70,7 @@ def test_responses_to_one_prompt_share_its_packed_tokens():
 
 
 def test_an_empty_micro_batch_is_the_filler_alone():
-    batch = pack([], filler=Filler(7, {}), task_weights=WEIGHTS, drop_truncated=False)
+    batch = pack([], no_loss=NoLossSequence(7, {}), task_weights=WEIGHTS, drop_truncated=False)
     assert batch.input_ids.tolist() == [[7]] and batch.mask.tolist() == [[0.0]]
 
 

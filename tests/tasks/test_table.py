@@ -11,7 +11,15 @@ from spark.data.rows import Sample
 from spark.rl.recycle import ABLATIONS, RecycleConfig, recycle, rule_tasks
 from spark.rl.rollout import RolloutGroup
 from spark.tasks import prompts
-from spark.tasks.table import TASKS, TaskSpec, judge_tasks, recycled_tasks, register_task, tts_task, verifier_kind
+from spark.tasks.table import (
+    TASKS,
+    TaskSpec,
+    judge_tasks,
+    recycled_tasks,
+    register_task,
+    tts_task,
+    verifier_kind,
+)
 from spark.trainer import Trainer
 from tests.trainer_utils import read_metrics, tiny_config
 
