@@ -1,0 +1,1 @@
+"""The method: rollouts and rewards, recycling into judge and reflection prompts, packing, the losses."""
