@@ -1,0 +1,64 @@
+"""Calibrating the judge's rejection threshold: the P of `reject_above` that maximises the loop's accuracy on
+problems held out from the evaluation.
+
+The loop run with P = 0 reflects on every answer the judge gives any doubt (spark.evaluation.tts.refine). With
+greedy decoding, the loop with any larger P makes the same answers, judgments and reflections and stops sooner:
+at the first judgment whose p_wrong <= P. So one run at P = 0 gives, per problem, its path: the p_wrong of each
+judgment d_0, d_1, ... and the correctness of each answer c_0, c_1, ..., and the answer the loop keeps at P is
+
+    c_k,  k = the first t with d_t <= P (the last answer when there is none).
+
+The accuracy is a step function of P that moves only at the d_t, so the candidates are 0, every d_t and 1
+(P = 1 never reflects: the accuracy without the loop). `calibrate` picks the largest of the best, the fewest
+reflections for the same accuracy. The judge's false-accept / false-reject rates at P are those of its
+judgments of the first answers: a wrong one accepted (d_0 <= P), a right one rejected (d_0 > P).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spark.evaluation.tts import Trace, p_wrong, rate
+
+
+@dataclass(frozen=True)
+class Path:
+    """One problem's loop run at P = 0: the p_wrong of each judgment, and whether each answer is correct
+    (one more answer than judgments, or as many when the last judgment had no doubt)."""
+
+    doubts: tuple[float, ...]
+    correct: tuple[bool, ...]
+
+
+def paths(traces: list[Trace]) -> list[Path]:
+    """The paths of traces the loop ran with reject_above = 0."""
+    return [Path(tuple(p_wrong(t) for t in trace.turns if t.role == "judge"),
+                 tuple(bool(t.correct) for t in trace.answers)) for trace in traces]
+
+
+def kept(path: Path, threshold: float) -> int:
+    """Which answer the loop keeps with reject_above = threshold: the number of reflections before it."""
+    return next((t for t, doubt in enumerate(path.doubts) if doubt <= threshold), len(path.correct) - 1)
+
+
+def point(problems: list[Path], threshold: float) -> dict:
+    """The loop at one threshold: its accuracy, its reflections, and the judge's false-accept / false-reject
+    rates on the first answers."""
+    judged = [p for p in problems if p.doubts]
+    wrong, right = [p for p in judged if not p.correct[0]], [p for p in judged if p.correct[0]]
+    return {"threshold": threshold,
+            "accuracy": rate(sum(p.correct[kept(p, threshold)] for p in problems), len(problems)),
+            "reflections": sum(kept(p, threshold) for p in problems),
+            "false_accept_rate": rate(sum(p.doubts[0] <= threshold for p in wrong), len(wrong)),
+            "false_reject_rate": rate(sum(p.doubts[0] > threshold for p in right), len(right))}
+
+
+def calibrate(problems: list[Path]) -> dict:
+    """The threshold with the best accuracy (the largest of equals) among 0, every doubt and 1, its accuracy,
+    the accuracy without the loop (no_tts_accuracy, the curve at 1) and the curve: `point` at each candidate,
+    in increasing order."""
+    candidates = sorted({0.0, 1.0} | {d for p in problems for d in p.doubts if 0.0 <= d <= 1.0})
+    curve = [point(problems, threshold) for threshold in candidates]
+    best = max(curve, key=lambda row: (row["accuracy"], row["threshold"]))
+    return {"threshold": best["threshold"], "accuracy": best["accuracy"], "no_tts_accuracy": curve[-1]["accuracy"],
+            "n": len(problems), "curve": curve}
