@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-WIDTH, HEIGHT, MARGIN = 720, 480, 60
+WIDTH, HEIGHT, MARGIN, LEGEND = 900, 480, 60, 260  # LEGEND: the width right of the plot
 # What is drawn, in which colour: each curve's key in the result's points, then the flat and vertical lines.
 SERIES = {"accuracy": ("accuracy with TTS", (31, 119, 180)),
           "false_accept_rate": ("judge false-accept rate", (214, 39, 40)),
@@ -17,7 +17,7 @@ NO_TTS, PICKED, AXES = (90, 90, 90), (44, 160, 44), (0, 0, 0)
 
 
 def _xy(threshold: float, value: float) -> tuple[float, float]:
-    return (MARGIN + threshold * (WIDTH - 2 * MARGIN), HEIGHT - MARGIN - value * (HEIGHT - 2 * MARGIN))
+    return (MARGIN + threshold * (WIDTH - LEGEND - 2 * MARGIN), HEIGHT - MARGIN - value * (HEIGHT - 2 * MARGIN))
 
 
 def _steps(curve: list[dict], key: str) -> list[tuple[float, float]]:
@@ -41,7 +41,7 @@ def draw_curve(result: dict, path: str | Path, title: str = "") -> Path:
         draw.line([(x - 4, y), (x, y)], fill=AXES)
         draw.text((x - 30, y - 6), f"{tick:g}", fill=AXES)
         draw.line([_xy(0, tick), _xy(1, tick)], fill=(230, 230, 230))
-    draw.text((WIDTH / 2 - 150, HEIGHT - 22), "threshold P: reflect when the judge's p(wrong) > P", fill=AXES)
+    draw.text((_xy(0.5, 0)[0] - 150, HEIGHT - 22), "threshold P: reflect when the judge's p(wrong) > P", fill=AXES)
     no_tts = result["no_tts_accuracy"]
     for start in range(0, 100, 4):  # dashed
         draw.line([_xy(start / 100, no_tts), _xy((start + 2) / 100, no_tts)], fill=NO_TTS, width=2)
@@ -52,9 +52,9 @@ def draw_curve(result: dict, path: str | Path, title: str = "") -> Path:
               for key, (label, colour) in SERIES.items()]
     legend += [(f"without TTS ({no_tts:.3f})", NO_TTS), (f"threshold picked: {result['threshold']:.3f}", PICKED)]
     for row, (label, colour) in enumerate(legend):
-        y = MARGIN / 2 + 14 * row + 10
-        draw.line([(WIDTH - 280, y + 6), (WIDTH - 260, y + 6)], fill=colour, width=2)
-        draw.text((WIDTH - 255, y), label, fill=AXES)
+        x, y = WIDTH - LEGEND + 10, MARGIN + 16 * row
+        draw.line([(x, y + 6), (x + 20, y + 6)], fill=colour, width=2)
+        draw.text((x + 26, y), label, fill=AXES)
     draw.text((MARGIN, 12), title or f"TTS calibration on {result['n']} problems", fill=AXES)
     path = Path(path)
     image.save(path)

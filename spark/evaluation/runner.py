@@ -138,9 +138,11 @@ def run_calibration(model, calibration: Benchmark, cfg: EvalConfig, *, out_dir: 
     """The loop at reject_above = 0 on the calibration benchmark, and the threshold that maximises its accuracy
     there (spark.evaluation.calibration.calibrate; rank 0 writes calibration.json and calibration.png into
     out_dir)."""
-    records = evaluate_benchmark(model, calibration, replace(cfg, tts=True, reject_above=0.0),
-                                 out_dir=out_dir / "calibration" if out_dir is not None else None, shard=shard,
-                                 progress=progress)
+    folder = out_dir / "calibration" if out_dir is not None else None
+    if folder is not None and shard.rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+    records = evaluate_benchmark(model, calibration, replace(cfg, tts=True, reject_above=0.0), out_dir=folder,
+                                 shard=shard, progress=progress)
     result = {"benchmark": calibration.name} | calibrate(paths([t for row in record_traces(records) for t in row]))
     if out_dir is not None and shard.rank == 0:
         (out_dir / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
