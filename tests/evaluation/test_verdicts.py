@@ -65,3 +65,25 @@ def test_a_threshold_of_one_keeps_every_first_answer(chat):
     traces = run_tts(chat, problems, max_rounds=2, sampling=sampling, reject_above=1.0)
     assert [t.final.response for t in traces] == [turn.response for turn in first]
     assert all([turn.role for turn in t.turns] == ["answer", "judge"] for t in traces)
+
+
+def test_a_vl_verdict_is_scored_with_its_image(tmp_path):
+    # the reference: the model's full forward with the image (tests/test_vl_training.py holds it to transformers')
+    from PIL import Image
+
+    from spark.generation.chat import image_inputs
+    from spark.models.tiny import make_tiny_vl_checkpoint
+
+    chat = load_chat_model(str(make_tiny_vl_checkpoint(tmp_path / "vl", seed=5)))
+    image = tmp_path / "square.png"
+    Image.new("RGB", (56, 84), (200, 30, 90)).save(image)
+    text = r"Checked 4. \boxed{No}"
+    ids = chat.tokenizer(text, add_special_tokens=False)["input_ids"]
+    (prompt,) = chat.render(["Is the square red? <image>"], [[str(image)]])
+    (probability,) = verdict_probabilities(chat, [prompt], [Completion(text, ids, "stop")], ["No"], "last")
+    before = chat.tokenizer(text[:text.index("{") + 1], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = chat.model(torch.tensor([prompt.ids + before]), **image_inputs([prompt.images], "cpu"))[0, -1]
+    yes, no = chat.tokenizer.convert_tokens_to_ids(["Yes", "No"])
+    l_no, l_yes = logits[no].double().item(), logits[yes].double().item()
+    assert probability == pytest.approx(math.exp(l_no) / (math.exp(l_no) + math.exp(l_yes)), abs=1e-5)
