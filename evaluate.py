@@ -52,6 +52,9 @@ def build_parser() -> ArgumentParser:
                         help="with --tts: pick --reject-above on FILE's problems (a --bench spec, or a JSONL / "
                              "Parquet path read as file:FILE), apart from the evaluation's; writes "
                              "calibration.json and calibration.png into --out")
+    parser.add_argument("--keep-better", action="store_true",
+                        help="with --tts: judge the last reflection too and keep, of all the answers, the one the "
+                             "judge rates most likely right")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     return parser
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit {args.limit} must be >= 1")
-    for name, value in (("--reject-above", args.reject_above), ("--calibrate", args.calibrate)):
+    for name, value in (("--reject-above", args.reject_above), ("--calibrate", args.calibrate),
+                        ("--keep-better", args.keep_better or None)):
         if value is not None and not args.tts:
             parser.error(f"{name} {value} needs --tts")
     if args.reject_above is not None and args.calibrate is not None:
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                                 top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
                                 answer_mode=args.answer_mode, content=args.content, max_rounds=args.max_rounds)
         cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, n=args.n, judge=args.judge, tts=args.tts,
-                         max_rounds=preset.max_rounds, reject_above=args.reject_above, content=preset.content,
+                         max_rounds=preset.max_rounds, reject_above=args.reject_above,
+                         keep_better=args.keep_better, content=preset.content,
                          style=preset.style, preset=args.preset, batch_size=args.batch_size)
     except SettingError as e:
         raise flag_error(parser.prog, e) from None

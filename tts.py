@@ -42,6 +42,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--calibrate", metavar="FILE",
                         help="pick --reject-above on FILE's problems (an evaluate.py --bench spec, or a JSONL / "
                              "Parquet path read as file:FILE), which must not hold the question")
+    parser.add_argument("--keep-better", action="store_true",
+                        help="judge the last reflection too and keep, of all the answers, the one the judge rates "
+                             "most likely right")
     parser.add_argument("--out", type=Path, help="with --calibrate: where calibration.json and calibration.png go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-prompts", action="store_true", help="also print the prompt of every turn")
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> str:
         parser.error(f"--reject-above {args.reject_above} and --calibrate {args.calibrate}: give one")
     try:
         cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, tts=True, max_rounds=preset.max_rounds,
-                         reject_above=args.reject_above, content=preset.content, style=preset.style,
+                         reject_above=args.reject_above, keep_better=args.keep_better, content=preset.content,
+                         style=preset.style,
                          preset=args.preset)
     except SettingError as e:
         raise flag_error(parser.prog, e) from None
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> str:
         header += format_calibration(result) + "\n"
     (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=cfg.max_rounds,
                        sampling=cfg.sampling, seed=args.seed, content=cfg.content, style=cfg.style,
-                       reject_above=cfg.reject_above)
+                       reject_above=cfg.reject_above, keep_better=cfg.keep_better)
     text = header + format_trace(trace, show_prompts=args.show_prompts)
     print(text)
     return text

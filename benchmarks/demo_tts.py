@@ -14,10 +14,11 @@ greedy answer is wrong, and the same for a reflection sampled at temperature 1 s
 With `--calibrate`, also the loop at the rejection threshold calibrated on the run's calibration split
 (spark.demo.pipeline.calibrated_tts; the split is made from the run's data files as the demo makes it, and
 nothing is written): `calibrated` holds the threshold, the accuracy at it and its gain over no TTS. `--final`
-takes only the run's export (its final model).
+takes only the run's export (its final model). `--keep-better`: every loop keeps, of its answers, the one the
+judge rates most likely right (spark.evaluation.tts.refine's keep_better; `kept_earlier` counts its picks).
 
     PYTHONPATH=. .venv/bin/python benchmarks/demo_tts.py [--run runs/demo] [--content answer] [--sampled-wrong 8]
-                                                         [--fresh-samples 8] [--calibrate] [--final]
+                                                         [--fresh-samples 8] [--calibrate] [--final] [--keep-better]
 
 The last line is one JSON object: the rows by model.
 """
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="also TTS at the threshold calibrated on the run's "
                                                                  "calibration split")
     parser.add_argument("--final", action="store_true", help="only the run's export (its final model)")
+    parser.add_argument("--keep-better", action="store_true", help="keep the answer the judge rates best")
     args = parser.parse_args()
     torch.set_num_threads(1)
     heldout = read_metrics(args.heldout)
@@ -119,15 +121,18 @@ def main() -> None:
             models[checkpoint.name] = export_checkpoint(checkpoint, Path(args.start), Path(tmp) / checkpoint.name)
         for name, path in models.items():
             if args.calibrate:
-                calibrated = calibrated_tts(path, heldout, calibration, content=args.content, max_rounds=args.max_rounds)
+                calibrated = calibrated_tts(path, heldout, calibration, content=args.content, max_rounds=args.max_rounds,
+                                            keep_better=args.keep_better)
                 tts = calibrated["uncalibrated"]
             else:
-                tts = tts_summary(path, heldout, content=args.content, max_rounds=args.max_rounds)
+                tts = tts_summary(path, heldout, content=args.content, max_rounds=args.max_rounds,
+                                  keep_better=args.keep_better)
             by_round = tts["accuracy_by_round"]
             rows[name] = {"accuracy_by_round": [round(a, 3) for a in by_round], "gain": round(by_round[-1] - by_round[0], 3),
                           "false_accept_rate": round(tts["false_accept_rate"], 3),
                           "false_reject_rate": round(tts["false_reject_rate"], 3),
                           "fixed": tts["fixed"], "broke": tts["broke"], "reflections": tts["reflections"],
+                          "kept_earlier": tts["kept_earlier"],
                           "reflection_alone": tts["reflection_alone"]}
             if args.calibrate:
                 rows[name]["calibrated"] = {

@@ -253,32 +253,33 @@ def tts_content(config: TrainConfig) -> str:
 
 
 def tts_summary(checkpoint: str | Path, heldout: list[dict], *, content: str, max_rounds: int = 2,
-                reject_above: float | None = None) -> dict:
+                reject_above: float | None = None, keep_better: bool = False) -> dict:
     """spark.evaluation.tts on the held-out rows {question, answer} with `checkpoint`, greedy, with the judge's rule
-    `reject_above`: the final answers' accuracy, the model's verdicts on its own first answers (self_judgment:
+    `reject_above` (and `keep_better`): the final answers' accuracy, the model's verdicts on its own first answers (self_judgment:
     precision / recall / F1 of Yes = correct) and the loop's statistics (spark.evaluation.tts.tts_statistics;
     accuracy_by_round[0] is the accuracy without the loop), and what one reflection on every first answer, the judge
     left out, fixes and keeps (spark.evaluation.tts.reflection_alone)."""
     chat = load_chat_model(str(checkpoint))
     traces = run_tts(chat, [Problem(row["question"], row["answer"]) for row in heldout], max_rounds=max_rounds,
-                     sampling=GREEDY, content=content, reject_above=reject_above)
+                     sampling=GREEDY, content=content, reject_above=reject_above, keep_better=keep_better)
     return {"accuracy": sum(bool(t.final.correct) for t in traces) / len(traces),
             "self_judgment": self_judgment(traces), **tts_statistics(traces, max_rounds, reject_above),
             "reflection_alone": reflection_alone(chat, traces, sampling=GREEDY, content=content)}
 
 
 def calibrated_tts(checkpoint: str | Path, heldout: list[dict], calibration: list[dict], *, content: str,
-                   max_rounds: int = 2) -> dict:
+                   max_rounds: int = 2, keep_better: bool = False) -> dict:
     """tts_summary at the rejection threshold calibrated on the calibration rows (the loop at threshold 0 there,
     then spark.evaluation.calibration.calibrate), with `threshold`, the `calibration` (its curve) and, as
     `uncalibrated`, tts_summary with the verdict rule (reflect whenever the verdict is not Yes)."""
     traces = run_tts(load_chat_model(str(checkpoint)), [Problem(row["question"], row["answer"]) for row in calibration],
-                     max_rounds=max_rounds, sampling=GREEDY, content=content, reject_above=0.0)
+                     max_rounds=max_rounds, sampling=GREEDY, content=content, reject_above=0.0, keep_better=keep_better)
     result = calibrate(paths(traces))
     return {**tts_summary(checkpoint, heldout, content=content, max_rounds=max_rounds,
-                          reject_above=result["threshold"]),
+                          reject_above=result["threshold"], keep_better=keep_better),
             "threshold": result["threshold"], "calibration": result,
-            "uncalibrated": tts_summary(checkpoint, heldout, content=content, max_rounds=max_rounds)}
+            "uncalibrated": tts_summary(checkpoint, heldout, content=content, max_rounds=max_rounds,
+                                        keep_better=keep_better)}
 
 
 # --------------------------------------------------------------------------- `make demo`

@@ -6,7 +6,8 @@ greedy decoding, the loop with any larger P makes the same answers, judgments an
 at the first judgment whose p_wrong <= P. So one run at P = 0 gives, per problem, its path: the p_wrong of each
 judgment d_0, d_1, ... and the correctness of each answer c_0, c_1, ..., and the answer the loop keeps at P is
 
-    c_k,  k = the first t with d_t <= P (the last answer when there is none).
+    c_k,  k = the first t with d_t <= P (the last answer when there is none; with keep_better, which judges the
+              last answer too, the one of lowest d_t, the earliest of equals).
 
 The accuracy is a step function of P that moves only at the d_t, so the candidates are 0, every d_t and 1
 (P = 1 never reflects: the accuracy without the loop). `calibrate` picks the best of the candidates that beat
@@ -29,7 +30,8 @@ SIGN_TEST_Z = 1.645  # the sign test's bar, in standard deviations: one-sided, 5
 @dataclass(frozen=True)
 class Path:
     """One problem's loop run at P = 0: the p_wrong of each judgment, and whether each answer is correct
-    (one more answer than judgments, or as many when the last judgment had no doubt)."""
+    (one more answer than judgments; as many when the last judgment had no doubt, which stops the loop at any P,
+    or keep_better judged the last answer)."""
 
     doubts: tuple[float, ...]
     correct: tuple[bool, ...]
@@ -38,12 +40,20 @@ class Path:
 def paths(traces: list[Trace]) -> list[Path]:
     """The paths of traces the loop ran with reject_above = 0."""
     return [Path(tuple(p_wrong(t) for t in trace.turns if t.role == "judge"),
-                 tuple(bool(t.correct) for t in trace.answers)) for trace in traces]
+                 tuple(bool(t.correct) for t in trace.turns if t.role in ("answer", "reflect"))) for trace in traces]
+
+
+def reflections(path: Path, threshold: float) -> int:
+    """The reflections the loop makes with reject_above = threshold."""
+    return next((t for t, doubt in enumerate(path.doubts) if doubt <= threshold), len(path.correct) - 1)
 
 
 def kept(path: Path, threshold: float) -> int:
-    """Which answer the loop keeps with reject_above = threshold: the number of reflections before it."""
-    return next((t for t, doubt in enumerate(path.doubts) if doubt <= threshold), len(path.correct) - 1)
+    """Which answer the loop keeps with reject_above = threshold (see the module doc)."""
+    made = reflections(path, threshold)
+    if made < len(path.doubts) and path.doubts[made] > threshold:  # keep_better judged the last answer: no accept
+        return min(range(len(path.doubts)), key=lambda t: (path.doubts[t], t))
+    return made
 
 
 def point(problems: list[Path], threshold: float) -> dict:
@@ -54,7 +64,7 @@ def point(problems: list[Path], threshold: float) -> dict:
     final = [p.correct[kept(p, threshold)] for p in problems]
     return {"threshold": threshold,
             "accuracy": rate(sum(final), len(problems)),
-            "reflections": sum(kept(p, threshold) for p in problems),
+            "reflections": sum(reflections(p, threshold) for p in problems),
             "fixed": sum(ok and not p.correct[0] for p, ok in zip(problems, final)),
             "broke": sum(p.correct[0] and not ok for p, ok in zip(problems, final)),
             "false_accept_rate": rate(sum(p.doubts[0] <= threshold for p in wrong), len(wrong)),

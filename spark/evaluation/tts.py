@@ -16,7 +16,9 @@ Each judgment records the probability the model puts on its verdict (`verdict_pr
 and with it the judge's probability that the answer is wrong (`p_wrong`). With `reject_above` = P the loop
 reflects only when p_wrong > P instead of whenever the verdict is not Yes: P = 0.5 is the verdict rule for a
 greedy verdict, P = 1 never reflects, P = 0 reflects on every answer the judge gives any doubt, and
-spark.evaluation.calibration picks P on problems held out from the evaluation.
+spark.evaluation.calibration picks P on problems held out from the evaluation. With `keep_better`, a trace that
+is still rejecting after its last round has its last reflection judged too, and keeps, of all its answers, the one
+the judge rated most likely right (the earliest of equals), as a "keep" turn (a copy of it) when that is not the last.
 
 `content` says what the judge and the reflection are shown of o_t, and with it which form of the
 templates they get: "cot", the whole response (the templates' CoT form), or "answer", its final
@@ -44,7 +46,7 @@ from spark.tasks.prompts import (
 from spark.tasks.table import tts_task
 from spark.verify import ANSWER_MODES, extract_answer, parse_judgment, score_batch
 
-ANSWER_ROLES = ("answer", "reflect")
+ANSWER_ROLES = ("answer", "reflect", "keep")
 CONTENTS = ("cot", "answer")
 TEMPLATES = ("spark", "paper")
 
@@ -73,7 +75,7 @@ class Problem:
 
 @dataclass
 class Turn:
-    role: str  # "answer" (o_0) | "judge" (r_t) | "reflect" (o_{t+1})
+    role: str  # "answer" (o_0) | "judge" (r_t) | "reflect" (o_{t+1}) | "keep" (keep_better's pick: a copy, 0 tokens)
     round: int  # the t of the o_t this turn produced or judged
     response: str
     num_tokens: int
@@ -220,10 +222,21 @@ def reflect(model, traces: list[Trace], *, sampling: Sampling, seed: int = 0, co
         trace.turns.append(turn)
 
 
+def keep_best(trace: Trace) -> None:
+    """Of a trace whose every answer is judged, keep the answer with the lowest p_wrong (the earliest of equals):
+    a "keep" turn copying it, unless it is the last answer already."""
+    judged = [(p_wrong(turn), k) for k, turn in enumerate(t for t in trace.turns if t.role == "judge")]
+    best = trace.answers[min(judged)[1]]
+    if best is not trace.final:
+        trace.turns.append(Turn("keep", trace.final.round, best.response, 0, best.finish_reason, best.extracted,
+                                best.correct))
+
+
 def refine(model, traces: list[Trace], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0,
-           content: str = "cot", style: Style = Style(), reject_above: float | None = None) -> None:
+           content: str = "cot", style: Style = Style(), reject_above: float | None = None,
+           keep_better: bool = False) -> None:
     """Judge, and reflect on what the judge rejects (`rejects`), for up to max_rounds rounds (traces are
-    extended)."""
+    extended); with keep_better, judge the last reflections too and keep the best-rated answer (`keep_best`)."""
     open_traces = traces
     for _ in range(max_rounds):
         judgments = judge(model, open_traces, sampling=sampling, seed=seed, content=content, style=style)
@@ -231,14 +244,19 @@ def refine(model, traces: list[Trace], *, max_rounds: int = 2, sampling: Samplin
         if not open_traces:
             return
         reflect(model, open_traces, sampling=sampling, seed=seed, content=content, style=style)
+    if keep_better and open_traces:
+        judge(model, open_traces, sampling=sampling, seed=seed, content=content, style=style)
+        for trace in open_traces:
+            keep_best(trace)
 
 
 def run_tts(model, problems: list[Problem], *, max_rounds: int = 2, sampling: Sampling, seed: int = 0,
-            content: str = "cot", style: Style = Style(), reject_above: float | None = None) -> list[Trace]:
+            content: str = "cot", style: Style = Style(), reject_above: float | None = None,
+            keep_better: bool = False) -> list[Trace]:
     """The whole loop for a batch of problems: one trace per problem."""
     traces = [rows[0] for rows in answer(model, problems, sampling=sampling, seed=seed, style=style)]
     refine(model, traces, max_rounds=max_rounds, sampling=sampling, seed=seed, content=content, style=style,
-           reject_above=reject_above)
+           reject_above=reject_above, keep_better=keep_better)
     return traces
 
 
@@ -272,14 +290,15 @@ def tts_statistics(traces: list[Trace], max_rounds: int, reject_above: float | N
     a right one wrong; extra_tokens: tokens of judge and reflect turns, beyond the first answers;
     rounds: for round t = 1 .. max_rounds (o_{t-1} judged, then reflected on unless accepted), its answers
     judged, judged wrong (rejected: reflected on), fixed and broke, and verdict_prob, the mean probability of
-    the verdicts that have one (None when none has)."""
+    the verdicts that have one (None when none has); kept_earlier: keep_better's picks of an earlier answer (the
+    judgments of the last reflections that it asks for are left out of the counts above)."""
     judged_right = judged_wrong = false_accept = false_reject = 0
     rounds = [dict.fromkeys(("judged", "judged_wrong", "fixed", "broke"), 0) for _ in range(max_rounds)]
     confidences: list[list[float]] = [[] for _ in range(max_rounds)]
     for trace in traces:
         right = False  # whether the answer held at this point of the trace is correct
         for turn in trace.turns:
-            if turn.role == "judge":
+            if turn.role == "judge" and turn.round < max_rounds:
                 rejected = rejects(turn, reject_above)
                 judged_right += right
                 judged_wrong += not right
@@ -307,6 +326,7 @@ def tts_statistics(traces: list[Trace], max_rounds: int, reject_above: float | N
         "reflections": sum(turn.role == "reflect" for t in traces for turn in t.turns),
         "fixed": sum(r["fixed"] for r in rounds),
         "broke": sum(r["broke"] for r in rounds),
+        "kept_earlier": sum(turn.role == "keep" for t in traces for turn in t.turns),
         "answer_tokens": answer_tokens,
         "extra_tokens": sum(turn.num_tokens for t in traces for turn in t.turns) - answer_tokens,
         "rounds": [{"round": t + 1, "accuracy": accuracy_by_round[t + 1], **counts,
@@ -332,7 +352,7 @@ def format_trace(trace: Trace, *, show_prompts: bool = False) -> str:
     lines = [f"Question: {trace.problem.question}"]
     lines += [f"Image: {image_label(image)}" for image in trace.problem.images]
     for turn in trace.turns:
-        title = {"answer": "answer", "judge": "self-judgment", "reflect": "reflection"}[turn.role]
+        title = {"answer": "answer", "judge": "self-judgment", "reflect": "reflection", "keep": "kept"}[turn.role]
         lines += ["", f"── round {turn.round} · {title} " + "─" * 40]
         if show_prompts and turn.prompt:
             lines += [turn.prompt, "· · ·"]

@@ -9,7 +9,7 @@ import pytest
 
 from spark.errors import UserError
 from spark.evaluation import EvalConfig, evaluate, parse_spec
-from spark.evaluation.calibration import Path, beats_no_tts, calibrate, kept, paths, point
+from spark.evaluation.calibration import Path, beats_no_tts, calibrate, kept, paths, point, reflections
 from spark.evaluation.tts import Problem, Trace, Turn
 from spark.tasks.prompts import reflection_prompt
 from tests.evaluation.test_evaluation import N, math_model, reply, write_jsonl
@@ -27,6 +27,12 @@ TOY = [
 def test_the_answer_kept_at_a_threshold():
     assert [kept(TOY[0], p) for p in (0.0, 0.2, 0.5, 0.9, 1.0)] == [2, 1, 1, 0, 0]
     assert [kept(TOY[2], p) for p in (0.0, 0.1)] == [1, 0]
+
+
+def test_keep_better_keeps_the_best_rated_answer_when_none_is_accepted():
+    judged_last = Path((0.9, 0.6, 0.95), (False, True, False))  # keep_better judged the last reflection too
+    assert [kept(judged_last, p) for p in (0.0, 0.5, 0.6, 0.95)] == [1, 1, 1, 0]
+    assert [reflections(judged_last, p) for p in (0.0, 0.6, 0.95)] == [2, 1, 0]
 
 
 def test_the_curve_and_the_pick_by_hand():

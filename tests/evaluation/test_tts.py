@@ -210,3 +210,18 @@ def test_p_wrong_and_the_rejection_rule():
     no = verdict("No", 0.7)
     assert [rejects(no, None), rejects(no, 0.5), rejects(no, 0.7), rejects(no, 1.0)] == [True, True, False, False]
     assert rejects(verdict("Yes", 0.8), 0.1) and not rejects(verdict("Yes", 0.8), None)
+
+
+def test_keep_better_judges_the_last_reflection_and_keeps_the_best_rated_answer(traces_and_model):
+    _, model = traces_and_model
+    model.replies[pointwise_prompt("Q3", boxed("9"), cot=True)] = NO  # Q3: 3 (right), 2, 9 all judged No
+    problems = [Problem(question, gold) for question, gold, _, _ in CASES]
+    traces = run_tts(model, problems, max_rounds=2, sampling=Sampling(), keep_better=True)
+    # Text verdicts: p(wrong) 1 after every No or unreadable verdict, so the earliest answer is kept: Q3's right 3,
+    # and Q5's wrong 1 (1 unreadable, 2 and 2 judged No).
+    assert [t.final.extracted for t in traces] == ["5", "7", "3", "0", "1"]
+    assert [turn.role for turn in traces[2].turns] == ["answer", "judge", "reflect", "judge", "reflect", "judge", "keep"]
+    assert traces[2].turns[-1].num_tokens == 0
+    stats = tts_statistics(traces, 2)
+    assert (stats["kept_earlier"], stats["judged"], stats["reflections"]) == (2, 8, 5)
+    assert stats["accuracy_by_round"] == [pytest.approx(2 / 5), pytest.approx(3 / 5), pytest.approx(3 / 5)]
