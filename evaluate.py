@@ -8,6 +8,7 @@
     python evaluate.py --model CKPT_DIR --bench rb2:rewardbench2.parquet,vlrb:vl_rewardbench.parquet
     torchrun --nproc-per-node 2 evaluate.py --model CKPT_DIR --bench gsm8k --tts
     python evaluate.py --model CKPT_DIR --bench 'mathvista:...' --tts --preset paper  # as the authors ran it
+    python evaluate.py --model CKPT_DIR --bench file:test.jsonl --tts --calibrate dev.jsonl --out runs/eval
 
 --preset sets the defaults that the flags' help lists as (preset: ...): "ours" (the default) or "paper", the authors'
 settings with their prompts (spark.evaluation.presets); a flag given explicitly overrides its preset's value.
@@ -44,6 +45,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--n", type=int, default=1, help="samples per math question (mean@n, pass@n)")
     parser.add_argument("--judge", action="store_true", help="the model also judges its answers (P/R/F1)")
     parser.add_argument("--tts", action="store_true", help="test-time scaling: judge, then reflect if not Yes")
+    parser.add_argument("--reject-above", type=float, metavar="P",
+                        help="with --tts: reflect only when the judge's probability of 'wrong' exceeds P (0.5: as "
+                             "a greedy verdict; 1: never)")
+    parser.add_argument("--calibrate", metavar="FILE",
+                        help="with --tts: pick --reject-above on FILE's problems (a --bench spec, or a JSONL / "
+                             "Parquet path read as file:FILE), apart from the evaluation's; writes "
+                             "calibration.json and calibration.png into --out")
+    parser.add_argument("--keep-better", action="store_true",
+                        help="with --tts: judge the last reflection too and keep, of all the answers, the one the "
+                             "judge rates most likely right")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     return parser
@@ -54,17 +65,29 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit {args.limit} must be >= 1")
+    for name, value in (("--reject-above", args.reject_above), ("--calibrate", args.calibrate),
+                        ("--keep-better", args.keep_better or None)):
+        if value is not None and not args.tts:
+            parser.error(f"{name} {value} needs --tts")
+    if args.reject_above is not None and args.calibrate is not None:
+        parser.error(f"--reject-above {args.reject_above} and --calibrate {args.calibrate}: give one")
     try:
         preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
                                 answer_mode=args.answer_mode, content=args.content, max_rounds=args.max_rounds)
         cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, n=args.n, judge=args.judge, tts=args.tts,
-                         max_rounds=preset.max_rounds, content=preset.content, style=preset.style,
-                         preset=args.preset, batch_size=args.batch_size)
+                         max_rounds=preset.max_rounds, reject_above=args.reject_above,
+                         keep_better=args.keep_better, content=preset.content,
+                         style=preset.style, preset=args.preset, batch_size=args.batch_size)
     except SettingError as e:
         raise flag_error(parser.prog, e) from None
     return evaluate_checkpoint(args.model, ",".join(args.bench), cfg, data_dir=args.data_dir, limit=args.limit,
-                               out_dir=args.out, dtype=args.dtype)
+                               out_dir=args.out, dtype=args.dtype, calibrate=calibration_spec(args.calibrate))
+
+
+def calibration_spec(value: str | None) -> str | None:
+    """--calibrate's value as a benchmark spec: a path that exists is read as file:PATH."""
+    return f"file:{value}" if value is not None and Path(value).exists() else value
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python tts.py --model CKPT_DIR --question "What is 17 * 23?" [--gold 391] [--image fig.png [--image fig2.png]]
     python tts.py --model CKPT_DIR --question "..." --image fig.png --preset paper   # as the authors ran it
+    python tts.py --model CKPT_DIR --question "What is 17 * 23?" --calibrate dev.jsonl  # the threshold picked there
 
 --preset sets the defaults that the flags' help lists as (preset: ...): "ours" (the default) or "paper", the authors'
 settings with their prompts (spark.evaluation.presets); a flag given explicitly overrides its preset's value.
@@ -11,12 +12,17 @@ from __future__ import annotations
 
 import sys
 from argparse import RawDescriptionHelpFormatter
+from pathlib import Path
 
 import torch
 
 from spark.cli import ArgumentParser, flag_error, run_command
+from spark.data.rows import Sample
 from spark.errors import SettingError
+from spark.evaluation.inference import EvalConfig
+from spark.evaluation.loaders import Benchmark, parse_spec
 from spark.evaluation.presets import add_preset_arguments, resolve_preset
+from spark.evaluation.runner import check_apart, format_calibration, run_calibration
 from spark.evaluation.tts import Problem, format_trace, run_tts
 
 
@@ -30,6 +36,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--gold", help="gold answer: each answer is then marked correct or wrong")
     add_preset_arguments(parser, ("max_rounds", "content", "max_new_tokens", "temperature", "repetition_penalty",
                                   "answer_mode"), "test-time scaling")
+    parser.add_argument("--reject-above", type=float, metavar="P",
+                        help="reflect only when the judge's probability of 'wrong' exceeds P (0.5: as a greedy "
+                             "verdict; 1: never); default: whenever the verdict is not Yes")
+    parser.add_argument("--calibrate", metavar="FILE",
+                        help="pick --reject-above on FILE's problems (an evaluate.py --bench spec, or a JSONL / "
+                             "Parquet path read as file:FILE), which must not hold the question")
+    parser.add_argument("--keep-better", action="store_true",
+                        help="judge the last reflection too and keep, of all the answers, the one the judge rates "
+                             "most likely right")
+    parser.add_argument("--out", type=Path, help="with --calibrate: where calibration.json and calibration.png go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-prompts", action="store_true", help="also print the prompt of every turn")
     return parser
@@ -48,12 +64,35 @@ def main(argv: list[str] | None = None) -> str:
         raise flag_error(parser.prog, e) from None
     if preset.max_rounds < 0:
         parser.error(f"--max-rounds {preset.max_rounds} must be >= 0")
+    if args.reject_above is not None and args.calibrate is not None:
+        parser.error(f"--reject-above {args.reject_above} and --calibrate {args.calibrate}: give one")
+    try:
+        cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, tts=True, max_rounds=preset.max_rounds,
+                         reject_above=args.reject_above, keep_better=args.keep_better, content=preset.content,
+                         style=preset.style,
+                         preset=args.preset)
+    except SettingError as e:
+        raise flag_error(parser.prog, e) from None
+    calibration = None
+    if args.calibrate is not None:
+        calibration = parse_spec(f"file:{args.calibrate}" if Path(args.calibrate).exists() else args.calibrate,
+                                 Path(__file__).resolve().parent / "data" / "eval")
+        asked = Sample("", args.gold or "", images=args.image, meta={"question": args.question})
+        check_apart(calibration, [Benchmark("--question", "math", [asked])])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = load_chat_model(args.model, device=device, dtype=dtype)
-    (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=preset.max_rounds,
-                       sampling=preset.sampling, seed=args.seed, content=preset.content, style=preset.style)
-    text = f"Preset: {args.preset}\n" + format_trace(trace, show_prompts=args.show_prompts)
+    header = f"Preset: {args.preset}\n"
+    if calibration is not None:
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+        result = run_calibration(model, calibration, cfg, out_dir=args.out)
+        cfg.reject_above = result["threshold"]
+        header += format_calibration(result) + "\n"
+    (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=cfg.max_rounds,
+                       sampling=cfg.sampling, seed=args.seed, content=cfg.content, style=cfg.style,
+                       reject_above=cfg.reject_above, keep_better=cfg.keep_better)
+    text = header + format_trace(trace, show_prompts=args.show_prompts)
     print(text)
     return text
 

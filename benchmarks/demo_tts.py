@@ -11,9 +11,14 @@ wrong answer RL recycles into reflections (`reflection_of_sampled_wrong`). With 
 an answer sampled at temperature 1 is right, on the problems whose greedy answer is right and on those whose
 greedy answer is wrong, and the same for a reflection sampled at temperature 1 shown the greedy answer
 (`sampled_accuracy`), with the gain the loop could reach with a judge that never errs (`perfect_judge_gain`).
+With `--calibrate`, also the loop at the rejection threshold calibrated on the run's calibration split
+(spark.demo.pipeline.calibrated_tts; the split is made from the run's data files as the demo makes it, and
+nothing is written): `calibrated` holds the threshold, the accuracy at it and its gain over no TTS. `--final`
+takes only the run's export (its final model). `--keep-better`: every loop keeps, of its answers, the one the
+judge rates most likely right (spark.evaluation.tts.refine's keep_better; `kept_earlier` counts its picks).
 
     PYTHONPATH=. .venv/bin/python benchmarks/demo_tts.py [--run runs/demo] [--content answer] [--sampled-wrong 8]
-                                                         [--fresh-samples 8]
+                                                         [--fresh-samples 8] [--calibrate] [--final] [--keep-better]
 
 The last line is one JSON object: the rows by model.
 """
@@ -29,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from spark.demo.pipeline import GREEDY, read_metrics, tts_summary
+from spark.demo.pipeline import GREEDY, calibrated_tts, calibration_rows, read_metrics, tts_summary
 from spark.evaluation.tts import CONTENTS, Problem, Trace, answer, reflect, reflection_alone
 from spark.generation.chat import ChatModel, load_chat_model
 from spark.models import load_model, save_model
@@ -100,22 +105,44 @@ def main() -> None:
                                                                      "whose wrong ones are reflected on (0: none)")
     parser.add_argument("--fresh-samples", type=int, default=0, help="answers and reflections sampled at temperature "
                                                                      "1 per problem for sampled_accuracy (0: none)")
+    parser.add_argument("--calibrate", action="store_true", help="also TTS at the threshold calibrated on the run's "
+                                                                 "calibration split")
+    parser.add_argument("--final", action="store_true", help="only the run's export (its final model)")
+    parser.add_argument("--keep-better", action="store_true", help="keep the answer the judge rates best")
     args = parser.parse_args()
     torch.set_num_threads(1)
     heldout = read_metrics(args.heldout)
+    data = Path(args.heldout).parent
+    calibration = calibration_rows([data / "train.jsonl", data / "heldout.jsonl", data / "judge.jsonl"])
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"start": Path(args.start)}
-        for checkpoint in sorted((Path(args.run) / "checkpoints").glob("step_*")):
+        models = {"export": Path(args.run) / "export"} if args.final else {"start": Path(args.start)}
+        for checkpoint in [] if args.final else sorted((Path(args.run) / "checkpoints").glob("step_*")):
             models[checkpoint.name] = export_checkpoint(checkpoint, Path(args.start), Path(tmp) / checkpoint.name)
         for name, path in models.items():
-            tts = tts_summary(path, heldout, content=args.content, max_rounds=args.max_rounds)
+            if args.calibrate:
+                calibrated = calibrated_tts(path, heldout, calibration, content=args.content, max_rounds=args.max_rounds,
+                                            keep_better=args.keep_better)
+                tts = calibrated["uncalibrated"]
+            else:
+                tts = tts_summary(path, heldout, content=args.content, max_rounds=args.max_rounds,
+                                  keep_better=args.keep_better)
             by_round = tts["accuracy_by_round"]
             rows[name] = {"accuracy_by_round": [round(a, 3) for a in by_round], "gain": round(by_round[-1] - by_round[0], 3),
                           "false_accept_rate": round(tts["false_accept_rate"], 3),
                           "false_reject_rate": round(tts["false_reject_rate"], 3),
                           "fixed": tts["fixed"], "broke": tts["broke"], "reflections": tts["reflections"],
+                          "kept_earlier": tts["kept_earlier"],
                           "reflection_alone": tts["reflection_alone"]}
+            if args.calibrate:
+                rows[name]["calibrated"] = {
+                    "threshold": round(calibrated["threshold"], 4), "accuracy": round(calibrated["accuracy"], 3),
+                    "gain": round(calibrated["accuracy"] - by_round[0], 3),
+                    "reflections": calibrated["reflections"], "fixed": calibrated["fixed"],
+                    "broke": calibrated["broke"],
+                    "calibration_accuracy": round(calibrated["calibration"]["accuracy"], 3),
+                    "calibration_no_tts": round(calibrated["calibration"]["no_tts_accuracy"], 3),
+                    "calibration_n": calibrated["calibration"]["n"]}
             chat = load_chat_model(str(path)) if args.sampled_wrong or args.fresh_samples else None
             if args.sampled_wrong:
                 rows[name]["reflection_of_sampled_wrong"] = sampled_wrong_reflection(chat, heldout, args.sampled_wrong,

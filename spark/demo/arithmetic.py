@@ -109,6 +109,13 @@ def split_problems(num_train: int, num_heldout: int, seed: int) -> tuple[list[Sa
     return train, heldout
 
 
+def calibration_problems(exclude: set[str]) -> list[Sample]:
+    """The calibration split, on which test-time scaling picks its rejection threshold: every problem whose question
+    is not in `exclude` (the other splits' questions), in `all_problems`' order. The demo's splits leave few
+    problems (the warm-up's probe problems and those no split drew), so all of them are taken: no draw to seed."""
+    return [to_sample(*p) for p in all_problems() if question_text(*p) not in exclude]
+
+
 def plausible_wrong(a: int, op: str, b: int, rng: random.Random) -> int:
     """A wrong answer a careless solver could give: off by one or ten, carry/borrow dropped or
     doubled, digits swapped. Never negative, never the gold answer."""

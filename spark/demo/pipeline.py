@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerFast
 from spark.config import TrainConfig, load_config
 from spark.data.rows import Sample
 from spark.demo.arithmetic import (
+    calibration_problems,
     comparison_drill,
     judge_response,
     judge_set,
@@ -36,6 +37,8 @@ from spark.demo.arithmetic import (
     write_jsonl,
 )
 from spark.demo.warmup import warm_up
+from spark.evaluation.calibration import calibrate, paths
+from spark.evaluation.curve import draw_curve
 from spark.evaluation.scoring import self_judgment
 from spark.evaluation.tts import Problem, answer, reflection_alone, run_tts, tts_statistics
 from spark.generation.chat import ChatModel, load_chat_model
@@ -164,6 +167,8 @@ def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoMode
     run_dir/data/train.jsonl    rows {question, answer} for the trainer
     run_dir/data/heldout.jsonl  rows {question, answer}: held-out policy problems
     run_dir/data/judge.jsonl    rows {question, answer, label}: held-out pointwise judge set
+    run_dir/data/calibration.jsonl  rows {question, answer}: the problems TTS calibrates its threshold on
+                                    (`write_calibration`)
     run_dir/init/               the random checkpoint; run_dir/warmup/ the warmed-up one (RL starts here)
     Returns those paths, the warm-up's steps, its first and last losses and its probe accuracy; the trainer's
     evaluation at step 0 measures the warmed-up held-out accuracies.
@@ -178,6 +183,9 @@ def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoMode
         "train": write_jsonl(problem_rows(train), run_dir / "data" / "train.jsonl"),
         "heldout": write_jsonl(problem_rows(policy_eval), run_dir / "data" / "heldout.jsonl"),
         "judge": write_jsonl(judge_set(judge_eval, setup.seed), run_dir / "data" / "judge.jsonl"),
+        "calibration": write_calibration(run_dir / "data" / "calibration.jsonl",
+                                         [run_dir / "data" / name for name in ("train.jsonl", "heldout.jsonl",
+                                                                               "judge.jsonl")]),
         "init": build_demo_checkpoint(run_dir / "init", model, setup.seed),
         "warmup": run_dir / "warmup",
     }
@@ -206,6 +214,25 @@ def prepare(run_dir: str | Path, setup: DemoSetup | None = None, model: DemoMode
     }
 
 
+def calibration_rows(splits: list[str | Path]) -> list[dict]:
+    """The calibration split (spark.demo.arithmetic.calibration_problems) apart from the questions of the data
+    files `splits`, as rows {question, answer}."""
+    return problem_rows(calibration_problems({row["question"] for split in splits for row in read_metrics(split)}))
+
+
+def write_calibration(path: str | Path, splits: list[str | Path]) -> Path:
+    return write_jsonl(calibration_rows(splits), path)
+
+
+def calibration_file(config: TrainConfig) -> Path:
+    """The run's calibration split, beside its held-out file: written apart from its training, held-out and judge
+    files when missing (a run prepared before the split existed)."""
+    path = Path(config.run.eval_files[0]).parent / "calibration.jsonl"
+    if not path.exists():
+        write_calibration(path, [*config.data.train_files, *config.run.eval_files, *config.run.judge_eval_files])
+    return path
+
+
 def ensure_prepared(config: TrainConfig) -> dict | None:
     """The demo's data and warmed-up checkpoint for `config` (configs/tiny.toml: runs/demo/data/*.jsonl and
     runs/demo/warmup), prepared into model.path's parent unless model.path exists; prepare's summary, or None
@@ -225,17 +252,34 @@ def tts_content(config: TrainConfig) -> str:
     return "cot" if config.spark.recycle.content == "cot" else "answer"
 
 
-def tts_summary(checkpoint: str | Path, heldout: list[dict], *, content: str, max_rounds: int = 2) -> dict:
-    """spark.evaluation.tts on the held-out rows {question, answer} with `checkpoint`, greedy: the final answers' accuracy,
-    the model's verdicts on its own first answers (self_judgment: precision / recall / F1 of Yes = correct) and the
-    loop's statistics (spark.evaluation.tts.tts_statistics; accuracy_by_round[0] is the accuracy without the loop), and
-    what one reflection on every first answer, the judge left out, fixes and keeps (spark.evaluation.tts.reflection_alone)."""
+def tts_summary(checkpoint: str | Path, heldout: list[dict], *, content: str, max_rounds: int = 2,
+                reject_above: float | None = None, keep_better: bool = False) -> dict:
+    """spark.evaluation.tts on the held-out rows {question, answer} with `checkpoint`, greedy, with the judge's rule
+    `reject_above` (and `keep_better`): the final answers' accuracy, the model's verdicts on its own first answers (self_judgment:
+    precision / recall / F1 of Yes = correct) and the loop's statistics (spark.evaluation.tts.tts_statistics;
+    accuracy_by_round[0] is the accuracy without the loop), and what one reflection on every first answer, the judge
+    left out, fixes and keeps (spark.evaluation.tts.reflection_alone)."""
     chat = load_chat_model(str(checkpoint))
     traces = run_tts(chat, [Problem(row["question"], row["answer"]) for row in heldout], max_rounds=max_rounds,
-                     sampling=GREEDY, content=content)
+                     sampling=GREEDY, content=content, reject_above=reject_above, keep_better=keep_better)
     return {"accuracy": sum(bool(t.final.correct) for t in traces) / len(traces),
-            "self_judgment": self_judgment(traces), **tts_statistics(traces, max_rounds),
+            "self_judgment": self_judgment(traces), **tts_statistics(traces, max_rounds, reject_above),
             "reflection_alone": reflection_alone(chat, traces, sampling=GREEDY, content=content)}
+
+
+def calibrated_tts(checkpoint: str | Path, heldout: list[dict], calibration: list[dict], *, content: str,
+                   max_rounds: int = 2, keep_better: bool = False) -> dict:
+    """tts_summary at the rejection threshold calibrated on the calibration rows (the loop at threshold 0 there,
+    then spark.evaluation.calibration.calibrate), with `threshold`, the `calibration` (its curve) and, as
+    `uncalibrated`, tts_summary with the verdict rule (reflect whenever the verdict is not Yes)."""
+    traces = run_tts(load_chat_model(str(checkpoint)), [Problem(row["question"], row["answer"]) for row in calibration],
+                     max_rounds=max_rounds, sampling=GREEDY, content=content, reject_above=0.0, keep_better=keep_better)
+    result = calibrate(paths(traces))
+    return {**tts_summary(checkpoint, heldout, content=content, max_rounds=max_rounds,
+                          reject_above=result["threshold"], keep_better=keep_better),
+            "threshold": result["threshold"], "calibration": result,
+            "uncalibrated": tts_summary(checkpoint, heldout, content=content, max_rounds=max_rounds,
+                                        keep_better=keep_better)}
 
 
 # --------------------------------------------------------------------------- `make demo`
@@ -269,9 +313,11 @@ def plot_runs(run_dirs: list[Path]) -> None:
 def main(overrides: list[str]) -> dict[str, float]:
     """Warm up the tiny checkpoint into model.path's parent (once: skipped while model.path exists), train with
     configs/tiny.toml and `overrides`, run test-time scaling on the held-out problems with the start and the final
-    model, plot the held-out accuracies (with the policy-only ablation dashed when it has run) and print the
-    summary as the last line: held-out policy and judge accuracies at the first and last evaluation, and the
-    accuracy with TTS of the start (tts_acc_start) and of the final model (tts_acc_end)."""
+    model, its rejection threshold calibrated on the calibration split (`calibrated_tts`; the final model's curve in
+    out_dir/calibration.png), plot the held-out accuracies (with the policy-only ablation dashed when it has run)
+    and print the summary as the last line: held-out policy and judge accuracies at the first and last evaluation,
+    and the accuracy with TTS of the start (tts_acc_start) and of the final model (tts_acc_end) at the calibrated
+    threshold (tts_threshold_*), beside it with the verdict rule (tts_acc_*_uncalibrated)."""
     started = time.time()
     config = load_config(TrainConfig, CONFIG, overrides)
     # One thread unless OMP_NUM_THREADS says otherwise: RL's many small decode steps ran faster on one thread of a
@@ -284,11 +330,15 @@ def main(overrides: list[str]) -> dict[str, float]:
     out_dir = Path(config.run.out_dir)
     records = read_metrics(out_dir / "metrics.jsonl")
     plot_runs([out_dir, Path(load_config(TrainConfig, CONFIG).run.out_dir)])
-    heldout = read_metrics(config.run.eval_files[0])
-    tts = {name: tts_summary(path, heldout, content=tts_content(config))
+    heldout, calibration = read_metrics(config.run.eval_files[0]), read_metrics(calibration_file(config))
+    tts = {name: calibrated_tts(path, heldout, calibration, content=tts_content(config))
            for name, path in (("start", config.model.path), ("end", out_dir / "export"))}
     (out_dir / "tts.json").write_text(json.dumps(tts, indent=1))
+    draw_curve(tts["end"]["calibration"], out_dir / "calibration.png",
+               f"TTS calibration of the final model on {len(calibration)} calibration problems")
     summary = {**summarize(records), **{f"tts_acc_{name}": t["accuracy"] for name, t in tts.items()},
+               **{f"tts_acc_{name}_uncalibrated": t["uncalibrated"]["accuracy"] for name, t in tts.items()},
+               **{f"tts_threshold_{name}": t["threshold"] for name, t in tts.items()},
                **{f"tts_fixed_broke_{name}": [t["fixed"], t["broke"]] for name, t in tts.items()},
                "minutes": round((time.time() - started) / 60, 2)}
     print(json.dumps(summary), flush=True)

@@ -28,6 +28,9 @@ class EvalConfig:
     judge: bool = False  # the model also judges each of its answers (self-judgment P/R/F1)
     tts: bool = False  # the test-time loop on each answer (implies judging)
     max_rounds: int = ranged(2, ">= 0")  # judge -> reflect rounds of the loop
+    # reflect only when the judge's probability of "wrong" exceeds this; None: whenever its verdict is not Yes
+    reject_above: float | None = ranged(None, "[0, 1]")
+    keep_better: bool = False  # judge the last reflection too and keep the answer the judge rates most likely right
     content: str = "cot"  # what the judge and the reflection see of an answer: "cot" (all of it) | "answer" (spark.evaluation.tts)
     style: Style = field(default_factory=Style)  # templates, verdict rule, answer mode, system message (spark.evaluation.tts)
     preset: str = "ours"  # the preset these settings came from (spark.evaluation.presets), recorded with the results
@@ -43,7 +46,7 @@ def run_math(model, samples: list[Sample], cfg: EvalConfig) -> list[dict]:
     traces = [trace for row in rows for trace in row]
     if cfg.tts:
         refine(model, traces, max_rounds=cfg.max_rounds, sampling=cfg.sampling, seed=cfg.seed, content=cfg.content,
-               style=cfg.style)
+               style=cfg.style, reject_above=cfg.reject_above, keep_better=cfg.keep_better)
     elif cfg.judge:
         judge(model, traces, sampling=cfg.sampling, seed=cfg.seed, content=cfg.content, style=cfg.style)
     for sample, row in zip(samples, rows):

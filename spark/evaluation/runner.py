@@ -3,7 +3,10 @@
 Outputs in OUT_DIR: NAME.jsonl (one record per row, with every generation, its extracted answer and
 score), summary.json ({"preset": ..., "mean_accuracy": ..., "benchmarks": {NAME: {"accuracy": ..., "n": ...,
 ...}}}; mean_accuracy: the mean of the benchmarks' accuracies), results.md (the paper-style table) and
-config.json (the settings; a resumed run must use the same ones).
+config.json (the settings; a resumed run must use the same ones). With a calibration benchmark (`--calibrate`):
+calibration/NAME.jsonl (its loop run at reject_above = 0), calibration.json (the threshold picked, the curve:
+spark.evaluation.calibration) and calibration.png (spark.evaluation.curve); the evaluation then runs at that
+threshold.
 
 Data parallel (torchrun): of the rows not yet in NAME.jsonl, rank r takes every world_size-th one from
 the r-th (on a fresh run: rows i with i % world_size == r); after every batch each rank's records are
@@ -17,17 +20,26 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from spark.data.images import image_label
 from spark.data.rows import read_records
 from spark.distributed.groups import all_gather_objects, init_distributed
 from spark.errors import DataError, UserError
+from spark.evaluation.calibration import calibrate, paths
+from spark.evaluation.curve import draw_curve
 from spark.evaluation.inference import RUNS, EvalConfig
 from spark.evaluation.loaders import Benchmark, parse_spec, split_specs
-from spark.evaluation.scoring import markdown_table, mean_accuracy, summarize_judge, summarize_math
+from spark.evaluation.scoring import (
+    markdown_table,
+    mean_accuracy,
+    record_traces,
+    summarize_judge,
+    summarize_math,
+)
 from spark.evaluation.tts import format_rounds
 
 # The subset reported as each reward benchmark's math column (VL-RB's reasoning group: MathVerse, MMMU-Pro).
@@ -94,8 +106,53 @@ def evaluate_benchmark(
 
 def summarize(bench: Benchmark, records: list[dict], cfg: EvalConfig) -> dict:
     if bench.kind == "math":
-        return summarize_math(records, tts_rounds=cfg.max_rounds if cfg.tts else None)
+        return summarize_math(records, tts_rounds=cfg.max_rounds if cfg.tts else None, reject_above=cfg.reject_above)
     return summarize_judge(records, math_subset=MATH_SUBSETS[bench.kind])
+
+
+def problem_key(item) -> tuple[str, tuple[str, ...]]:
+    """What makes two math rows the same problem: the question and its images."""
+    return item.meta["question"], tuple(image_label(image) for image in item.images)
+
+
+def check_apart(calibration: Benchmark, benchmarks: list[Benchmark]) -> None:
+    """Refuse a calibration benchmark that is not math or shares a problem with an evaluated benchmark: a
+    threshold picked on the evaluation's own problems would be fitted to them."""
+    if calibration.kind != "math":
+        raise UserError(f"--calibrate {calibration.name}: a {calibration.kind} benchmark; calibration needs math "
+                        "problems")
+    seen = {}
+    for bench in benchmarks:
+        for row, item in enumerate(bench.items):
+            if bench.kind == "math":
+                seen.setdefault(problem_key(item), (bench.name, row))
+    for row, item in enumerate(calibration.items):
+        if problem_key(item) in seen:
+            name, other = seen[problem_key(item)]
+            raise UserError(f"--calibrate {calibration.name}: row {row} ({item.meta['question'][:60]!r}) is also row "
+                            f"{other} of benchmark {name}; calibration problems must be apart from the evaluation's")
+
+
+def run_calibration(model, calibration: Benchmark, cfg: EvalConfig, *, out_dir: Path | None = None,
+                    shard: Shard = Shard(), progress: Callable[[str], None] | None = None) -> dict:
+    """The loop at reject_above = 0 on the calibration benchmark, and the threshold that maximises its accuracy
+    there (spark.evaluation.calibration.calibrate; rank 0 writes calibration.json and calibration.png into
+    out_dir)."""
+    folder = out_dir / "calibration" if out_dir is not None else None
+    if folder is not None and shard.rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+    records = evaluate_benchmark(model, calibration, replace(cfg, tts=True, reject_above=0.0), out_dir=folder,
+                                 shard=shard, progress=progress)
+    result = {"benchmark": calibration.name} | calibrate(paths([t for row in record_traces(records) for t in row]))
+    if out_dir is not None and shard.rank == 0:
+        (out_dir / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+        draw_curve(result, out_dir / "calibration.png", f"TTS calibration on {calibration.name} ({result['n']} problems)")
+    return result
+
+
+def format_calibration(result: dict) -> str:
+    return (f"calibration on {result['benchmark']} ({result['n']} problems): reject above {result['threshold']:.3f}, "
+            f"accuracy with TTS {100 * result['accuracy']:.1f}% (without {100 * result['no_tts_accuracy']:.1f}%)")
 
 
 def _check_config(out_dir: Path, config: dict) -> None:
@@ -119,25 +176,39 @@ def evaluate(
     shard: Shard = Shard(),
     model_name: str = "model",
     progress: Callable[[str], None] | None = None,
+    calibration: Benchmark | None = None,
 ) -> dict[str, dict]:
-    """{NAME: summary} for every benchmark; rank 0 writes the outputs when out_dir is given."""
+    """{NAME: summary} for every benchmark; rank 0 writes the outputs when out_dir is given. With a
+    `calibration` benchmark (cfg.tts), the loop runs at the threshold picked on it (`run_calibration`), which
+    the summaries' "calibration" entry reports."""
     names = [b.name for b in benchmarks]
     if len(set(names)) != len(names):
         raise UserError(f"benchmark names must be unique, got {names} (rename one with :name=N)")
+    if calibration is not None:
+        check_apart(calibration, benchmarks)
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
         config = {"model": model_name} | {k: v for k, v in asdict(cfg).items() if k != "batch_size"}
+        if calibration is not None:
+            config["calibrate"] = calibration.name
         _check_config(out_dir, config)  # on every rank: one that stopped alone would leave the others waiting
         shard.gather(None)  # every rank has read config.json before rank 0 writes it
         if shard.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     summaries = {}
+    if calibration is not None:
+        result = run_calibration(model, calibration, cfg, out_dir=out_dir, shard=shard, progress=progress)
+        cfg = replace(cfg, reject_above=result["threshold"])
+        if progress is not None:
+            progress(format_calibration(result))
     for bench in benchmarks:
         records = evaluate_benchmark(model, bench, cfg, out_dir=out_dir, shard=shard, progress=progress)
         summaries[bench.name] = summarize(bench, records, cfg)
     if out_dir is not None and shard.rank == 0:
         record = {"preset": cfg.preset, "mean_accuracy": mean_accuracy(summaries), "benchmarks": summaries}
+        if calibration is not None:
+            record["calibration"] = {k: v for k, v in result.items() if k != "curve"}
         (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
         (out_dir / "results.md").write_text(markdown_table(summaries, model_name) + "\n")
     return summaries
@@ -152,8 +223,10 @@ def evaluate_checkpoint(
     limit: int | None = None,
     out_dir: str | Path | None = None,
     dtype: str = "auto",
+    calibrate: str | None = None,
 ) -> dict[str, dict]:
-    """Load the benchmarks and the checkpoint on this rank's device, evaluate, print the table (rank 0)."""
+    """Load the benchmarks and the checkpoint on this rank's device, evaluate, print the table (rank 0).
+    `calibrate`: the spec of the benchmark whose problems pick the loop's threshold (`evaluate`)."""
     from spark.generation.chat import load_chat_model
 
     created_group = not torch.distributed.is_initialized()
@@ -161,12 +234,13 @@ def evaluate_checkpoint(
     shard = Shard(world.rank, world.size, all_gather_objects)
     try:
         benchmarks = [parse_spec(spec, data_dir, limit=limit) for spec in split_specs(bench_specs)]
+        calibration = parse_spec(calibrate, data_dir) if calibrate is not None else None
         if dtype == "auto":
             dtype = "bfloat16" if world.device.type == "cuda" else "float32"
         model = load_chat_model(checkpoint, device=str(world.device), dtype=getattr(torch, dtype))
         log = (lambda message: print(message, flush=True)) if world.is_main else None
         summaries = evaluate(model, benchmarks, cfg, out_dir=out_dir, shard=shard,
-                             model_name=Path(checkpoint).name, progress=log)
+                             model_name=Path(checkpoint).name, progress=log, calibration=calibration)
         if world.is_main:
             print(markdown_table(summaries, Path(checkpoint).name))
             for name, summary in summaries.items():

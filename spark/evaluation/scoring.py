@@ -61,11 +61,17 @@ def self_judgment(traces: list[Trace]) -> dict:
     return metrics | {"unparsed": sum(j.extracted is None for _, j in firsts)}
 
 
-def summarize_math(records: list[dict], *, tts_rounds: int | None = None) -> dict:
+def record_traces(records: list[dict]) -> list[list[Trace]]:
+    """Each math record's traces, as the loop left them."""
+    return [[Trace.from_dict(Problem(r["question"], r["gold"], r["images"]), t) for t in r["traces"]] for r in records]
+
+
+def summarize_math(records: list[dict], *, tts_rounds: int | None = None, reject_above: float | None = None) -> dict:
     """accuracy: mean correctness of the final answers over all samples (mean@n; greedy accuracy when
     n = 1); pass@n: rows with any correct sample; unanswered: samples without an extractable answer,
-    counted as wrong. With judge turns: self-judgment; with tts_rounds: the loop's statistics."""
-    rows = [[Trace.from_dict(Problem(r["question"], r["gold"], r["images"]), t) for t in r["traces"]] for r in records]
+    counted as wrong. With judge turns: self-judgment; with tts_rounds: the loop's statistics (with the judge's
+    rule reject_above)."""
+    rows = record_traces(records)
     traces = [trace for row in rows for trace in row]
     summary = {
         "accuracy": rate(sum(bool(t.final.correct) for t in traces), len(traces)),
@@ -79,7 +85,7 @@ def summarize_math(records: list[dict], *, tts_rounds: int | None = None) -> dic
     if any(len(t.turns) > 1 for t in traces):
         summary["self_judgment"] = self_judgment(traces)
     if tts_rounds is not None:
-        summary["tts"] = tts_statistics(traces, tts_rounds)
+        summary["tts"] = tts_statistics(traces, tts_rounds, reject_above)
     return summary
 
 

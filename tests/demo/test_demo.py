@@ -47,6 +47,19 @@ def test_train_and_heldout_are_disjoint():
     assert not {s.meta["question"] for s in train} & {s.meta["question"] for s in heldout}
 
 
+def test_calibration_split_is_every_problem_the_demo_leaves_apart():
+    setup = demo.DemoSetup()
+    train, heldout = arithmetic.split_problems(setup.num_train, setup.num_heldout + setup.num_judge + setup.num_probe,
+                                               setup.seed)
+    probe = heldout[-setup.num_probe:]
+    written = {s.meta["question"] for s in train + heldout[:-setup.num_probe]}  # train, held-out and judge files
+    calibration = arithmetic.calibration_problems(written)
+    assert calibration == arithmetic.calibration_problems(written)
+    assert len(calibration) == 4095 - 3400 - 256 - 256  # the probe's 128 and the 55 no split drew
+    questions = {s.meta["question"] for s in calibration}
+    assert not questions & written and {s.meta["question"] for s in probe} <= questions
+
+
 def test_judge_set_is_balanced_with_plausible_wrong_answers():
     rows = arithmetic.judge_set(arithmetic.make_problems(100, seed=1), seed=2)
     labels = [row["label"] for row in rows]
@@ -184,11 +197,16 @@ def test_prepare_writes_the_data_and_warms_up_until_the_target(tmp_path):
     heldout = demo.read_metrics(tmp_path / "data" / "heldout.jsonl")
     judge = demo.read_metrics(tmp_path / "data" / "judge.jsonl")
     train = demo.read_metrics(tmp_path / "data" / "train.jsonl")
-    assert [len(heldout), len(judge), len(train)] == [6, 4, 40] and set(heldout[0]) == {"question", "answer"}
-    questions = [{row["question"] for row in rows} for rows in (heldout, judge, train)]
-    assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
-    summary = demo.tts_summary(tmp_path / "warmup", heldout, content="answer", max_rounds=1)
+    calibration = demo.read_metrics(tmp_path / "data" / "calibration.jsonl")
+    assert [len(heldout), len(judge), len(train), len(calibration)] == [6, 4, 40, 4095 - 50]
+    assert set(heldout[0]) == {"question", "answer"}
+    questions = [{row["question"] for row in rows} for rows in (heldout, judge, train, calibration)]
+    assert all(not questions[i] & questions[j] for i in range(4) for j in range(i + 1, 4))
+    summary = demo.calibrated_tts(tmp_path / "warmup", heldout, calibration[:6], content="answer", max_rounds=1)
     assert summary["accuracy"] == summary["accuracy_by_round"][-1] and len(summary["accuracy_by_round"]) == 2
+    assert summary["threshold"] == max(row["threshold"] for row in summary["calibration"]["curve"]
+                                       if row["accuracy"] == summary["calibration"]["accuracy"])
+    assert summary["uncalibrated"]["accuracy_by_round"][0] == summary["accuracy_by_round"][0]
 
 
 def test_tts_is_asked_in_the_form_the_judge_was_trained_in():

@@ -371,6 +371,6 @@ def test_cli_main_end_to_end_with_a_fake_chat_module(tmp_path, monkeypatch, caps
     evaluate.main(["--model", str(tmp_path / "ckpt"), "--bench", f"file:{toy}:question=q,answer=a", "--limit", "5",
                    "--tts", "--max-rounds", "1"])
     assert "\n".join(["toy, test-time scaling by round:",
-                      "round  accuracy  judged  judged wrong  fixed  broke",
-                      "    0     40.0%       -             -      -      -",
-                      "    1     80.0%       5             2      2      0"]) in capsys.readouterr().out
+                      "round  accuracy  judged  judged wrong  fixed  broke  verdict prob",
+                      "    0     40.0%       -             -      -      -             -",
+                      "    1     80.0%       5             2      2      0             -"]) in capsys.readouterr().out

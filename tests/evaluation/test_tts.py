@@ -11,9 +11,12 @@ import pytest
 from spark.evaluation.tts import (
     Problem,
     Trace,
+    Turn,
     format_rounds,
     format_trace,
+    p_wrong,
     reflection_alone,
+    rejects,
     run_tts,
     tts_statistics,
 )
@@ -114,13 +117,15 @@ def test_statistics(traces_and_model):
     # Round 1 judges all 5 first answers, rejects Q1, Q3 (right) and Q5 (unparsed), fixes Q1 and Q5 and breaks Q3;
     # round 2 judges those 3 again, rejects Q3 and Q5 (right) and reflects without changing either.
     assert stats["rounds"] == [
-        {"round": 1, "accuracy": pytest.approx(3 / 5), "judged": 5, "judged_wrong": 3, "fixed": 2, "broke": 1},
-        {"round": 2, "accuracy": pytest.approx(3 / 5), "judged": 3, "judged_wrong": 2, "fixed": 0, "broke": 0}]
+        {"round": 1, "accuracy": pytest.approx(3 / 5), "judged": 5, "judged_wrong": 3, "fixed": 2, "broke": 1,
+         "verdict_prob": None},
+        {"round": 2, "accuracy": pytest.approx(3 / 5), "judged": 3, "judged_wrong": 2, "fixed": 0, "broke": 0,
+         "verdict_prob": None}]
     assert format_rounds(stats).splitlines() == [
-        "round  accuracy  judged  judged wrong  fixed  broke",
-        "    0     40.0%       -             -      -      -",
-        "    1     60.0%       5             3      2      1",
-        "    2     60.0%       3             2      0      0"]
+        "round  accuracy  judged  judged wrong  fixed  broke  verdict prob",
+        "    0     40.0%       -             -      -      -             -",
+        "    1     60.0%       5             3      2      1             -",
+        "    2     60.0%       3             2      0      0             -"]
 
 
 def test_reflection_alone_reflects_every_first_answer_once(traces_and_model):
@@ -182,3 +187,41 @@ def test_answer_content_shows_the_final_answer_in_the_answer_form_of_the_templat
     assert trace.final.correct and tts_statistics([trace], 2)["fixed"] == 1
     with pytest.raises(ValueError, match="content"):
         run_tts(model, [Problem("Q", "5")], sampling=Sampling(), content="both")
+
+
+def test_a_threshold_of_one_never_reflects(traces_and_model):
+    # a scripted model gives no probabilities: its verdicts count at face value, p(wrong) 0 or 1, never above 1
+    _, model = traces_and_model
+    problems = [Problem(question, gold) for question, gold, _, _ in CASES]
+    traces = run_tts(model, problems, max_rounds=2, sampling=Sampling(), reject_above=1.0)
+    assert [[turn.role for turn in t.turns] for t in traces] == [["answer", "judge"]] * len(CASES)
+    assert [t.final.extracted for t in traces] == [answers[0] for _, _, answers, _ in CASES]
+    stats = tts_statistics(traces, 2, reject_above=1.0)
+    assert stats["accuracy_by_round"] == [pytest.approx(2 / 5)] * 3 and stats["reflections"] == 0
+    assert (stats["false_accept"], stats["false_reject"]) == (3, 0)  # Q1, Q4, Q5 wrong and all accepted
+
+
+def test_p_wrong_and_the_rejection_rule():
+    def verdict(extracted, probability):
+        return Turn("judge", 0, "", 1, "stop", extracted, verdict_prob=probability)
+
+    assert [p_wrong(verdict("Yes", 0.8)), p_wrong(verdict("No", 0.7)), p_wrong(verdict(None, None)),
+            p_wrong(verdict("Yes", None)), p_wrong(verdict("No", None))] == [pytest.approx(0.2), 0.7, 1.0, 0.0, 1.0]
+    no = verdict("No", 0.7)
+    assert [rejects(no, None), rejects(no, 0.5), rejects(no, 0.7), rejects(no, 1.0)] == [True, True, False, False]
+    assert rejects(verdict("Yes", 0.8), 0.1) and not rejects(verdict("Yes", 0.8), None)
+
+
+def test_keep_better_judges_the_last_reflection_and_keeps_the_best_rated_answer(traces_and_model):
+    _, model = traces_and_model
+    model.replies[pointwise_prompt("Q3", boxed("9"), cot=True)] = NO  # Q3: 3 (right), 2, 9 all judged No
+    problems = [Problem(question, gold) for question, gold, _, _ in CASES]
+    traces = run_tts(model, problems, max_rounds=2, sampling=Sampling(), keep_better=True)
+    # Text verdicts: p(wrong) 1 after every No or unreadable verdict, so the earliest answer is kept: Q3's right 3,
+    # and Q5's wrong 1 (1 unreadable, 2 and 2 judged No).
+    assert [t.final.extracted for t in traces] == ["5", "7", "3", "0", "1"]
+    assert [turn.role for turn in traces[2].turns] == ["answer", "judge", "reflect", "judge", "reflect", "judge", "keep"]
+    assert traces[2].turns[-1].num_tokens == 0
+    stats = tts_statistics(traces, 2)
+    assert (stats["kept_earlier"], stats["judged"], stats["reflections"]) == (2, 8, 5)
+    assert stats["accuracy_by_round"] == [pytest.approx(2 / 5), pytest.approx(3 / 5), pytest.approx(3 / 5)]
