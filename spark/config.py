@@ -234,13 +234,17 @@ class RolloutSettings(Sampling):
     n: int = ranged(8, ">= 1")  # rollouts per prompt (group size)
     batch_size: int = ranged(256, ">= 1")  # sequences per sampler call
     compile: bool = False  # torch.compile the decode step (CUDA graphs on CUDA; fused small ops on CPU)
+    # DAPO's dynamic sampling: policy groups whose rewards are all equal (no gradient) are dropped and more prompts
+    # sampled until data.prompts_per_step groups are left, in at most max_sampling_rounds rounds
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = ranged(3, ">= 1")  # rounds of prompts_per_step prompts; then the batch trains as it is
 
 
 @dataclass
 class LossSettings:
     """The policy loss, the KL to the reference, advantages, and how a batch is cut into optimizer steps."""
 
-    policy_loss: str = "grpo"  # a name in spark.rl.losses.POLICY_LOSSES: grpo (token-level clipped surrogate)
+    policy_loss: str = "grpo"  # a name in spark.rl.losses.POLICY_LOSSES: grpo (token-level clipped surrogate) | gspo (sequence-level)
     kl_coef: float = ranged(0.001, ">= 0")  # lambda of the KL to the frozen reference, in the loss
     kl_kind: KLKind = "k3"  # k1 | k2 | k3
     # The ratio is clipped to [1 - clip_low, 1 + clip_high]: clip_low = 0 would stop a token with a negative
@@ -248,8 +252,14 @@ class LossSettings:
     clip_low: float = ranged(0.2, "(0, 1)")
     clip_high: float = ranged(0.2, "> 0")  # > clip_low is clip-higher
     dual_clip: float = ranged(0.0, "> 1", zero="off")  # > 1 enables dual-clip; 0 = off
-    aggregation: Aggregation = "token-mean"  # token-mean | seq-mean-token-mean
+    gspo_clip_low: float = ranged(3e-4, "(0, 1)")  # gspo: the sequence ratio is clipped to [1 - gspo_clip_low, 1 + gspo_clip_high]
+    gspo_clip_high: float = ranged(4e-4, "> 0")
+    # token-mean | seq-mean-token-mean (gspo needs it) | seq-mean-token-sum-norm (Dr. GRPO: token sums over
+    # rollout.max_new_tokens)
+    aggregation: Aggregation = "token-mean"
     advantage_scale: AdvantageScale = "group"  # group | batch | none (Dr. GRPO)
+    # Truncated importance sampling: the policy loss weighted per token by min(pi_old / pi_sampler, tis_cap)
+    tis_cap: float = ranged(0.0, ">= 1", zero="off")
     # population: (r - mean) / sqrt(var + eps); unbiased: (r - mean) / (sample std + eps), the authors' code
     advantage_std: AdvantageStd = "population"
     advantage_eps: float = ranged(1e-6, "> 0")  # > 0: a group of equal rewards has std 0
@@ -267,6 +277,10 @@ class LossSettings:
             raise SettingError(type(self).__name__, "policy_loss", self.policy_loss,
                                f"is not one of {', '.join(map(repr, POLICY_LOSSES))}")
         check_ranges(self)
+        if self.policy_loss == "gspo" and self.aggregation != "seq-mean-token-mean":
+            raise SettingError(type(self).__name__, "aggregation", self.aggregation,
+                               "must be 'seq-mean-token-mean' with loss.policy_loss = 'gspo' (a sequence ratio is "
+                               "averaged per sequence)", others=("loss.policy_loss",))
 
 
 @dataclass
@@ -277,6 +291,13 @@ class RewardSettings:
     # following it; lenient: found as a human grader would (the default of evaluation and TTS); first: the
     # first \boxed{}, as the authors' evaluation scripts read it
     answer_mode: AnswerMode = "strict"
+    # DAPO's overlong shaping: a response longer than rollout.max_new_tokens - overlong_buffer tokens loses up to
+    # overlong_penalty, linearly over the buffer; 0 = off
+    overlong_buffer: int = ranged(0, ">= 0")
+    overlong_penalty: float = ranged(1.0, ">= 0")
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass
@@ -342,6 +363,10 @@ class RunSettings:
     peak_tflops: float = ranged(0.0, ">= 0")  # per GPU, for MFU; 0 = spark.distributed.flops.PEAK_TFLOPS by device name
     max_skipped_steps: int = ranged(3, ">= 0")  # optimizer steps skipped in a row (non-finite loss or grad norm) before the run stops
     collective_timeout_s: int = ranged(1800, ">= 1")  # a rank waiting this long in a collective (e.g. on a dead peer) fails
+    # Alarms, each printed once when it starts to hold (and in the metrics, alarm/*); 0 = off:
+    alarm_entropy_below: float = ranged(0.0, "> 0", zero="off")  # the policy update's mean token entropy below this (collapse)
+    alarm_entropy_above: float = ranged(0.0, "> 0", zero="off")  # ... above this (the policy drifting to noise)
+    alarm_logp_mismatch_above: float = ranged(0.0, "> 0", zero="off")  # mean |trainer - sampler| token log-prob above this
 
     def __post_init__(self):
         check_ranges(self)
@@ -368,6 +393,10 @@ class TrainConfig:
             raise SettingError(type(self).__name__, "loss.mini_batch_size", size,
                                f"must divide the batch of data.prompts_per_step x rollout.n = {batch} rollouts",
                                others=("data.prompts_per_step", "rollout.n"))
+        if self.reward.overlong_buffer >= self.rollout.max_new_tokens:
+            raise SettingError(type(self).__name__, "reward.overlong_buffer", self.reward.overlong_buffer,
+                               f"must be < rollout.max_new_tokens = {self.rollout.max_new_tokens}",
+                               others=("rollout.max_new_tokens",))
 
 
 def config_hash(config: TrainConfig) -> str:

@@ -51,6 +51,7 @@ from spark.generation.chat import load_chat_model
 from spark.models import load_model
 from spark.models.attention import describe_attention
 from spark.plan import check_memory
+from spark.rl.alarms import Alarm, Alarms
 from spark.rl.losses import group_advantages, micro_batch_loss
 from spark.rl.packing import (
     MicroBatch,
@@ -78,10 +79,12 @@ from spark.rl.rollout import (
     by_group,
     first_of_each_task,
     heldout_metrics,
+    overlong_penalty,
     rollout_groups,
     rollout_metrics,
     score,
     task_image_configs,
+    varied,
 )
 from spark.tasks.prompts import math_prompt, pointwise_prompt
 from spark.tasks.table import TASKS
@@ -95,6 +98,7 @@ class Salt(enum.IntEnum):
     MINI_BATCHES = 2
     RECYCLED_MINI_BATCHES = 3
     RECYCLED_ROLLOUT = 2**20
+    SAMPLING_ROUND = 2**21  # + the round: dynamic sampling's extra prompts and their rollouts
 
 
 def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
@@ -207,6 +211,10 @@ class Trainer:
         self.queue = RecycleQueue()
         self.skipped_steps = self.skipped_in_a_row = 0  # updates skipped for a non-finite loss or grad norm
         self.signals = StopSignals()
+        self.alarms = Alarms([Alarm("entropy_low", "entropy", run.alarm_entropy_below, False, "run.alarm_entropy_below"),
+                              Alarm("entropy_high", "entropy", run.alarm_entropy_above, True, "run.alarm_entropy_above"),
+                              Alarm("logp_mismatch", "logp_mismatch", run.alarm_logp_mismatch_above, True,
+                                    "run.alarm_logp_mismatch_above")])
         self.resume()
         # A run resumed from an earlier checkpoint than its last logged step logs those steps again.
         self.metrics = MetricsLogger(self.out_dir, next_step=self.step + 1 if self.resume_from else 0,
@@ -266,8 +274,12 @@ class Trainer:
             samples += self.take_recycled()
         experiences = self.rollout(samples, Salt.ROLLOUT, timer)
         trained = [e for e in experiences if e.sample.task != "policy" or self.ablation.trains_policy]
+        sampling: dict[str, float] = {}
+        if config.rollout.dynamic_sampling and self.ablation.trains_policy:
+            experiences, trained, sampling = self.dynamic_sampling(experiences, trained, timer)
         first, slots = self.step * self.policy_optimizer_steps, self.policy_optimizer_steps
-        metrics = self.update(trained, timer, lr_steps=(first, slots))
+        metrics = {**self.update(trained, timer, lr_steps=(first, slots)), **sampling}
+        metrics.update(self.alarms.check(self.step + 1, metrics, show=self.world.is_main))
 
         if self.recycle_rules is not None:
             rng = random.Random(self.seed(Salt.RECYCLE))
@@ -323,25 +335,61 @@ class Trainer:
 
     # ---- rollout, reward, advantages ----------------------------------------------------------------
 
-    def rollout(self, samples: list[Sample], salt: Salt, timer: PhaseTimer) -> list[Experience]:
+    def rollout(self, samples: list[Sample], salt: int, timer: PhaseTimer, first_group: int = 0) -> list[Experience]:
         """n scored responses per sample from the current policy, with their advantages. A sample's group id is
-        its position in the global batch (ranks deal the batch out every world_size-th sample), so that the
-        update's mini-batches are the same on any number of ranks."""
+        first_group + its position in the global batch (ranks deal the batch out every world_size-th sample), so
+        that the update's mini-batches are the same on any number of ranks."""
+        rollout, reward = self.config.rollout, self.config.reward
         with timer("rollout"):
             copy_full_weights(self.policy, self.rollouts.chat.model)
-            group_ids = [self.world.rank + i * self.world.size for i in range(len(samples))]
-            experiences = self.rollouts.sample(samples, self.config.rollout, self.config.rollout.n, self.seed(salt),
-                                               group_ids)
+            group_ids = [first_group + self.world.rank + i * self.world.size for i in range(len(samples))]
+            experiences = self.rollouts.sample(samples, rollout, rollout.n, self.seed(salt), group_ids)
         with timer("reward"):
-            score(experiences, self.config.reward.answer_mode)
+            score(experiences, reward.answer_mode)
+        for e in experiences:
+            e.shaping = overlong_penalty(len(e.response_ids), rollout.max_new_tokens, reward.overlong_buffer,
+                                         reward.overlong_penalty)
         self.assign_advantages(experiences)
         return experiences
 
+    def dynamic_sampling(self, experiences: list[Experience], trained: list[Experience], timer: PhaseTimer
+                         ) -> tuple[list[Experience], list[Experience], dict[str, float]]:
+        """Collective. DAPO's dynamic sampling (Yu et al. 2025): the policy groups whose rewards are all equal are
+        dropped from the trained batch, and rounds of data.prompts_per_step more prompts are sampled until
+        prompts_per_step policy groups are left (the first ones by round and group id), or
+        rollout.max_sampling_rounds rounds are done (the batch then trains with what there is). Returns (every
+        sampled experience, for recycling and the rollout metrics; the trained ones; the metrics
+        `dropped_groups` and `sampling_rounds`). A round's prompts are a pure function of (seed, step, round): a
+        random draw without repeats, so that a resumed run samples the same."""
+        per_step, world = self.config.data.prompts_per_step, self.world
+        sampled, fresh, kept, dropped, rounds = list(experiences), trained, [], 0, 1
+        while True:
+            for group in by_group(fresh):
+                if group[0].sample.task != "policy" or varied(group):
+                    kept += group
+                else:
+                    dropped += 1
+            mine = sorted({e.group for e in kept if e.sample.task == "policy"})
+            if reduce_metrics({"kept": len(mine)})["kept"] >= per_step or rounds == self.config.rollout.max_sampling_rounds:
+                break
+            salt = Salt.SAMPLING_ROUND + rounds
+            prompts = step_prompts(self.questions, 0, per_step, rank=world.rank, world_size=world.size,
+                                   seed=step_seed(self.config.data.seed, self.step, 0, salt))
+            after = reduce_metrics({"next": max((e.group for e in sampled), default=-1) + 1}, op="max")["next"]
+            fresh = self.rollout(prompts, salt, timer, first_group=int(after))
+            sampled += fresh
+            rounds += 1
+        chosen = set(sorted(g for rank in all_gather_objects(mine) for g in rank)[:per_step])
+        kept = [e for e in kept if e.sample.task != "policy" or e.group in chosen]
+        self.assign_advantages(kept)  # over the trained batch (scale = "batch" reads its statistics)
+        return sampled, kept, {"dropped_groups": reduce_metrics({"dropped": dropped})["dropped"],
+                               "sampling_rounds": rounds}
+
     def assign_advantages(self, experiences: list[Experience]) -> None:
-        """Group-normalised advantages; the statistics of scale="batch" span all ranks, so the result does not
-        depend on how the batch is split."""
+        """Group-normalised advantages of the rewards plus their shaping; the statistics of scale="batch" span all
+        ranks, so the result does not depend on how the batch is split."""
         groups = by_group(experiences)
-        everyone = all_gather_objects([[e.reward for e in group] for group in groups])
+        everyone = all_gather_objects([[e.reward + e.shaping for e in group] for group in groups])
         offset = sum(len(rank) for rank in everyone[:self.world.rank])
         rewards = torch.tensor([group for rank in everyone for group in rank], dtype=torch.float64)
         if not len(rewards):
@@ -461,7 +509,8 @@ class Trainer:
             loss, loss_sums = micro_batch_loss(
                 logp, logp.detach() if single else batch.old_logprobs,
                 batch.ref_logprobs if self.reference is not None else None, batch.advantages, batch.weights,
-                batch.mask, cfg, num_tokens=counts["tokens"], num_seqs=counts["seqs"])
+                batch.mask, cfg, sampler_logp=batch.sampler_logprobs, num_tokens=counts["tokens"],
+                num_seqs=counts["seqs"], max_tokens=self.config.rollout.max_new_tokens)
             # FSDP averages gradients over ranks; the loss is already normalised by global counts.
             (loss * self.world.size).backward()
             mismatch = (logp.detach() - batch.sampler_logprobs).abs() * batch.mask

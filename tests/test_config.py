@@ -28,13 +28,13 @@ def run_file(tmp_path):
     ("spark.schedule=seperate", "spark.schedule", "'separate', 'mixed'"),
     ("spark.mode=spak", "spark.mode", "'policy-only', 'reward-only', 'policy+reward', 'spark'"),
     ("loss.kl_kind=k4", "loss.kl_kind", "'k1', 'k2', 'k3'"),  # caught although kl_coef = 0 in the file
-    ("loss.aggregation=token-sum", "loss.aggregation", "'token-mean', 'seq-mean-token-mean'"),
+    ("loss.aggregation=token-sum", "loss.aggregation", "'token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum-norm'"),
     ("loss.advantage_scale=groups", "loss.advantage_scale", "'group', 'batch', 'none'"),
     ("spark.recycle.content=answers", "spark.recycle.content", "'answer', 'cot', 'both'"),
     ("run.resume=always", "run.resume", "'auto', 'force'"),
     ("reward.answer_mode=loose", "reward.answer_mode", "'strict', 'lenient', 'first'"),
     ("data.format=message", "data.format", "'rows', 'messages'"),
-    ("loss.policy_loss=ppo", "loss.policy_loss", "'grpo'"),
+    ("loss.policy_loss=ppo", "loss.policy_loss", "'grpo', 'gspo'"),
 ])
 def test_a_misspelt_choice_names_the_command_line_key_value_and_choices(run_file, override, key, allowed):
     value = override.split("=")[1]
@@ -87,10 +87,16 @@ OUT_OF_RANGE = {
     "rollout.repetition_penalty": ("rollout.repetition_penalty=0", "'rollout.repetition_penalty' = 0.0 must be > 0"),
     "rollout.n": ("rollout.n=0", "'rollout.n' = 0 must be >= 1"),
     "rollout.batch_size": ("rollout.batch_size=0", "'rollout.batch_size' = 0 must be >= 1"),
+    "rollout.max_sampling_rounds": ("rollout.max_sampling_rounds=0", "'rollout.max_sampling_rounds' = 0 must be >= 1"),
+    "reward.overlong_buffer": ("reward.overlong_buffer=-1", "'reward.overlong_buffer' = -1 must be >= 0"),
+    "reward.overlong_penalty": ("reward.overlong_penalty=-1", "'reward.overlong_penalty' = -1.0 must be >= 0"),
     "loss.kl_coef": ("loss.kl_coef=-1", "'loss.kl_coef' = -1.0 must be >= 0"),
     "loss.clip_low": ("loss.clip_low=1.5", "'loss.clip_low' = 1.5 must be in (0, 1)"),
     "loss.clip_high": ("loss.clip_high=0", "'loss.clip_high' = 0.0 must be > 0"),
     "loss.dual_clip": ("loss.dual_clip=0.5", "'loss.dual_clip' = 0.5 must be 0 (off) or > 1"),
+    "loss.gspo_clip_low": ("loss.gspo_clip_low=1", "'loss.gspo_clip_low' = 1.0 must be in (0, 1)"),
+    "loss.gspo_clip_high": ("loss.gspo_clip_high=0", "'loss.gspo_clip_high' = 0.0 must be > 0"),
+    "loss.tis_cap": ("loss.tis_cap=0.5", "'loss.tis_cap' = 0.5 must be 0 (off) or >= 1"),
     "loss.advantage_eps": ("loss.advantage_eps=0", "'loss.advantage_eps' = 0.0 must be > 0"),
     "loss.mini_batch_size": ("loss.mini_batch_size=-1", "'loss.mini_batch_size' = -1 must be >= 0"),
     "loss.ppo_epochs": ("loss.ppo_epochs=0", "'loss.ppo_epochs' = 0 must be >= 1"),
@@ -129,6 +135,10 @@ OUT_OF_RANGE = {
     "run.peak_tflops": ("run.peak_tflops=-1", "'run.peak_tflops' = -1.0 must be >= 0"),
     "run.max_skipped_steps": ("run.max_skipped_steps=-1", "'run.max_skipped_steps' = -1 must be >= 0"),
     "run.collective_timeout_s": ("run.collective_timeout_s=0", "'run.collective_timeout_s' = 0 must be >= 1"),
+    "run.alarm_entropy_below": ("run.alarm_entropy_below=-1", "'run.alarm_entropy_below' = -1.0 must be 0 (off) or > 0"),
+    "run.alarm_entropy_above": ("run.alarm_entropy_above=-1", "'run.alarm_entropy_above' = -1.0 must be 0 (off) or > 0"),
+    "run.alarm_logp_mismatch_above": ("run.alarm_logp_mismatch_above=-1",
+                                      "'run.alarm_logp_mismatch_above' = -1.0 must be 0 (off) or > 0"),
 }
 
 
@@ -174,6 +184,10 @@ def test_every_numeric_setting_has_a_range_checked_at_load(tmp_path):
      "'data.judge_max_pixels' = 500 must be >= data.min_pixels = 1000"),
     (["run.eval_every=5"], "'run.eval_every' = 5 evaluates nothing: set run.eval_files or run.judge_eval_files "
                            "(or eval_every = 0)"),
+    (["loss.policy_loss=gspo"], "'loss.aggregation' = 'token-mean' must be 'seq-mean-token-mean' with "
+                                "loss.policy_loss = 'gspo' (a sequence ratio is averaged per sequence)"),
+    (["rollout.max_new_tokens=64", "reward.overlong_buffer=64"],
+     "'reward.overlong_buffer' = 64 must be < rollout.max_new_tokens = 64"),
     (["optim=3", "optim.lr=1"], "'optim.lr': 'optim' is not a table"),
     (["optimlr"], "'optimlr' is not section.key=value"),
 ])

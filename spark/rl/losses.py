@@ -15,7 +15,7 @@ from typing import Literal, Protocol, get_args
 import torch
 
 KLKind = Literal["k1", "k2", "k3"]
-Aggregation = Literal["token-mean", "seq-mean-token-mean"]
+Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 AdvantageScale = Literal["group", "batch", "none"]
 AdvantageStd = Literal["population", "unbiased"]
 
@@ -110,6 +110,52 @@ def policy_loss(
     return loss, metrics
 
 
+def sequence_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO's sequence-level clipped surrogate (Zheng et al. 2025, "Group Sequence Policy Optimization"), per
+    token: logp/old_logp/mask [B, T], advantages [B, 1] -> [B, T].
+
+    s_i = exp(sum_t m_it (logp_it - old_logp_it) / sum_t m_it)   the length-normalised sequence ratio
+    s_it = sg(s_i) * exp(logp_it - sg(logp_it))                   value s_i, gradient s_i * grad logp_it
+    loss_it = max(-A_i s_it, -A_i clip(s_it, 1 - clip_low, 1 + clip_high))
+    Averaged per sequence (aggregation seq-mean-token-mean) its gradient is GSPO's,
+    -A_i s_i (1 / |y_i|) sum_t grad logp_it where unclipped. The clip range is on a ratio of geometric means, so
+    it is far narrower than a token ratio's (the paper's 3e-4 / 4e-4). Metrics as `policy_loss`'s, `clipped`
+    per sequence (on each of its tokens).
+    """
+    mask = mask.float()
+    token_log_ratio = (logp - old_logp).masked_fill(mask == 0, 0.0)
+    seq_log_ratio = token_log_ratio.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    log_ratio = (seq_log_ratio.detach() + logp - logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    loss_unclipped = -advantages * ratio
+    loss_clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    metrics = {"clipped": (loss_clipped > loss_unclipped).float().detach(),
+               "approx_kl": 0.5 * token_log_ratio.detach().pow(2)}
+    return torch.maximum(loss_unclipped, loss_clipped), metrics
+
+
+def truncated_is_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance sampling for the sampler/trainer mismatch (Yao et al. 2025, "Your Efficient RL
+    Framework Secretly Brings You Off-Policy RL Training"), per token [B, T] -> (weights, capped) [B, T].
+
+    w_t = min(exp(old_logp_t - sampler_logp_t), cap)
+    old_logp is the trainer's pi_old and sampler_logp the sampler's log-prob of the same token: the two differ by
+    kernels and precision, so the rollout is slightly off-policy and w_t reweights it. Detached (a weight, not
+    a path for the gradient); `capped` = 1 where the cap bounds w.
+    """
+    ratio = torch.exp((old_logp - sampler_logp).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    return ratio.clamp(max=cap), (ratio > cap).float()
+
+
 def aggregate(
     values: torch.Tensor,
     mask: torch.Tensor,
@@ -117,12 +163,16 @@ def aggregate(
     *,
     num_tokens: float | None = None,
     num_seqs: float | None = None,
+    max_tokens: int | None = None,
 ) -> torch.Tensor:
     """Reduce per-token values [B, T] over the mask [B, T] to a scalar.
 
-    token-mean:          sum_{i,t} m_it v_it / num_tokens               (num_tokens defaults to sum m)
-    seq-mean-token-mean: sum_i (sum_t m_it v_it / sum_t m_it) / num_seqs (num_seqs defaults to the number
-                         of rows with a token in the mask)
+    token-mean:              sum_{i,t} m_it v_it / num_tokens               (num_tokens defaults to sum m)
+    seq-mean-token-mean:     sum_i (sum_t m_it v_it / sum_t m_it) / num_seqs (num_seqs defaults to the number
+                             of rows with a token in the mask)
+    seq-mean-token-sum-norm: sum_i (sum_t m_it v_it / max_tokens) / num_seqs, max_tokens a constant (the longest
+                             response allowed): Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"),
+                             where dividing by each response's own length favours long wrong answers
     To make the loss independent of the number of ranks and micro-batches, the trainer passes the counts
     over the whole global batch, so summing the micro-batches' results gives the full batch's value.
     Masked positions may hold anything (inf, nan); an all-empty mask with default counts gives 0.
@@ -137,6 +187,11 @@ def aggregate(
         seq_means = values.sum(dim=-1) / seq_lens.clamp(min=1)
         denominator = num_seqs if num_seqs is not None else (seq_lens > 0).sum().clamp(min=1)
         return seq_means.sum() / denominator
+    if mode == "seq-mean-token-sum-norm":
+        if max_tokens is None:
+            raise ValueError("aggregate: seq-mean-token-sum-norm needs max_tokens, the longest response allowed")
+        denominator = num_seqs if num_seqs is not None else mask.any(dim=-1).sum().clamp(min=1)
+        return values.sum() / (max_tokens * denominator)
     raise ValueError(f"aggregate: mode must be one of {get_args(Aggregation)}, got {mode!r}")
 
 
@@ -150,6 +205,9 @@ class LossSettings(Protocol):
     kl_coef: float
     kl_kind: str
     aggregation: str
+    gspo_clip_low: float
+    gspo_clip_high: float
+    tis_cap: float
 
 
 # A policy loss: (logp, old_logp [S, R], advantages [S, 1], mask [S, R], settings) -> (per-token loss [S, R],
@@ -179,6 +237,14 @@ def grpo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: tor
                        dual_clip=settings.dual_clip or None)
 
 
+@register_policy_loss("gspo")
+def gspo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                     settings: LossSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO's sequence-level clipped surrogate (`sequence_policy_loss`) with the settings' GSPO clip range."""
+    return sequence_policy_loss(logp, old_logp, advantages, mask, clip_low=settings.gspo_clip_low,
+                                clip_high=settings.gspo_clip_high)
+
+
 def micro_batch_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -188,26 +254,37 @@ def micro_batch_loss(
     mask: torch.Tensor,
     settings: LossSettings,
     *,
+    sampler_logp: torch.Tensor | None = None,
     num_tokens: float | None = None,
     num_seqs: float | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of one micro-batch: the policy loss `settings.policy_loss` plus kl_coef times the KL to the
-    reference, weighted per sequence by its task weight, aggregated over the (global) mini-batch.
+    """The loss of one micro-batch: the policy loss `settings.policy_loss` (times the truncated importance
+    weight when settings.tis_cap > 0) plus kl_coef times the KL to the reference, weighted per sequence by its
+    task weight, aggregated over the (global) mini-batch.
 
-    loss = aggregate(w_i * (policy_loss_it + kl_coef * kl_penalty(logp, ref_logp)_it), mask)
-    logp, old_logp, ref_logp, mask: [S, R]; advantages, weights: [S, 1]. ref_logp None: no KL term.
-    Also returns mask-summed per-token metrics (detached, not normalised): clip_frac, approx_kl, and kl
-    when there is a reference.
+    loss = aggregate(w_i * (tis_it * policy_loss_it + kl_coef * kl_penalty(logp, ref_logp)_it), mask)
+    tis_it = truncated_is_weights(old_logp, sampler_logp, tis_cap), 1 when tis_cap = 0
+    logp, old_logp, ref_logp, sampler_logp, mask: [S, R]; advantages, weights: [S, 1]. ref_logp None: no KL term.
+    Also returns mask-summed per-token metrics (detached, not normalised): clip_frac, approx_kl, kl when there is
+    a reference, tis_weight and tis_capped when the weights are on.
     """
     if settings.policy_loss not in POLICY_LOSSES:
         raise ValueError(f"unknown policy loss {settings.policy_loss!r}; registered: {', '.join(POLICY_LOSSES)}")
     per_token, info = POLICY_LOSSES[settings.policy_loss](logp, old_logp, advantages, mask, settings)
     sums = {"clip_frac": (info["clipped"] * mask).sum(), "approx_kl": (info["approx_kl"] * mask).sum()}
+    if settings.tis_cap:
+        if sampler_logp is None:
+            raise ValueError("micro_batch_loss: tis_cap > 0 needs the sampler's log-probs")
+        tis, capped = truncated_is_weights(old_logp, sampler_logp, settings.tis_cap)
+        per_token = per_token * tis
+        sums["tis_weight"], sums["tis_capped"] = (tis * mask).sum(), (capped * mask).sum()
     if ref_logp is not None:
         kl = kl_penalty(logp, ref_logp, settings.kl_kind)
         per_token = per_token + settings.kl_coef * kl
         sums["kl"] = (kl.detach() * mask).sum()
-    loss = aggregate(per_token * weights, mask, settings.aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+    loss = aggregate(per_token * weights, mask, settings.aggregation, num_tokens=num_tokens, num_seqs=num_seqs,
+                     max_tokens=max_tokens)
     return loss, sums
 
 

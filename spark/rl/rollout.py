@@ -33,6 +33,7 @@ class Experience:
     response: str
     reward: float
     truncated: bool  # stopped by max_new_tokens, not by a stop token
+    shaping: float = 0.0  # added to the reward for the advantage only (overlong_penalty): recycling reads the verdict
     advantage: float = 0.0
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # the prompt's image inputs (ChatPrompt.images)
     group: int = 0  # responses to the same prompt share it
@@ -118,6 +119,24 @@ def score(experiences: list[Experience], answer_mode: str) -> None:
         experience.reward = reward
 
 
+def overlong_penalty(length: int, max_new_tokens: int, buffer: int, penalty: float) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, "DAPO", eq. 13), added to the reward:
+
+    0                                          for length <= max_new_tokens - buffer
+    -penalty * (length - (max_new_tokens - buffer)) / buffer   beyond, down to -penalty at max_new_tokens
+    A response cannot pass max_new_tokens (the sampler stops it there). buffer = 0: off.
+    """
+    if not buffer:
+        return 0.0
+    return -penalty * max(0, length - (max_new_tokens - buffer)) / buffer
+
+
+def varied(group: list[Experience]) -> bool:
+    """Whether a group's verifier rewards differ: a group whose rewards are all equal has advantage 0 on every
+    response and so no policy gradient (DAPO's dynamic sampling drops it)."""
+    return len({e.reward for e in group}) > 1
+
+
 def by_group(experiences: list[Experience]) -> list[list[Experience]]:
     """The experiences of each group, groups in id order, responses in their order within the list."""
     groups: dict[int, list[Experience]] = {}
@@ -145,9 +164,9 @@ def rollout_groups(experiences: list[Experience]) -> list[RolloutGroup]:
 
 def rollout_metrics(experiences: list[Experience]) -> dict[str, float]:
     """Over all ranks: reward per task (policy accuracy, judge accuracies, reflection success), response
-    lengths, truncation rate, generated tokens."""
+    lengths, truncation rate, generated tokens, the mean overlong shaping."""
     sums = {"response_tokens": sum(len(e.response_ids) for e in experiences), "responses": len(experiences),
-            "truncated": sum(e.truncated for e in experiences)}
+            "truncated": sum(e.truncated for e in experiences), "shaping": sum(e.shaping for e in experiences)}
     for task in TASKS:
         rewards = [e.reward for e in experiences if e.sample.task == task]
         sums[f"reward/{task}"], sums[f"count/{task}"] = sum(rewards), len(rewards)
@@ -157,7 +176,8 @@ def rollout_metrics(experiences: list[Experience]) -> dict[str, float]:
                for task in TASKS if totals[f"count/{task}"]}
     responses = max(totals["responses"], 1)
     return {**metrics, "response_len/mean": totals["response_tokens"] / responses, "response_len/max": longest,
-            "truncation_rate": totals["truncated"] / responses, "generated_tokens": totals["response_tokens"]}
+            "truncation_rate": totals["truncated"] / responses, "generated_tokens": totals["response_tokens"],
+            "reward/overlong_shaping": totals["shaping"] / responses}
 
 
 def heldout_metrics(rollouts: Rollouts, eval_sets: dict[str, list[Sample]], greedy: Sampling, answer_mode: str, *,

@@ -272,7 +272,7 @@ def test_a_policy_loss_chosen_by_name(monkeypatch):
     torch.testing.assert_close(logp.grad, torch.tensor([[-1 / 3, -1 / 3, 0.0], [2 * math.exp(0.5) / 3, 0.0, 0.0]]))
     assert load_config(TrainConfig, None, ["loss.policy_loss=toy"]).loss.policy_loss == "toy"
     with pytest.raises(ConfigError, match=r"^command line: 'loss\.policy_loss' = 'gspo-ish' is not one of "
-                                          r"'grpo', 'toy'$"):
+                                          r"'grpo', 'gspo', 'toy'$"):
         load_config(TrainConfig, None, ["loss.policy_loss=gspo-ish"])
     register_policy_loss("registered-by-test")(sequence_ratio)
     try:
