@@ -20,11 +20,8 @@ class Alarm:
     above: bool
     setting: str
 
-    def holds(self, metrics: dict[str, float]) -> bool:
-        """Whether the step's metric is past the bound; a step without the metric (no update) is not."""
-        value = metrics.get(self.metric)
-        if value is None:
-            return False
+    def holds(self, value: float) -> bool:
+        """Whether the metric's value is past the bound."""
         return value > self.bound if self.above else value < self.bound
 
 
@@ -36,15 +33,19 @@ class Alarms:
         self.holding: set[str] = set()
 
     def check(self, step: int, metrics: dict[str, float], show: bool = True) -> dict[str, float]:
-        """`alarm/NAME` (1 or 0) for each alarm set; prints a line for each that holds now and did not at the
-        previous check (`show`: this process prints), so an alarm that stays on prints once."""
+        """`alarm/NAME` (1 or 0) for each alarm set whose metric the step has; prints a line for each that holds
+        now and did not at its previous check (`show`: this process prints), so an alarm that stays on prints once.
+        A step without the metric (no update) leaves its alarm as it was."""
         state = {}
         for alarm in self.alarms:
-            holds = alarm.holds(metrics)
+            if alarm.metric not in metrics:
+                continue
+            value = metrics[alarm.metric]
+            holds = alarm.holds(value)
             state[f"alarm/{alarm.name}"] = float(holds)
             if holds and alarm.name not in self.holding and show:
                 side = "above" if alarm.above else "below"
-                print(f"step {step}: alarm {alarm.name}: {alarm.metric} = {metrics[alarm.metric]:.4g} is {side} "
-                      f"{alarm.setting} = {alarm.bound:g}", flush=True)
+                print(f"step {step}: alarm {alarm.name}: {alarm.metric} = {value:.4g} is {side} {alarm.setting} = "
+                      f"{alarm.bound:g}", flush=True)
             (self.holding.add if holds else self.holding.discard)(alarm.name)
         return state

@@ -281,3 +281,72 @@ def test_a_policy_loss_chosen_by_name(monkeypatch):
             register_policy_loss("registered-by-test")(sequence_ratio)
     finally:
         del POLICY_LOSSES["registered-by-test"]
+
+
+def test_gspo_clips_the_length_normalised_sequence_ratio_and_its_gradient_is_gspos():
+    from spark.rl.losses import sequence_policy_loss
+
+    logp = torch.tensor([[-1.0, -2.0, 0.0], [-0.2, 0.0, 0.0]], requires_grad=True)
+    old_logp = torch.tensor([[-1.2, -1.6, 5.0], [-0.5, 5.0, 5.0]])  # 5.0: masked, never read
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    advantages = torch.tensor([[-1.0], [1.0]])
+    per_token, metrics = sequence_policy_loss(logp, old_logp, advantages, mask, clip_low=0.1, clip_high=0.1)
+    # row 0: token log-ratios 0.2, -0.4, mean -0.1: s = e^-0.1 = 0.9048 inside [0.9, 1.1]; A = -1: loss s per token
+    # row 1: log-ratio 0.3, s = e^0.3 = 1.3499 > 1.1; A = +1: max(-1.3499, -1.1) = -1.1, clipped (no gradient)
+    s0 = math.exp(-0.1)
+    torch.testing.assert_close(per_token * mask, torch.tensor([[s0, s0, 0.0], [-1.1, 0.0, 0.0]]))
+    assert (metrics["clipped"] * mask).tolist() == [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    loss = aggregate(per_token, mask, "seq-mean-token-mean")
+    assert loss.item() == pytest.approx((s0 - 1.1) / 2)
+    loss.backward()
+    # GSPO's gradient: -A s (1/|y|) grad logp_t over 2 sequences: row 0's tokens s0 / 2 / 2 each, row 1 clipped
+    torch.testing.assert_close(logp.grad, torch.tensor([[s0 / 4, s0 / 4, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_gspo_by_name_reads_its_own_clip_range():
+    from spark.config import LossSettings
+    from spark.rl.losses import micro_batch_loss
+
+    logp, mask = torch.tensor([[0.3]]), torch.ones(1, 1)
+    settings = LossSettings(policy_loss="gspo", aggregation="seq-mean-token-mean", kl_coef=0.0,
+                            gspo_clip_low=0.1, gspo_clip_high=0.2)
+    loss, sums = micro_batch_loss(logp, torch.zeros(1, 1), None, torch.ones(1, 1), torch.ones(1, 1), mask, settings)
+    assert loss.item() == pytest.approx(-1.2) and sums["clip_frac"].item() == 1.0  # e^0.3 clipped to 1 + 0.2
+
+
+def test_dr_grpo_aggregation_divides_token_sums_by_a_constant():
+    values = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # (1 + 2) / 4 and 3 / 4, averaged over 2 sequences; seq-mean-token-mean would give ((1 + 2) / 2 + 3) / 2
+    loss = aggregate(values, mask, "seq-mean-token-sum-norm", max_tokens=4)
+    assert loss.item() == pytest.approx(0.75)
+    assert aggregate(values, mask, "seq-mean-token-mean").item() == pytest.approx(2.25)
+    assert aggregate(values, mask, "seq-mean-token-sum-norm", max_tokens=4, num_seqs=4).item() == pytest.approx(0.375)
+    loss.backward()
+    # every token weighs 1 / (max_tokens * sequences) = 1/8, whatever its response's length
+    torch.testing.assert_close(values.grad, mask / 8)
+    with pytest.raises(ValueError, match="max_tokens"):
+        aggregate(values, mask, "seq-mean-token-sum-norm")
+
+
+def test_truncated_importance_weights_scale_the_policy_loss():
+    from spark.config import LossSettings
+    from spark.rl.losses import micro_batch_loss, truncated_is_weights
+
+    old_logp, sampler_logp = torch.tensor([[-1.0, -0.5]]), torch.tensor([[-1.2, -2.0]])
+    weights, capped = truncated_is_weights(old_logp, sampler_logp, cap=2.0)
+    # exp(0.2) = 1.2214 under the cap; exp(1.5) = 4.4817 capped to 2
+    torch.testing.assert_close(weights, torch.tensor([[math.exp(0.2), 2.0]]))
+    assert capped.tolist() == [[0.0, 1.0]]
+    logp = old_logp.clone().requires_grad_(True)
+    settings = LossSettings(kl_coef=0.0, tis_cap=2.0)
+    loss, sums = micro_batch_loss(logp, logp.detach(), None, torch.ones(1, 1), torch.ones(1, 1), torch.ones(1, 2),
+                                  settings, sampler_logp=sampler_logp)
+    # ratio 1 on both tokens, A = 1: loss -w_t per token, token-mean over 2
+    assert loss.item() == pytest.approx(-(math.exp(0.2) + 2.0) / 2)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, -weights / 2)
+    assert sums["tis_weight"].item() == pytest.approx(math.exp(0.2) + 2.0) and sums["tis_capped"].item() == 1.0
+    plain, plain_sums = micro_batch_loss(logp, logp.detach(), None, torch.ones(1, 1), torch.ones(1, 1),
+                                         torch.ones(1, 2), LossSettings(kl_coef=0.0), sampler_logp=sampler_logp)
+    assert plain.item() == pytest.approx(-1.0) and "tis_weight" not in plain_sums  # tis_cap = 0: off

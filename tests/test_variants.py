@@ -1,0 +1,82 @@
+"""Each policy-gradient variant for a few steps of the tiny run: finite losses, and its settings in the metrics."""
+
+import math
+import shutil
+
+import pytest
+
+from spark.trainer import Trainer
+from tests.trainer_utils import read_metrics, tiny_config
+
+# Sampled hotter than the policy, with a seed whose first step mixes right and wrong answers in a group (a policy
+# gradient from step 1); two mini-batches per step, so that the ratios are not 1.
+BASE = ("rollout.temperature=1.5", "data.seed=1", "loss.mini_batch_size=2", "run.max_steps=2")
+
+VARIANTS = {
+    "grpo": (),
+    "gspo": ("loss.policy_loss=gspo", "loss.aggregation=seq-mean-token-mean"),
+    "dr-grpo": ("loss.advantage_scale=none", "loss.aggregation=seq-mean-token-sum-norm"),
+    "dynamic-sampling": ("rollout.dynamic_sampling=true", "rollout.max_sampling_rounds=3"),
+    "overlong": ("reward.overlong_buffer=4", "reward.overlong_penalty=0.5"),
+    "tis": ("loss.tis_cap=2.0", "model.mixed_precision=true"),  # a bf16 sampler: its log-probs differ
+    "alarms": ("run.alarm_entropy_above=1e-6", "run.alarm_logp_mismatch_above=1e-9"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(run_files, tmp_path_factory):
+    checkpoint, data = run_files
+    metrics, printed = {}, {}
+    for name, overrides in VARIANTS.items():
+        out = tmp_path_factory.mktemp(name)
+        Trainer(tiny_config(checkpoint, data, out, *BASE, *overrides)).train()
+        metrics[name] = read_metrics(out)
+    return metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VARIANTS)
+def test_each_variant_trains_with_finite_losses(runs, name):
+    steps = runs[name]
+    assert [m["step"] for m in steps] == [1, 2]
+    # A dynamic-sampling step whose rounds all drew groups of equal rewards trains nothing (and logs no loss)
+    trained = [m for m in steps if "loss" in m]
+    assert trained and all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in trained)
+    assert len(trained) == 2 or name == "dynamic-sampling"
+    assert all(math.isfinite(m["recycled/loss"]) for m in steps)
+
+
+@pytest.mark.slow
+def test_the_variants_show_in_the_metrics(runs):
+    grpo = runs["grpo"]
+    # The first step samples the same rollouts in every run: a different loss is the variant's
+    for name in ("gspo", "dr-grpo"):
+        assert runs[name][0]["loss"] != pytest.approx(grpo[0]["loss"], abs=1e-6), name
+    for m in runs["dynamic-sampling"]:
+        assert m["sampling_rounds"] >= 1 and m["dropped_groups"] >= 0
+    assert "sampling_rounds" not in grpo[0]
+    assert all(m["reward/overlong_shaping"] <= 0 for m in runs["overlong"])
+    assert any(m["reward/overlong_shaping"] < 0 for m in runs["overlong"])
+    assert all(m["reward/overlong_shaping"] == 0 for m in grpo)
+    for m in runs["tis"]:
+        assert m["tis_weight"] != pytest.approx(1.0, abs=1e-6) and 0 <= m["tis_capped"] <= 1
+    assert "tis_weight" not in grpo[0]
+    assert [m["alarm/entropy_high"] for m in runs["alarms"]] == [1.0, 1.0]
+    assert "alarm/entropy_high" not in grpo[0]
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_resumed_draws_the_same_prompts(run_files, tmp_path):
+    checkpoint, data = run_files
+    out = tmp_path / "run"
+    config = tiny_config(checkpoint, data, out, *BASE, *VARIANTS["dynamic-sampling"], "run.save_every=1")
+    Trainer(config).train()
+    uninterrupted = read_metrics(out)
+    shutil.rmtree(out / "checkpoints" / "step_00000002")
+    resumed_run = Trainer(config)
+    assert resumed_run.step == 1
+    resumed_run.train()
+    resumed = read_metrics(out)
+    assert [m["step"] for m in resumed] == [1, 2]
+    for key in ("sampling_rounds", "dropped_groups", "reward/policy", "generated_tokens"):
+        assert resumed[1][key] == uninterrupted[1][key], key
