@@ -1,5 +1,7 @@
 """Each policy-gradient variant for a few steps of the tiny run: finite losses, and its settings in the metrics."""
 
+import contextlib
+import io
 import math
 import shutil
 
@@ -18,7 +20,8 @@ VARIANTS = {
     "dr-grpo": ("loss.advantage_scale=none", "loss.aggregation=seq-mean-token-sum-norm"),
     "dynamic-sampling": ("rollout.dynamic_sampling=true", "rollout.max_sampling_rounds=3"),
     "overlong": ("reward.overlong_buffer=4", "reward.overlong_penalty=0.5"),
-    "tis": ("loss.tis_cap=2.0", "model.mixed_precision=true"),  # a bf16 sampler: its log-probs differ
+    # The sampler draws from repetition-penalised logits, the trainer scores plain ones: a mismatch to correct
+    "tis": ("loss.tis_cap=2.0", "rollout.repetition_penalty=1.3"),
     "alarms": ("run.alarm_entropy_above=1e-6", "run.alarm_logp_mismatch_above=1e-9"),
 }
 
@@ -28,16 +31,17 @@ def runs(run_files, tmp_path_factory):
     checkpoint, data = run_files
     metrics, printed = {}, {}
     for name, overrides in VARIANTS.items():
-        out = tmp_path_factory.mktemp(name)
-        Trainer(tiny_config(checkpoint, data, out, *BASE, *overrides)).train()
-        metrics[name] = read_metrics(out)
-    return metrics
+        out, stdout = tmp_path_factory.mktemp(name), io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            Trainer(tiny_config(checkpoint, data, out, *BASE, *overrides)).train()
+        metrics[name], printed[name] = read_metrics(out), stdout.getvalue().splitlines()
+    return metrics, printed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_each_variant_trains_with_finite_losses(runs, name):
-    steps = runs[name]
+    steps = runs[0][name]
     assert [m["step"] for m in steps] == [1, 2]
     # A dynamic-sampling step whose rounds all drew groups of equal rewards trains nothing (and logs no loss)
     trained = [m for m in steps if "loss" in m]
@@ -48,6 +52,7 @@ def test_each_variant_trains_with_finite_losses(runs, name):
 
 @pytest.mark.slow
 def test_the_variants_show_in_the_metrics(runs):
+    runs, printed = runs
     grpo = runs["grpo"]
     # The first step samples the same rollouts in every run: a different loss is the variant's
     for name in ("gspo", "dr-grpo"):
@@ -63,6 +68,11 @@ def test_the_variants_show_in_the_metrics(runs):
     assert "tis_weight" not in grpo[0]
     assert [m["alarm/entropy_high"] for m in runs["alarms"]] == [1.0, 1.0]
     assert "alarm/entropy_high" not in grpo[0]
+    alarms = [line for line in printed["alarms"] if " alarm " in line]
+    entropy = runs["alarms"][0]["entropy"]
+    assert alarms[0] == f"step 1: alarm entropy_high: entropy = {entropy:.4g} is above run.alarm_entropy_above = 1e-06"
+    assert [line.split(":")[1] for line in alarms].count(" alarm entropy_high") == 1  # held at step 2: not again
+    assert not any(" alarm " in line for line in printed["grpo"])
 
 
 @pytest.mark.slow
