@@ -2,13 +2,14 @@
 
 import contextlib
 import io
+import json
 import math
 import shutil
 
 import pytest
 
 from spark.trainer import Trainer
-from tests.trainer_utils import read_metrics, tiny_config
+from tests.trainer_utils import read_metrics, tiny_config, torchrun
 
 # Sampled hotter than the policy, with a seed whose first step mixes right and wrong answers in a group (a policy
 # gradient from step 1); two mini-batches per step, so that the ratios are not 1.
@@ -90,3 +91,21 @@ def test_dynamic_sampling_resumed_draws_the_same_prompts(run_files, tmp_path):
     assert [m["step"] for m in resumed] == [1, 2]
     for key in ("sampling_rounds", "dropped_groups", "reward/policy", "generated_tokens"):
         assert resumed[1][key] == uninterrupted[1][key], key
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_on_two_ranks(run_files, tmp_path):
+    """The ranks agree on the rounds (a collective each) and on which groups fill the batch."""
+    checkpoint, data = run_files
+    config = tmp_path / "tiny.toml"
+    config.write_text(f'[model]\npath = "{checkpoint}"\n[data]\ntrain_files = ["{data}"]\n')
+    out = tmp_path / "run"
+    torchrun(2, "train.py", str(config), "data.prompts_per_step=4", "rollout.n=2", "rollout.max_new_tokens=6",
+             "rollout.temperature=1.5", "run.max_steps=2", f"run.out_dir={json.dumps(str(out))}", "optim.lr=1e-3",
+             "loss.micro_batch_tokens=40", "loss.mini_batch_size=4", "rollout.dynamic_sampling=true",
+             "rollout.max_sampling_rounds=3")
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert 1 <= m["sampling_rounds"] <= 3 and m["dropped_groups"] >= 0
+        assert "loss" not in m or math.isfinite(m["loss"])

@@ -33,8 +33,8 @@ class Experience:
     response: str
     reward: float
     truncated: bool  # stopped by max_new_tokens, not by a stop token
-    shaping: float = 0.0  # added to the reward for the advantage only (overlong_penalty): recycling reads the verdict
     advantage: float = 0.0
+    shaping: float = 0.0  # added to the reward for the advantage only (overlong_penalty): recycling reads the verdict
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # the prompt's image inputs (ChatPrompt.images)
     group: int = 0  # responses to the same prompt share it
     sampler_logprobs: torch.Tensor | None = None  # [len(response_ids)] as the sampler computed them
