@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -35,7 +36,8 @@ from spark.data.images import (
     preprocess,
 )
 from spark.errors import CheckpointError, UserError
-from spark.generation.sampler import Sampling, SamplingParams, generate
+from spark.generation.sampler import Generations, Sampling, SamplingParams, generate
+from spark.generation.tensor_parallel import TensorParallel, load_sharded_model
 from spark.models import Qwen2_5_VL, load_model
 
 # Qwen's end-of-turn and end-of-text tokens: a completion stops at either, whatever the config says.
@@ -147,12 +149,19 @@ class ChatModel:
     `image_config` is the checkpoint's image preprocessing (None for a text model); `max_batch_rows`
     bounds the rows (prompts x n) sampled together, which bounds the KV cache; `compile` compiles the
     decode step (spark.generation.sampler.SamplingParams.compile).
+
+    A tensor-parallel shard (spark.generation.tensor_parallel) samples collectively. Without `sample_group`
+    its members pass the same prompts (evaluation deals rows per group); with it (the trainer's rollouts) each
+    passes its own, the group samples their union with at most max_batch_rows rows of each member per call (the
+    KV cache of each rank holds 1/T of the heads of T times the rows), and each gets back its own rows.
     """
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, stop_token_ids: tuple[int, ...],
-                 *, image_config: ImageConfig | None = None, max_batch_rows: int = 256, compile: bool = False):
+                 *, image_config: ImageConfig | None = None, max_batch_rows: int = 256, compile: bool = False,
+                 sample_group: TensorParallel | None = None):
         self.model, self.tokenizer, self.stop_token_ids = model, tokenizer, stop_token_ids
         self.image_config, self.max_batch_rows, self.compile = image_config, max_batch_rows, compile
+        self.sample_group = sample_group
         vocab = tokenizer.get_vocab()
         self.banned_token_ids = tuple(sorted(vocab[t] for t in VISION_TOKENS if t in vocab)) if image_config else ()
 
@@ -196,16 +205,39 @@ class ChatModel:
         params = SamplingParams(**knobs, stop_token_ids=self.stop_token_ids, banned_token_ids=self.banned_token_ids,
                                 compile=self.compile)
         rows = [prompt for prompt in prompts for _ in range(n)]
-        device = self.model.lm_head.weight.device
+        chunks = [rows[start:start + self.max_batch_rows] for start in range(0, len(rows), self.max_batch_rows)]
+        if self.sample_group is not None:  # every member makes as many calls as the one with the most chunks
+            counts = [0] * self.sample_group.size
+            dist.all_gather_object(counts, len(chunks), group=self.sample_group.group)
+            chunks += [[]] * (max(counts) - len(chunks))
         completions: list[Completion] = []
-        for chunk, start in enumerate(range(0, len(rows), self.max_batch_rows)):
-            distinct, copies = repeated_prompts(rows[start:start + self.max_batch_rows])
-            out = generate(self.model, [prompt.ids for prompt in distinct], params, n=copies, seed=seed + chunk,
-                           **image_inputs((prompt.images for prompt in distinct), device))
+        for chunk, chunk_rows in enumerate(chunks):
+            distinct, copies = repeated_prompts(chunk_rows)
+            out = self.sample(distinct, copies, params, seed + chunk)
             texts = self.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
             completions += [Completion(text, tokens, reason, logprobs)
                             for text, tokens, reason, logprobs in zip(texts, out.tokens, out.finish_reasons, out.logprobs)]
         return [completions[i:i + n] for i in range(0, len(completions), n)]
+
+    def sample(self, prompts: list[ChatPrompt], copies: list[int], params: SamplingParams, seed: int) -> Generations:
+        """One generate call: copies[i] rows of prompts[i]. With `sample_group`, the group's call (collective) on
+        the union of its members' prompts, each member's rows drawn from its own seed; this member's rows return."""
+        device = self.model.lm_head.weight.device
+        if self.sample_group is None:
+            return generate(self.model, [prompt.ids for prompt in prompts], params, n=copies, seed=seed,
+                            **image_inputs((prompt.images for prompt in prompts), device))
+        group = self.sample_group
+        everyone: list = [None] * group.size
+        mine = ([prompt.ids for prompt in prompts], copies, seed,
+                [{key: value.cpu() for key, value in prompt.images.items()} for prompt in prompts])
+        dist.all_gather_object(everyone, mine, group=group.group)
+        runs = [(member_seed, sum(member_copies)) for _, member_copies, member_seed, _ in everyone if member_copies]
+        out = generate(self.model, [ids for member in everyone for ids in member[0]], params,
+                       n=[c for member in everyone for c in member[1]], seed=runs,
+                       **image_inputs((images for member in everyone for images in member[3]), device))
+        first = sum(sum(member[1]) for member in everyone[:group.rank])
+        last = first + sum(copies)
+        return Generations(out.tokens[first:last], out.logprobs[first:last], out.finish_reasons[first:last])
 
     def generate(self, prompts: list[str], images: list[list[ImageSource]] | None = None, *, n: int = 1,
                  seed: int = 0, image_config: ImageConfig | None = None, system: str | None = None,
@@ -232,12 +264,14 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         raise CheckpointError(f"{path}: its tokenizer does not load ({reason})") from None
 
 
-def load_chat_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32, **engine
-                    ) -> ChatModel:
+def load_chat_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    tensor_parallel: TensorParallel | None = None, **engine) -> ChatModel:
     """The model and tokenizer (and, for Qwen2.5-VL, the image preprocessing in preprocessor_config.json)
-    of a Hugging Face checkpoint directory (local files only). `engine`: ChatModel's max_batch_rows, compile.
+    of a Hugging Face checkpoint directory (local files only); with `tensor_parallel`, this rank's shard of the
+    model. `engine`: ChatModel's max_batch_rows, compile, sample_group.
     The model loads first: its errors name a missing directory or a broken file."""
-    model = load_model(path, device=device, dtype=dtype)
+    model = (load_model(path, device=device, dtype=dtype) if tensor_parallel is None else
+             load_sharded_model(path, tensor_parallel, device=device, dtype=dtype))
     tokenizer = load_tokenizer(path)
     image_config = ImageConfig.from_pretrained(path) if isinstance(model, Qwen2_5_VL) else None
     return ChatModel(model, tokenizer, stop_token_ids(tokenizer, Path(path)), image_config=image_config, **engine)

@@ -182,15 +182,21 @@ def static_cache(model: nn.Module, batch: int, length: int) -> KVCache:
         return cache
     rows = max(batch, cache.batch if cache is not None else 0)
     cache = None
-    cfg = model.config
-    cache = KVCache(cfg.num_hidden_layers, rows, -(-length // CACHE_QUANTUM) * CACHE_QUANTUM,
-                    cfg.num_key_value_heads, cfg.head_dim, device=weight.device, dtype=weight.dtype)
+    cache = KVCache(model.config.num_hidden_layers, rows, -(-length // CACHE_QUANTUM) * CACHE_QUANTUM,
+                    *cache_heads(model), device=weight.device, dtype=weight.dtype)
     for tensor in cache.k + cache.v:  # written in place: CUDA graphs must not copy them in per replay
         # Unguarded (torch releases differ in the default): a replaced cache re-records the CUDA graph instead
         # of recompiling the step, which past dynamo's recompile limit would silently fall back to eager.
         torch._dynamo.mark_static_address(tensor, guard=False)
     STATIC_CACHES[model] = cache
     return cache
+
+
+def cache_heads(model: nn.Module) -> tuple[int, int]:
+    """(key/value heads, head dim) of the KV cache: the attention layers' own, which a tensor-parallel shard
+    (spark.generation.tensor_parallel) divides by its group's size."""
+    attention = model.model.layers[0].self_attn
+    return attention.n_kv, attention.head_dim
 
 
 def check_prompts(prompts: list[list[int]], copies: list[int], max_new_tokens: list[int]) -> None:
@@ -276,20 +282,29 @@ def packed_linear_weights(model: nn.Module, rows: int, traced: bool = False) -> 
 
 @torch.inference_mode()
 def generate(model: nn.Module, prompts: list[list[int]], params: SamplingParams, *, n: int | list[int] = 1,
-             max_new_tokens: list[int] | None = None, seed: int | None = None, **model_inputs) -> Generations:
+             max_new_tokens: list[int] | None = None, seed: int | None | list[tuple[int, int]] = None,
+             **model_inputs) -> Generations:
     """Sample `n` completions of every prompt (token ids, no padding; n may differ per prompt) in one
     KV-cached batch. Rows come out prompt by prompt, a prompt's n rows consecutive; `max_new_tokens` and
-    `model_inputs` (each distinct prompt's images once) follow that order. Each prompt is prefilled once."""
+    `model_inputs` (each distinct prompt's images once) follow that order. Each prompt is prefilled once.
+    `seed` may also be [(seed, rows), ...]: the rows in consecutive runs, each drawn from its own seed (the
+    members of a tensor-parallel group sample their prompts together, each member's rows as it would alone)."""
     copies = [n] * len(prompts) if isinstance(n, int) else list(n)
     limits = max_new_tokens if max_new_tokens is not None else [params.max_new_tokens] * sum(copies)
     check_prompts(prompts, copies, limits)
-    generator = torch.Generator(model.lm_head.weight.device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    runs = seed if isinstance(seed, list) else [(seed, len(limits))]
+    if sum(rows for _, rows in runs) != len(limits):
+        raise ValueError(f"generate: the seeds' runs cover {sum(rows for _, rows in runs)} of {len(limits)} rows")
+    generators = []
+    for run_seed, rows in runs:
+        generator = torch.Generator(model.lm_head.weight.device)
+        if run_seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(run_seed)
+        generators.append((generator, rows))
     with packed_linear_weights(model, len(limits), traced=params.compile):
-        out_tokens, out_logp = sample_batch(model, prompts, copies, limits, params, generator, **model_inputs)
+        out_tokens, out_logp = sample_batch(model, prompts, copies, limits, params, generators, **model_inputs)
     return finish(out_tokens, out_logp, limits, set(params.stop_token_ids))
 
 
@@ -320,11 +335,11 @@ def prefill(model: nn.Module, cache: KVCache, input_ids: torch.Tensor, prompt_le
 
 
 def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], limits: list[int],
-                 params: SamplingParams, generator: torch.Generator, **model_inputs
+                 params: SamplingParams, generators: list[tuple[torch.Generator, int]], **model_inputs
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefill and decode -> sampled tokens [B, N] and their log-probs [B, N], B = sum(copies) rows,
-    N = max(limits). A row's entries after its stop token or its limit are garbage (or zero once the row
-    was dropped)."""
+    N = max(limits). `generators`: (generator, rows) for consecutive runs of the rows. A row's entries after
+    its stop token or its limit are garbage (or zero once the row was dropped)."""
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
     cfg = model.config
     D, B, T, N = len(prompts), sum(copies), max(map(len, prompts)), max(limits)
@@ -335,8 +350,7 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
     if static:
         cache = static_cache(model, B, T + N)
     else:
-        cache = KVCache(cfg.num_hidden_layers, B, T + N, cfg.num_key_value_heads, cfg.head_dim,
-                        device=device, dtype=dtype)
+        cache = KVCache(cfg.num_hidden_layers, B, T + N, *cache_heads(model), device=device, dtype=dtype)
     # A static cache's rows beyond this call's: decoded as copies of the first prompt that finish at once (a
     # limit of one token) and are never returned, so the compiled step sees the same shapes in every call.
     pad = cache.batch - B
@@ -373,7 +387,8 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], copies: list[int], 
     # Each look at `done` is a device -> host sync: free on CPU, batched on accelerators.
     check_every = 1 if device.type == "cpu" else 8
     for step in range(N):
-        uniforms = torch.rand(B, generator=generator, device=device)  # for every row: see the doc
+        # for every row: see the doc
+        uniforms = torch.cat([torch.rand(rows, generator=generator, device=device) for generator, rows in generators])
         if pad:  # the pad rows draw none: a call samples the same whatever the cache it found
             uniforms = torch.cat([uniforms, uniforms.new_zeros(pad)])
         uniforms = uniforms[rows]

@@ -1,0 +1,77 @@
+"""The tensor-parallel sampler (spark.generation.tensor_parallel) and its weights from FSDP shards
+(spark.distributed.resharding): how weights are cut, and the sharded sampler against the plain one on 2 and 4
+gloo ranks."""
+
+import pytest
+import torch
+
+from spark.distributed.resharding import transfers
+from spark.errors import UserError
+from spark.generation.tensor_parallel import Split, check_divisible, split_of
+from spark.models import ModelConfig
+from spark.models.tiny import make_tiny_checkpoint
+from tests.trainer_utils import torchrun
+
+CONFIG = ModelConfig(vocab_size=367, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                     num_attention_heads=8, num_key_value_heads=4)
+
+
+def test_each_fused_part_is_cut_on_its_own_and_the_vocabulary_in_ceil_pieces():
+    qkv = split_of("model.layers.1.self_attn.qkv_proj.weight", CONFIG, 2)
+    assert qkv == Split(0, (64, 32, 32), 2)
+    assert qkv.ranges(1) == [(32, 64), (80, 96), (112, 128)]  # the second half of q, of k and of v
+    assert qkv.local_shape(torch.Size([128, 64]), 1) == (64, 64)
+    assert split_of("model.layers.0.mlp.down_proj.weight", CONFIG, 4).ranges(3) == [(144, 192)]  # columns
+    assert split_of("lm_head.weight", CONFIG, 4).ranges(3) == [(276, 367)]  # 92 rows each, the last 91
+    assert split_of("model.norm.weight", CONFIG, 2) is None
+    assert split_of("visual.blocks.0.mlp.gate_up_proj.weight", CONFIG, 2) is None  # the vision tower: replicated
+
+
+def test_transfers_send_each_piece_the_rows_an_fsdp_shard_holds():
+    qkv = Split(0, (64, 32, 32), 2)
+    # FSDP rank 1 of 2 holds rows [64, 128): k and v; piece 1 takes their second halves, after its 32 q rows
+    assert transfers(qkv, 1, (64, 128)) == [((80, 96), None, 32), ((112, 128), None, 48)]
+    assert transfers(qkv, 0, (0, 64)) == [((0, 32), None, 0)]
+    down = Split(1, (192,), 2)  # a column cut: every shard sends its rows, cut to the piece's columns
+    assert transfers(down, 1, (32, 64)) == [((32, 64), (96, 192), 32)]
+    assert transfers(down, 1, (64, 64)) == []
+
+
+def test_heads_and_mlp_that_do_not_divide_are_refused():
+    check_divisible(CONFIG, 4)
+    with pytest.raises(UserError, match="num_key_value_heads = 4 is not divisible by 8"):
+        check_divisible(CONFIG, 8)
+
+
+def run_group(tmp_path, size: int, **checkpoint) -> list[dict]:
+    path = make_tiny_checkpoint(tmp_path / "ckpt", num_heads=8, num_kv_heads=4, **checkpoint)
+    torchrun(size, "tests/generation/dist_tensor_parallel.py", str(path), str(tmp_path / "result.pt"))
+    return torch.load(tmp_path / "result.pt", weights_only=False)
+
+
+def check_group(ranks: list[dict], size: int) -> None:
+    for out in ranks:
+        for mode in ("greedy", "seeded"):
+            (plain_tokens, plain_logp), (sharded_tokens, sharded_logp) = out[mode]
+            assert sharded_tokens == plain_tokens
+            assert len(plain_tokens) == 6 and all(len(row) for row in plain_tokens)
+            assert max(abs(a - b) for x, y in zip(plain_logp, sharded_logp) for a, b in zip(x, y)) < 1e-5
+        alone, together = out["union"]
+        assert together == alone  # the group's union: each rank's own rows, drawn from its own seed
+        assert out["copied_equal"]  # FSDP shards -> sampler shard: exactly the checkpoint's slices
+        split = [numel for is_split, numel in out["split"].values() if is_split]
+        replicated = [numel for is_split, numel in out["split"].values() if not is_split]
+        # Counted during the copy and a rollout: the largest tensor is the largest piece of a split weight.
+        assert out["largest"] == out["largest_parameter"] == max(max(split) // size, max(replicated))
+        assert out["largest"] < max(split)
+    # Ranks sampled different prompts in the union test, so the group did sample a union.
+    assert ranks[0]["union"] != ranks[1]["union"]
+
+
+def test_two_ranks_sample_as_one(tmp_path):
+    check_group(run_group(tmp_path, 2), 2)
+
+
+@pytest.mark.slow
+def test_four_ranks_sample_as_one_with_an_untied_head(tmp_path):
+    check_group(run_group(tmp_path, 4, tie=False), 4)
