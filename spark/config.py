@@ -238,6 +238,9 @@ class RolloutSettings(Sampling):
     # sampled until data.prompts_per_step groups are left, in at most max_sampling_rounds rounds
     dynamic_sampling: bool = False
     max_sampling_rounds: int = ranged(3, ">= 1")  # rounds of prompts_per_step prompts; then the batch trains as it is
+    # ranks that sample together, each holding 1/T of the sampler's weights and KV cache (by heads; the vision
+    # tower whole) and sampling the union of their prompts: spark.generation.tensor_parallel. Divides a node's GPUs
+    tensor_parallel: int = ranged(1, ">= 1")
 
 
 @dataclass

@@ -46,10 +46,13 @@ from spark.distributed.groups import (
 )
 from spark.distributed.metrics import MetricsLogger, PhaseTimer
 from spark.distributed.preemption import StopSignals
-from spark.errors import DataErrors
+from spark.distributed.resharding import copy_to_tensor_parallel
+from spark.errors import DataErrors, UserError
 from spark.generation.chat import load_chat_model
-from spark.models import load_model
+from spark.generation.tensor_parallel import check_divisible, tensor_parallel_group
+from spark.models import ModelConfig, load_model
 from spark.models.attention import describe_attention
+from spark.models.checkpoint import read_config
 from spark.plan import check_memory
 from spark.rl.alarms import Alarm, Alarms
 from spark.rl.losses import group_advantages, micro_batch_loss
@@ -173,6 +176,7 @@ class Trainer:
         if self.step >= self.total_steps:
             return  # a finished run: `train` says so, and nothing is loaded or written
 
+        self.sampler_group = self.tensor_parallel_group()
         device = self.world.device
         mixed = config.model.mixed_precision  # bf16 compute on CPU too: FSDP2's MixedPrecisionPolicy works with gloo
         if self.world.is_main:
@@ -196,14 +200,16 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad],
                                            lr=config.optim.lr, betas=tuple(config.optim.betas),
                                            weight_decay=config.optim.weight_decay)
-        # The sampler runs on a plain full copy, refreshed from the shards before every rollout.
+        # The sampler runs on a plain full copy (or its tensor-parallel shard), refreshed from the policy's shards
+        # before every rollout.
         chat = load_chat_model(config.model.path, device=device, dtype=torch.bfloat16 if mixed else torch.float32,
-                               max_batch_rows=config.rollout.batch_size, compile=config.rollout.compile)
+                               max_batch_rows=config.rollout.batch_size, compile=config.rollout.compile,
+                               tensor_parallel=self.sampler_group, sample_group=self.sampler_group)
         images = task_image_configs(chat.image_config, min_pixels=data.min_pixels, max_pixels=data.max_pixels,
                                     judge_max_pixels=data.judge_max_pixels)
         self.rollouts = Rollouts(chat, images, data.max_prompt_tokens)
         self.no_loss_sequence = NoLossSequence.for_model(chat.model)
-        self.flop_model = FlopModel.of(chat.model)
+        self.flop_model = FlopModel.of(self.policy)  # the global shapes (a tensor-parallel sampler holds pieces)
         self.peak_tflops = peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
                                        run.peak_tflops)
         self.check_prompts()
@@ -219,6 +225,25 @@ class Trainer:
         # A run resumed from an earlier checkpoint than its last logged step logs those steps again.
         self.metrics = MetricsLogger(self.out_dir, next_step=self.step + 1 if self.resume_from else 0,
                                      enabled=self.world.is_main)
+
+    def tensor_parallel_group(self):
+        """Collective: this rank's group of `rollout.tensor_parallel` sampler ranks, None for 1; a size that does
+        not divide the ranks of a node or the checkpoint's heads is a ConfigError before any model loads."""
+        size = self.config.rollout.tensor_parallel
+        if size == 1:
+            return None
+        try:
+            check_divisible(ModelConfig.from_hf(read_config(Path(self.config.model.path))), size)
+            return tensor_parallel_group(size)
+        except UserError as e:
+            raise ConfigError(f"'rollout.tensor_parallel' = {size}: {e}") from None
+
+    def copy_policy_to_sampler(self) -> None:
+        """Collective: the policy's shards into the sampler (whole, or this rank's tensor-parallel pieces)."""
+        if self.sampler_group is None:
+            copy_full_weights(self.policy, self.rollouts.chat.model)
+        else:
+            copy_to_tensor_parallel(self.policy, self.rollouts.chat.model, self.sampler_group)
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -341,7 +366,7 @@ class Trainer:
         that the update's mini-batches are the same on any number of ranks."""
         rollout, reward = self.config.rollout, self.config.reward
         with timer("rollout"):
-            copy_full_weights(self.policy, self.rollouts.chat.model)
+            self.copy_policy_to_sampler()
             group_ids = [first_group + self.world.rank + i * self.world.size for i in range(len(samples))]
             experiences = self.rollouts.sample(samples, rollout, rollout.n, self.seed(salt), group_ids)
         with timer("reward"):
@@ -562,7 +587,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        copy_full_weights(self.policy, self.rollouts.chat.model)
+        self.copy_policy_to_sampler()
         greedy = dataclasses.replace(self.config.rollout, temperature=0.0,
                                      max_new_tokens=self.config.run.eval_max_new_tokens)
         return heldout_metrics(self.rollouts, self.eval_sets, greedy, self.config.reward.answer_mode,

@@ -90,6 +90,7 @@ OUT_OF_RANGE = {
     "rollout.max_sampling_rounds": ("rollout.max_sampling_rounds=0", "'rollout.max_sampling_rounds' = 0 must be >= 1"),
     "reward.overlong_buffer": ("reward.overlong_buffer=-1", "'reward.overlong_buffer' = -1 must be >= 0"),
     "reward.overlong_penalty": ("reward.overlong_penalty=-1", "'reward.overlong_penalty' = -1.0 must be >= 0"),
+    "rollout.tensor_parallel": ("rollout.tensor_parallel=0", "'rollout.tensor_parallel' = 0 must be >= 1"),
     "loss.kl_coef": ("loss.kl_coef=-1", "'loss.kl_coef' = -1.0 must be >= 0"),
     "loss.clip_low": ("loss.clip_low=1.5", "'loss.clip_low' = 1.5 must be in (0, 1)"),
     "loss.clip_high": ("loss.clip_high=0", "'loss.clip_high' = 0.0 must be > 0"),

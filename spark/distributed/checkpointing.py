@@ -147,11 +147,12 @@ def export_model(sharded: nn.Module, plain: nn.Module, folder: Path) -> None:
     in the dtype of the checkpoint it was loaded from (its config.json's), through its plain copy `plain`;
     written to `folder.tmp` and renamed, so a reader never sees half of it.
 
-    When `plain` holds another dtype (a bf16 sampler of an fp32 checkpoint), the fp32 master weights are
-    gathered to rank 0's host memory instead, so the export does not lose their precision."""
+    When `plain` holds another dtype (a bf16 sampler of an fp32 checkpoint), or is a tensor-parallel shard
+    (spark.generation.tensor_parallel: its fused parts still name the checkpoint's tensors), the fp32 master
+    weights are gathered to rank 0's host memory instead, so the export does not lose their precision."""
     dtype = checkpoint_dtype(plain.hf_config)
     state = None
-    if dtype == next(plain.parameters()).dtype:
+    if dtype == next(plain.parameters()).dtype and getattr(plain, "tensor_parallel", None) is None:
         copy_full_weights(sharded, plain)
     else:
         gathered = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -98,9 +98,8 @@ class Rollouts:
                group_ids: list[int] | None = None) -> list[Experience]:
         """n responses per sample (unscored: reward 0 until `score`); the group id of each sample is its
         `group_ids` entry (unique per sample: the trainer passes its position in the global batch), by default
-        its index."""
-        if not samples:
-            return []
+        its index. Collective with a tensor-parallel sampler (`ChatModel.sample_group`): every member calls it,
+        with samples or none."""
         prompts = self.render(samples)
         completions = self.chat.complete(prompts, sampling, n=n, seed=seed)
         group_ids = range(len(samples)) if group_ids is None else group_ids

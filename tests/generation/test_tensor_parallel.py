@@ -2,6 +2,8 @@
 (spark.distributed.resharding): how weights are cut, and the sharded sampler against the plain one on 2 and 4
 gloo ranks."""
 
+import json
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from spark.errors import UserError
 from spark.generation.tensor_parallel import Split, check_divisible, split_of
 from spark.models import ModelConfig
 from spark.models.tiny import make_tiny_checkpoint
-from tests.trainer_utils import torchrun
+from tests.trainer_utils import read_metrics, torchrun
 
 CONFIG = ModelConfig(vocab_size=367, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                      num_attention_heads=8, num_key_value_heads=4)
@@ -75,3 +77,35 @@ def test_two_ranks_sample_as_one(tmp_path):
 @pytest.mark.slow
 def test_four_ranks_sample_as_one_with_an_untied_head(tmp_path):
     check_group(run_group(tmp_path, 4, tie=False), 4)
+
+
+TIMED = ("time/", "tokens_per_s", "tflops/", "minutes")  # wall-clock figures, which differ between any two runs
+ROUNDING = ("logp_mismatch", "recycled/logp_mismatch")  # sampler vs trainer log-probs: rounding alone, either way
+
+
+@pytest.mark.slow
+def test_a_spark_step_on_two_ranks_samples_and_trains_alike_with_t_2_and_t_1(run_files, tmp_path):
+    """Every rank's rows drawn from its own seed, whether alone or in the union of its group: the same responses,
+    rewards, recycled prompts and updates, so the same metrics up to fp32 rounding. The second step samples from
+    the updated policy, copied from its FSDP shards into the sampler's pieces; the run then exports."""
+    checkpoint, data = run_files
+    config = tmp_path / "tiny.toml"
+    config.write_text(f'[model]\npath = "{checkpoint}"\n[data]\ntrain_files = ["{data}"]\n')
+    metrics = {}
+    for size in (1, 2):
+        out = tmp_path / f"t{size}"
+        torchrun(2, "train.py", str(config), "model.mixed_precision=false", "data.prompts_per_step=4", "rollout.n=4",
+                 "rollout.max_new_tokens=6", "rollout.batch_size=4", "run.max_steps=2", "optim.lr=1e-3",
+                 "loss.micro_batch_tokens=64", "spark.recycle.balance_labels=false", "spark.recycle.content=\"cot\"",
+                 "spark.recycle.reflection_cot_prob=1.0", f"run.out_dir={json.dumps(str(out))}",
+                 f"rollout.tensor_parallel={size}")
+        metrics[size] = read_metrics(out)
+        assert (out / "export" / "model.safetensors").exists()
+    for one, two in zip(metrics[1], metrics[2], strict=True):
+        assert one["grad_norm"] > 0 and one["recycled/optimizer_steps"] == 1  # a policy update and a recycled one
+        assert one.keys() == two.keys()
+        for key in one:
+            if key in ROUNDING:
+                assert one[key] < 1e-5 and two[key] < 1e-5
+            elif not key.startswith(TIMED):
+                assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), (one["step"], key)
