@@ -7,6 +7,7 @@
     python evaluate.py --model CKPT_DIR --bench 'file:mine.jsonl:question=q,answer=a,image=img,choices=opts'
     python evaluate.py --model CKPT_DIR --bench rb2:rewardbench2.parquet,vlrb:vl_rewardbench.parquet
     torchrun --nproc-per-node 2 evaluate.py --model CKPT_DIR --bench gsm8k --tts
+    torchrun --nproc-per-node 8 evaluate.py --model CKPT_32B --bench math500 --tensor-parallel 4  # 2 groups of 4
     python evaluate.py --model CKPT_DIR --bench 'mathvista:...' --tts --preset paper  # as the authors ran it
     python evaluate.py --model CKPT_DIR --bench file:test.jsonl --tts --calibrate dev.jsonl --out runs/eval
 
@@ -57,6 +58,9 @@ def build_parser() -> ArgumentParser:
                              "judge rates most likely right")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
+                        help="under torchrun: groups of T ranks each hold 1/T of the model and its KV cache and "
+                             "evaluate one share of the rows (T divides the GPUs of a node)")
     return parser
 
 
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             parser.error(f"{name} {value} needs --tts")
     if args.reject_above is not None and args.calibrate is not None:
         parser.error(f"--reject-above {args.reject_above} and --calibrate {args.calibrate}: give one")
+    if args.tensor_parallel < 1:
+        parser.error(f"--tensor-parallel {args.tensor_parallel} must be >= 1")
     try:
         preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     except SettingError as e:
         raise flag_error(parser.prog, e) from None
     return evaluate_checkpoint(args.model, ",".join(args.bench), cfg, data_dir=args.data_dir, limit=args.limit,
-                               out_dir=args.out, dtype=args.dtype, calibrate=calibration_spec(args.calibrate))
+                               out_dir=args.out, dtype=args.dtype, calibrate=calibration_spec(args.calibrate),
+                               tensor_parallel=args.tensor_parallel)
 
 
 def calibration_spec(value: str | None) -> str | None:

@@ -3,6 +3,7 @@
     python tts.py --model CKPT_DIR --question "What is 17 * 23?" [--gold 391] [--image fig.png [--image fig2.png]]
     python tts.py --model CKPT_DIR --question "..." --image fig.png --preset paper   # as the authors ran it
     python tts.py --model CKPT_DIR --question "What is 17 * 23?" --calibrate dev.jsonl  # the threshold picked there
+    torchrun --nproc-per-node 4 tts.py --model CKPT_32B --question "..." --tensor-parallel 4  # 1/4 of it per GPU
 
 --preset sets the defaults that the flags' help lists as (preset: ...): "ours" (the default) or "paper", the authors'
 settings with their prompts (spark.evaluation.presets); a flag given explicitly overrides its preset's value.
@@ -22,7 +23,7 @@ from spark.errors import SettingError
 from spark.evaluation.inference import EvalConfig
 from spark.evaluation.loaders import Benchmark, parse_spec
 from spark.evaluation.presets import add_preset_arguments, resolve_preset
-from spark.evaluation.runner import check_apart, format_calibration, run_calibration
+from spark.evaluation.runner import Shard, check_apart, format_calibration, run_calibration
 from spark.evaluation.tts import Problem, format_trace, run_tts
 
 
@@ -48,11 +49,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=Path, help="with --calibrate: where calibration.json and calibration.png go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-prompts", action="store_true", help="also print the prompt of every turn")
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
+                        help="under torchrun: T ranks each hold 1/T of the model and its KV cache (T divides the "
+                             "GPUs of a node)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> str:
+    from spark.distributed.groups import close_distributed, init_distributed
     from spark.generation.chat import load_chat_model
+    from spark.generation.tensor_parallel import tensor_parallel_group
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> str:
         parser.error(f"--max-rounds {preset.max_rounds} must be >= 0")
     if args.reject_above is not None and args.calibrate is not None:
         parser.error(f"--reject-above {args.reject_above} and --calibrate {args.calibrate}: give one")
+    if args.tensor_parallel < 1:
+        parser.error(f"--tensor-parallel {args.tensor_parallel} must be >= 1")
     try:
         cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, tts=True, max_rounds=preset.max_rounds,
                          reject_above=args.reject_above, keep_better=args.keep_better, content=preset.content,
@@ -79,21 +87,28 @@ def main(argv: list[str] | None = None) -> str:
                                  Path(__file__).resolve().parent / "data" / "eval")
         asked = Sample("", args.gold or "", images=args.image, meta={"question": args.question})
         check_apart(calibration, [Benchmark("--question", "math", [asked])])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = load_chat_model(args.model, device=device, dtype=dtype)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    group, shows = None, True
+    if args.tensor_parallel > 1:  # every group runs the problem in step; rank 0 shows it
+        world = init_distributed()
+        group, device, shows = tensor_parallel_group(args.tensor_parallel), world.device, world.is_main
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = load_chat_model(args.model, device=device, dtype=dtype, tensor_parallel=group)
     header = f"Preset: {args.preset}\n"
     if calibration is not None:
-        if args.out is not None:
+        if args.out is not None and shows:
             args.out.mkdir(parents=True, exist_ok=True)
-        result = run_calibration(model, calibration, cfg, out_dir=args.out)
+        result = run_calibration(model, calibration, cfg, out_dir=args.out, shard=Shard(writes=shows))
         cfg.reject_above = result["threshold"]
         header += format_calibration(result) + "\n"
     (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=cfg.max_rounds,
                        sampling=cfg.sampling, seed=args.seed, content=cfg.content, style=cfg.style,
                        reject_above=cfg.reject_above, keep_better=cfg.keep_better)
     text = header + format_trace(trace, show_prompts=args.show_prompts)
-    print(text)
+    if shows:
+        print(text)
+    if group is not None:
+        close_distributed()
     return text
 
 

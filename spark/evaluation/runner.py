@@ -58,6 +58,7 @@ class Shard:
     rank: int = 0
     world_size: int = 1
     gather: Callable[[object], list[object]] = _gather_one
+    writes: bool = True  # this process writes the outputs (one process of all: a shard may span a sampler group)
 
 
 def _done_records(path: Path | None, num_items: int) -> dict[int, dict]:
@@ -95,7 +96,7 @@ def evaluate_benchmark(
         records = RUNS[bench.kind](model, [bench.items[i] for i in rows], cfg) if rows else []
         finished = [{"bench": bench.name, "index": i} | record for i, record in zip(rows, records)]
         new = [record for part in shard.gather(finished) for record in part]
-        if shard.rank == 0 and path is not None:
+        if shard.writes and path is not None:
             with open(path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in new)
         done.update((record["index"], record) for record in new)
@@ -139,12 +140,12 @@ def run_calibration(model, calibration: Benchmark, cfg: EvalConfig, *, out_dir: 
     there (spark.evaluation.calibration.calibrate; rank 0 writes calibration.json and calibration.png into
     out_dir)."""
     folder = out_dir / "calibration" if out_dir is not None else None
-    if folder is not None and shard.rank == 0:
+    if folder is not None and shard.writes:
         folder.mkdir(parents=True, exist_ok=True)
     records = evaluate_benchmark(model, calibration, replace(cfg, tts=True, reject_above=0.0), out_dir=folder,
                                  shard=shard, progress=progress)
     result = {"benchmark": calibration.name} | calibrate(paths([t for row in record_traces(records) for t in row]))
-    if out_dir is not None and shard.rank == 0:
+    if out_dir is not None and shard.writes:
         (out_dir / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
         draw_curve(result, out_dir / "calibration.png", f"TTS calibration on {calibration.name} ({result['n']} problems)")
     return result
@@ -193,7 +194,7 @@ def evaluate(
             config["calibrate"] = calibration.name
         _check_config(out_dir, config)  # on every rank: one that stopped alone would leave the others waiting
         shard.gather(None)  # every rank has read config.json before rank 0 writes it
-        if shard.rank == 0:
+        if shard.writes:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     summaries = {}
@@ -205,7 +206,7 @@ def evaluate(
     for bench in benchmarks:
         records = evaluate_benchmark(model, bench, cfg, out_dir=out_dir, shard=shard, progress=progress)
         summaries[bench.name] = summarize(bench, records, cfg)
-    if out_dir is not None and shard.rank == 0:
+    if out_dir is not None and shard.writes:
         record = {"preset": cfg.preset, "mean_accuracy": mean_accuracy(summaries), "benchmarks": summaries}
         if calibration is not None:
             record["calibration"] = {k: v for k, v in result.items() if k != "curve"}
@@ -224,20 +225,28 @@ def evaluate_checkpoint(
     out_dir: str | Path | None = None,
     dtype: str = "auto",
     calibrate: str | None = None,
+    tensor_parallel: int = 1,
 ) -> dict[str, dict]:
     """Load the benchmarks and the checkpoint on this rank's device, evaluate, print the table (rank 0).
-    `calibrate`: the spec of the benchmark whose problems pick the loop's threshold (`evaluate`)."""
+    `calibrate`: the spec of the benchmark whose problems pick the loop's threshold (`evaluate`).
+
+    With `tensor_parallel` T > 1, each group of T ranks holds one model's pieces (spark.generation.tensor_parallel)
+    and is one data-parallel shard: its ranks run the same rows in step."""
     from spark.generation.chat import load_chat_model
+    from spark.generation.tensor_parallel import tensor_parallel_group
 
     created_group = not torch.distributed.is_initialized()
     world = init_distributed()
-    shard = Shard(world.rank, world.size, all_gather_objects)
     try:
+        group = tensor_parallel_group(tensor_parallel) if tensor_parallel > 1 else None
+        shard = Shard(world.rank // tensor_parallel, world.size // tensor_parallel,
+                      lambda obj: all_gather_objects(obj)[::tensor_parallel], writes=world.is_main)
         benchmarks = [parse_spec(spec, data_dir, limit=limit) for spec in split_specs(bench_specs)]
         calibration = parse_spec(calibrate, data_dir) if calibrate is not None else None
         if dtype == "auto":
             dtype = "bfloat16" if world.device.type == "cuda" else "float32"
-        model = load_chat_model(checkpoint, device=str(world.device), dtype=getattr(torch, dtype))
+        model = load_chat_model(checkpoint, device=str(world.device), dtype=getattr(torch, dtype),
+                                tensor_parallel=group)
         log = (lambda message: print(message, flush=True)) if world.is_main else None
         summaries = evaluate(model, benchmarks, cfg, out_dir=out_dir, shard=shard,
                              model_name=Path(checkpoint).name, progress=log, calibration=calibration)

@@ -352,7 +352,7 @@ def test_cli_main_end_to_end_with_a_fake_chat_module(tmp_path, monkeypatch, caps
         monkeypatch.delenv(key)
     loaded = []
     fake_chat = types.ModuleType("spark.generation.chat")
-    fake_chat.load_chat_model = lambda path, device, dtype: loaded.append((path, device, dtype)) or math_model()
+    fake_chat.load_chat_model = lambda path, device, dtype, **engine: loaded.append((path, device, dtype)) or math_model()
     monkeypatch.setitem(sys.modules, "spark.generation.chat", fake_chat)
     toy = write_jsonl(tmp_path / "toy.jsonl", [{"q": f"What is {i} + 1?", "a": str(i + 1)} for i in range(N)])
     summary = evaluate.main(["--model", str(tmp_path / "ckpt"), "--bench", f"file:{toy}:question=q,answer=a",
@@ -365,7 +365,7 @@ def test_cli_main_end_to_end_with_a_fake_chat_module(tmp_path, monkeypatch, caps
     model = math_model()
     for i in range(N):
         model.replies[reflection_prompt(f"What is {i} + 1?", reply(i), cot=True)] = boxed(str(i + 1))
-    fake_chat.load_chat_model = lambda path, device, dtype: model
+    fake_chat.load_chat_model = lambda path, device, dtype, **engine: model
     for key in group_of_one:  # a new process group of one, on a new port
         monkeypatch.delenv(key)
     evaluate.main(["--model", str(tmp_path / "ckpt"), "--bench", f"file:{toy}:question=q,answer=a", "--limit", "5",

@@ -67,7 +67,7 @@ def test_tts_cli_passes_the_preset_to_every_turn(monkeypatch, capsys):
 
     model = ScriptedModel({math_prompt("2+2?"): boxed("4"), paper_judge_prompt("2+2?", "4"): "\\boxed{Yes}"})
     fake_chat = types.ModuleType("spark.generation.chat")
-    fake_chat.load_chat_model = lambda path, device, dtype: model
+    fake_chat.load_chat_model = lambda path, device, dtype, **engine: model
     monkeypatch.setitem(sys.modules, "spark.generation.chat", fake_chat)
     text = tts.main(["--model", "ckpt", "--question", "2+2?", "--gold", "4", "--preset", "paper"])
     assert text.startswith("Preset: paper\n") and "verdict: Yes" in text

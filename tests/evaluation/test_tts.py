@@ -169,7 +169,7 @@ def test_cli_prints_the_exchange(monkeypatch, capsys):
     import tts
 
     fake_chat = types.ModuleType("spark.generation.chat")
-    fake_chat.load_chat_model = lambda path, device, dtype: ScriptedModel(script("2+2?", ["5", "4"], [NO, YES]))
+    fake_chat.load_chat_model = lambda path, device, dtype, **engine: ScriptedModel(script("2+2?", ["5", "4"], [NO, YES]))
     monkeypatch.setitem(sys.modules, "spark.generation.chat", fake_chat)
     text = tts.main(["--model", "ckpt", "--question", "2+2?", "--gold", "4"])
     assert text == capsys.readouterr().out.rstrip("\n")
