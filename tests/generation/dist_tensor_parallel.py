@@ -1,16 +1,19 @@
 """The tensor-parallel sampler against the plain one, on every rank of a torchrun group (T = the world size).
 
-torchrun --nproc_per_node T tests/generation/dist_tensor_parallel.py CHECKPOINT RESULT.pt
+torchrun --nproc_per_node T tests/generation/dist_tensor_parallel.py CHECKPOINT VL_CHECKPOINT|- RESULT.pt
 Rank 0 saves what tests/generation/test_tensor_parallel.py checks: the plain and the sharded sampler's greedy and
 seeded tokens and log-probs, the union sampling of the group's prompts against each rank's own, the shard copied
-from FSDP shards against the one read from the checkpoint, and the largest tensor made while copying and sampling.
+from FSDP shards against the one read from the checkpoint, and the largest tensor made while copying and sampling;
+with a VL checkpoint, the same for prompts with images (each rank its own) and its copy from FSDP shards.
 """
 
+import io
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -47,7 +50,41 @@ def sample(model, **kwargs):
     return out.tokens, [logp.tolist() for logp in out.logprobs]
 
 
-def main(checkpoint: str, result: str) -> None:
+def copied_equal(checkpoint: str, tp) -> bool:
+    """The policy's FSDP shards copied into a zeroed sampler shard equal the checkpoint's slices."""
+    policy = shard_model(load_model(checkpoint), mixed_precision=False)
+    shard = load_sharded_model(checkpoint, tp)
+    for tensor in shard.state_dict().values():
+        tensor.zero_()
+    with torch.no_grad():
+        copy_to_tensor_parallel(policy, shard, tp)
+    reference = load_sharded_model(checkpoint, tp)
+    return all(torch.equal(a, b) for a, b in zip(shard.state_dict().values(), reference.state_dict().values()))
+
+
+def picture(seed: int) -> bytes:
+    pixels = torch.randint(0, 256, (56, 84, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    encoded = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(encoded, format="PNG")
+    return encoded.getvalue()
+
+
+def vision_language(checkpoint: str, tp, rank: int) -> dict:
+    """Each rank's own image prompts (and a text one), alone on the plain model and in the group's union."""
+    alone = load_chat_model(checkpoint)
+    together = load_chat_model(checkpoint, tensor_parallel=tp, sample_group=tp)
+    questions = ["What is in the picture?", "Count the shapes.", "What is 2 + 2?"][:2 + rank % 2]
+    images = [[picture(rank)], [picture(10 + rank), picture(20 + rank)], []][:len(questions)]
+    out = {}
+    for mode, knobs in (("greedy", {}), ("seeded", {"temperature": 1.0})):
+        out[mode] = [[[(c.token_ids, c.logprobs.tolist()) for c in group]
+                      for group in chat.generate(questions, images, n=2, seed=5 + rank, max_new_tokens=6, **knobs)]
+                     for chat in (alone, together)]
+    out["copied_equal"] = copied_equal(checkpoint, tp)
+    return out
+
+
+def main(checkpoint: str, vl_checkpoint: str, result: str) -> None:
     world = init_distributed()
     tp = tensor_parallel_group(world.size)
     full = load_model(checkpoint)
@@ -76,6 +113,8 @@ def main(checkpoint: str, result: str) -> None:
     reference = load_sharded_model(checkpoint, tp)
     out["copied_equal"] = all(torch.equal(a, b) for a, b in zip(shard.state_dict().values(),
                                                                 reference.state_dict().values()))
+    if vl_checkpoint != "-":
+        out["vl"] = vision_language(vl_checkpoint, tp, world.rank)
     out["largest"], out["largest_parameter"] = largest.numel, max(p.numel() for p in shard.parameters())
     out["split"] = {name: (split_of(name, full.config, tp.size) is not None, p.numel())
                     for name, p in full.named_parameters()}

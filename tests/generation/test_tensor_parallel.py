@@ -11,7 +11,7 @@ from spark.distributed.resharding import transfers
 from spark.errors import UserError
 from spark.generation.tensor_parallel import Split, check_divisible, split_of
 from spark.models import ModelConfig
-from spark.models.tiny import make_tiny_checkpoint
+from spark.models.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
 from tests.trainer_utils import read_metrics, torchrun
 
 CONFIG = ModelConfig(vocab_size=367, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
@@ -45,10 +45,25 @@ def test_heads_and_mlp_that_do_not_divide_are_refused():
         check_divisible(CONFIG, 8)
 
 
-def run_group(tmp_path, size: int, **checkpoint) -> list[dict]:
+def run_group(tmp_path, size: int, vl: bool = False, **checkpoint) -> list[dict]:
     path = make_tiny_checkpoint(tmp_path / "ckpt", num_heads=8, num_kv_heads=4, **checkpoint)
-    torchrun(size, "tests/generation/dist_tensor_parallel.py", str(path), str(tmp_path / "result.pt"))
+    vl_path = make_tiny_vl_checkpoint(tmp_path / "vl", num_heads=8, num_kv_heads=4, seed=2) if vl else "-"
+    torchrun(size, "tests/generation/dist_tensor_parallel.py", str(path), str(vl_path), str(tmp_path / "result.pt"))
     return torch.load(tmp_path / "result.pt", weights_only=False)
+
+
+def check_vision_language(ranks: list[dict]) -> None:
+    """Images through the replicated vision tower, text through the pieces: the plain model's tokens and
+    log-probs, each rank's own rows out of the group's union."""
+    for out in ranks:
+        for mode in ("greedy", "seeded"):
+            alone, together = out["vl"][mode]
+            assert [[tokens for tokens, _ in group] for group in together] == \
+                [[tokens for tokens, _ in group] for group in alone]
+            assert max(abs(a - b) for x, y in zip(alone, together) for (_, p), (_, q) in zip(x, y)
+                       for a, b in zip(p, q)) < 1e-5
+        assert out["vl"]["copied_equal"]
+    assert ranks[0]["vl"]["seeded"] != ranks[1]["vl"]["seeded"]
 
 
 def check_group(ranks: list[dict], size: int) -> None:
@@ -70,8 +85,11 @@ def check_group(ranks: list[dict], size: int) -> None:
     assert ranks[0]["union"] != ranks[1]["union"]
 
 
-def test_two_ranks_sample_as_one(tmp_path):
-    check_group(run_group(tmp_path, 2), 2)
+@pytest.mark.slow
+def test_two_ranks_sample_as_one_text_and_vision_language(tmp_path):
+    ranks = run_group(tmp_path, 2, vl=True)
+    check_group(ranks, 2)
+    check_vision_language(ranks)
 
 
 @pytest.mark.slow
