@@ -7,12 +7,14 @@ import json
 import pytest
 import torch
 
+from spark.config import ConfigError
 from spark.distributed.resharding import transfers
 from spark.errors import UserError
 from spark.generation.tensor_parallel import Split, check_divisible, split_of
 from spark.models import ModelConfig
 from spark.models.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
-from tests.trainer_utils import read_metrics, torchrun
+from spark.trainer import Trainer
+from tests.trainer_utils import read_metrics, tiny_config, torchrun
 
 CONFIG = ModelConfig(vocab_size=367, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                      num_attention_heads=8, num_key_value_heads=4)
@@ -127,3 +129,13 @@ def test_a_spark_step_on_two_ranks_samples_and_trains_alike_with_t_2_and_t_1(run
                 assert one[key] < 1e-5 and two[key] < 1e-5
             elif not key.startswith(TIMED):
                 assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), (one["step"], key)
+
+
+def test_a_size_that_does_not_divide_the_heads_or_the_ranks_is_a_config_error(run_files, tmp_path):
+    checkpoint, data = run_files
+    with pytest.raises(ConfigError, match=r"^'rollout\.tensor_parallel' = 3: tensor parallelism over 3 ranks: the "
+                                          r"model's num_key_value_heads = 2 is not divisible by 3$"):
+        Trainer(tiny_config(checkpoint, data, tmp_path / "run", "rollout.tensor_parallel=3"))
+    with pytest.raises(ConfigError, match=r"^'rollout\.tensor_parallel' = 2: tensor parallelism over 2 ranks: 2 must "
+                                          r"divide the 1 ranks of a node \(and the 1 ranks in all\)$"):
+        Trainer(tiny_config(checkpoint, data, tmp_path / "run", "rollout.tensor_parallel=2"))
