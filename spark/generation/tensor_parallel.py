@@ -51,10 +51,9 @@ all_gather = getattr(funcol, "all_gather_single", funcol.all_gather_tensor)
 class TensorParallel:
     """This rank's tensor-parallel group: `size` consecutive ranks, this one at `rank` among them."""
 
-    group: dist.ProcessGroup | None
+    group: dist.ProcessGroup
     rank: int
     size: int
-    members: tuple[int, ...]  # the group's global ranks
 
 
 def tensor_parallel_group(size: int) -> TensorParallel:
@@ -65,13 +64,8 @@ def tensor_parallel_group(size: int) -> TensorParallel:
     if world % size or local % size:
         raise UserError(f"tensor parallelism over {size} ranks: {size} must divide the {local} ranks of a node "
                         f"(and the {world} ranks in all)")
-    mine = None
-    for first in range(0, world, size):  # every rank creates every group (new_group is collective)
-        members = tuple(range(first, first + size))
-        group = dist.new_group(list(members))
-        if rank in members:
-            mine = TensorParallel(group, rank - first, size, members)
-    return mine
+    groups = [dist.new_group(list(range(first, first + size))) for first in range(0, world, size)]  # collective
+    return TensorParallel(groups[rank // size], rank % size, size)
 
 
 def check_divisible(cfg: ModelConfig, size: int) -> None:
