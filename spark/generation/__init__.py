@@ -1,1 +1,2 @@
-"""Sampling from a checkpoint: the KV-cached sampler (sampler.py) and the chat model around it (chat.py)."""
+"""Sampling from a checkpoint: the KV-cached sampler (sampler.py), its tensor-parallel shards (tensor_parallel.py)
+and the chat model around it (chat.py)."""
