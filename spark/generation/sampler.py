@@ -24,7 +24,7 @@ banned tokens, which get -inf logits here first, so these log-probs are over the
 repetition penalty, which changes the logits here first too: these log-probs are those sampled from).
 
 Sampling is by inverse CDF with one uniform per row and step, from a `torch.Generator` on the
-model's device seeded by `seed`: a call is reproducible. (The exponential race of gpt-fast draws V
+model's device seeded by `seed` (or one generator per run of rows: `generate`): a call is reproducible. (The exponential race of gpt-fast draws V
 numbers per row, a noticeable share of a CPU decode step: benchmarks/sampler.py --profile shows it.) Each step draws uniforms for all of the
 caller's rows, so a row's samples do not depend on when finished rows were dropped from the batch.
 
