@@ -11,7 +11,7 @@ from spark.config import ConfigError
 from spark.distributed.resharding import transfers
 from spark.errors import UserError
 from spark.generation.tensor_parallel import Split, check_divisible, split_of
-from spark.models import ModelConfig
+from spark.models import ModelConfig, load_model
 from spark.models.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
 from spark.trainer import Trainer
 from tests.trainer_utils import read_metrics, tiny_config, torchrun
@@ -120,7 +120,10 @@ def test_a_spark_step_on_two_ranks_samples_and_trains_alike_with_t_2_and_t_1(run
                  "spark.recycle.reflection_cot_prob=1.0", f"run.out_dir={json.dumps(str(out))}",
                  f"rollout.tensor_parallel={size}")
         metrics[size] = read_metrics(out)
-        assert (out / "export" / "model.safetensors").exists()
+    exports = [load_model(tmp_path / f"t{size}" / "export").state_dict() for size in (1, 2)]
+    assert exports[0].keys() == exports[1].keys()
+    for key in exports[0]:  # the T = 2 run exports its gathered master weights, in their checkpoint's names
+        assert (exports[0][key] - exports[1][key]).abs().max() < 1e-5, key
     for one, two in zip(metrics[1], metrics[2], strict=True):
         assert one["grad_norm"] > 0 and one["recycled/optimizer_steps"] == 1  # a policy update and a recycled one
         assert one.keys() == two.keys()
