@@ -88,24 +88,24 @@ def main(argv: list[str] | None = None) -> str:
         asked = Sample("", args.gold or "", images=args.image, meta={"question": args.question})
         check_apart(calibration, [Benchmark("--question", "math", [asked])])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    group, shows = None, True
-    if args.tensor_parallel > 1:  # every group runs the problem in step; rank 0 shows it
+    group, place = None, 0
+    if args.tensor_parallel > 1:  # every rank runs the problem in step; rank 0 shows it and writes
         world = init_distributed()
-        group, device, shows = tensor_parallel_group(args.tensor_parallel), world.device, world.is_main
+        group, device, place = tensor_parallel_group(args.tensor_parallel), world.device, world.rank
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_chat_model(args.model, device=device, dtype=dtype, tensor_parallel=group)
     header = f"Preset: {args.preset}\n"
     if calibration is not None:
-        if args.out is not None and shows:
+        if args.out is not None and place == 0:
             args.out.mkdir(parents=True, exist_ok=True)
-        result = run_calibration(model, calibration, cfg, out_dir=args.out, shard=Shard(writes=shows))
+        result = run_calibration(model, calibration, cfg, out_dir=args.out, shard=Shard(member=place))
         cfg.reject_above = result["threshold"]
         header += format_calibration(result) + "\n"
     (trace,) = run_tts(model, [Problem(args.question, args.gold, args.image)], max_rounds=cfg.max_rounds,
                        sampling=cfg.sampling, seed=args.seed, content=cfg.content, style=cfg.style,
                        reject_above=cfg.reject_above, keep_better=cfg.keep_better)
     text = header + format_trace(trace, show_prompts=args.show_prompts)
-    if shows:
+    if place == 0:
         print(text)
     if group is not None:
         close_distributed()

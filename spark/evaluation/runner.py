@@ -58,7 +58,12 @@ class Shard:
     rank: int = 0
     world_size: int = 1
     gather: Callable[[object], list[object]] = _gather_one
-    writes: bool = True  # this process writes the outputs (one process of all: a shard may span a sampler group)
+    member: int = 0  # this process's place among those that run the shard in step (a tensor-parallel group)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the outputs: one process of all."""
+        return self.rank == 0 and self.member == 0
 
 
 def _done_records(path: Path | None, num_items: int) -> dict[int, dict]:
@@ -240,7 +245,7 @@ def evaluate_checkpoint(
     try:
         group = tensor_parallel_group(tensor_parallel) if tensor_parallel > 1 else None
         shard = Shard(world.rank // tensor_parallel, world.size // tensor_parallel,
-                      lambda obj: all_gather_objects(obj)[::tensor_parallel], writes=world.is_main)
+                      lambda obj: all_gather_objects(obj)[::tensor_parallel], world.rank % tensor_parallel)
         benchmarks = [parse_spec(spec, data_dir, limit=limit) for spec in split_specs(bench_specs)]
         calibration = parse_spec(calibrate, data_dir) if calibrate is not None else None
         if dtype == "auto":

@@ -19,7 +19,7 @@ import re
 import torch
 
 from spark.generation.chat import image_inputs
-from spark.generation.sampler import prefill, prefill_positions
+from spark.generation.sampler import cache_heads, prefill, prefill_positions
 from spark.models.attention import KVCache
 
 # Each verdict word against the other one, in the case the judge wrote it.
@@ -84,7 +84,7 @@ def next_token_logits(model, rows: list[list[int]], images: list[dict], prefill_
         input_ids[i, :len(row)] = torch.tensor(row)
     input_ids = input_ids.to(device)
     inputs = image_inputs(images, device)
-    cache = KVCache(cfg.num_hidden_layers, len(rows), input_ids.shape[1], cfg.num_key_value_heads, cfg.head_dim,
+    cache = KVCache(cfg.num_hidden_layers, len(rows), input_ids.shape[1], *cache_heads(model),
                     device=device, dtype=model.lm_head.weight.dtype)
     positions, _ = prefill_positions(model, input_ids, lengths, **inputs)
     return prefill(model, cache, input_ids, lengths, positions, prefill_tokens, **inputs)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from spark.distributed.groups import close_distributed, init_distributed, shard_model  # noqa: E402
 from spark.distributed.resharding import copy_to_tensor_parallel  # noqa: E402
+from spark.evaluation.verdicts import next_token_logits  # noqa: E402
 from spark.generation.chat import ChatPrompt, load_chat_model  # noqa: E402
 from spark.generation.sampler import Sampling, SamplingParams, generate  # noqa: E402
 from spark.generation.tensor_parallel import load_sharded_model, split_of, tensor_parallel_group  # noqa: E402
@@ -91,6 +92,10 @@ def main(checkpoint: str, vl_checkpoint: str, result: str) -> None:
     shard = load_sharded_model(checkpoint, tp)
     out = {"greedy": (sample(full, temperature=0.0), sample(shard, temperature=0.0)),
            "seeded": (sample(full, temperature=1.0, top_k=50, top_p=0.9), sample(shard, temperature=1.0, top_k=50, top_p=0.9))}
+
+    # The judge's verdict scoring (spark.evaluation.verdicts) prefills on the sampler's model too.
+    out["verdict_logits"] = float((next_token_logits(full, PROMPTS, [{}] * 3) -
+                                   next_token_logits(shard, PROMPTS, [{}] * 3)).abs().max())
 
     # Each rank's own prompts: alone on the plain model, together with the group's on the shard.
     mine = [PROMPTS[world.rank % len(PROMPTS)], [7 + world.rank, 9, 11]]

@@ -75,6 +75,7 @@ def check_group(ranks: list[dict], size: int) -> None:
             assert sharded_tokens == plain_tokens
             assert len(plain_tokens) == 6 and all(len(row) for row in plain_tokens)
             assert max(abs(a - b) for x, y in zip(plain_logp, sharded_logp) for a, b in zip(x, y)) < 1e-5
+        assert out["verdict_logits"] < 1e-5  # the judge's scoring prefill: full logits from the pieces
         alone, together = out["union"]
         assert together == alone  # the group's union: each rank's own rows, drawn from its own seed
         assert out["copied_equal"]  # FSDP shards -> sampler shard: exactly the checkpoint's slices
