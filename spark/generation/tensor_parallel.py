@@ -32,7 +32,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
-from spark.errors import UserError
+from spark.errors import CheckpointError, UserError
 from spark.models.checkpoint import (
     build_model,
     fused_parts,
@@ -156,7 +156,7 @@ def _all_reduce_output(tp: TensorParallel):
     return hook
 
 
-def shard_model(model: nn.Module, tp: TensorParallel) -> nn.Module:
+def apply_tensor_parallel(model: nn.Module, tp: TensorParallel) -> nn.Module:
     """Cut `model` (on the meta device: only shapes change) into this rank's shard: split parameters replaced by
     their piece's shape, heads per attention layer divided by T, the all-reduces and the vocabulary-parallel
     embedding and head in place. `FusedLinear.parts` keep the checkpoint's sizes (they name its tensors)."""
@@ -189,7 +189,7 @@ def sharded_skeleton(path: Path, tp: TensorParallel, *, device: str | torch.devi
     """This rank's shard of the checkpoint's model, allocated on `device` in `dtype` but not filled."""
     config = read_config(path)
     with torch.device("meta"):
-        model = shard_model(build_model(config, path).to(dtype), tp)
+        model = apply_tensor_parallel(build_model(config, path).to(dtype), tp)
     model.to_empty(device=device)
     if model.config.tie_word_embeddings:  # to_empty gave the two their own tensors
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -230,6 +230,8 @@ def load_sharded_model(path: str | Path, tp: TensorParallel, *, device: str | to
         split = split_of(name, model.config, tp.size)
         dim, at = (split.dim if split is not None else 0), 0
         for key, rows in checkpoint_pieces(name, split, fused, tp.rank):
+            if key not in files:
+                raise CheckpointError(f"{path}: tensor '{key}' is missing from the checkpoint")
             file, stored = files[key]
             with open_weights(file, str(device)) as f:
                 tensor = f.get_slice(stored)

@@ -10,7 +10,13 @@ import torch
 from spark.config import ConfigError
 from spark.distributed.resharding import transfers
 from spark.errors import UserError
-from spark.generation.tensor_parallel import Split, check_divisible, split_of
+from spark.generation.tensor_parallel import (
+    Split,
+    TensorParallel,
+    check_divisible,
+    load_sharded_model,
+    split_of,
+)
 from spark.models import ModelConfig, load_model
 from spark.models.tiny import make_tiny_checkpoint, make_tiny_vl_checkpoint
 from spark.trainer import Trainer
@@ -39,6 +45,20 @@ def test_transfers_send_each_piece_the_rows_an_fsdp_shard_holds():
     down = Split(1, (192,), 2)  # a column cut: every shard sends its rows, cut to the piece's columns
     assert transfers(down, 1, (32, 64)) == [((32, 64), (96, 192), 32)]
     assert transfers(down, 1, (64, 64)) == []
+
+
+def test_the_pieces_read_from_a_checkpoint_are_its_slices(tmp_path):
+    path = make_tiny_checkpoint(tmp_path / "ckpt", num_heads=8, num_kv_heads=4, tie=False)
+    full = load_model(path)
+    pieces = [load_sharded_model(path, TensorParallel(None, t, 2)).state_dict() for t in range(2)]  # no collective
+    assert pieces[1]["model.layers.0.self_attn.qkv_proj.weight"].shape == (64, 64)  # 4 of 8 q heads, 2 of 4 kv
+    assert pieces[1]["lm_head.weight"].shape == (183, 64)  # vocabulary rows 184-366
+    for name, tensor in full.state_dict().items():
+        split = split_of(name, full.config, 2)
+        for t, piece in enumerate(pieces):
+            expected = tensor if split is None else torch.cat(
+                [tensor.narrow(split.dim, start, end - start) for start, end in split.ranges(t)], split.dim)
+            assert torch.equal(piece[name], expected), (name, t)
 
 
 def test_heads_and_mlp_that_do_not_divide_are_refused():
