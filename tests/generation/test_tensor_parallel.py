@@ -89,6 +89,9 @@ def check_vision_language(ranks: list[dict]) -> None:
 
 
 def check_group(ranks: list[dict], size: int) -> None:
+    # Seeded draws can be equal for any T: every rank gets the full logits (equal to the plain model's up to
+    # rounding) and the same uniforms, and rounding changes a draw only when a uniform falls within it of a step
+    # of the CDF.
     for out in ranks:
         for mode in ("greedy", "seeded"):
             (plain_tokens, plain_logp), (sharded_tokens, sharded_logp) = out[mode]
