@@ -6,13 +6,16 @@ during an update, with those parts in the FSDP root unit (as before) and as unit
 
 Each rank runs one forward + backward of a tiny model's packed log-probs under FSDP2 (gloo) and records every
 tensor created with a fresh storage in the shape of one of those parameters (their unsharded gradients, and
-their fp32 copies under mixed precision), and the most bytes of them alive at one time. Rank 0 prints one line
-per layout, then one JSON object.
+their fp32 copies under mixed precision), and the most bytes of them alive at one time (`peak_bytes`); and, at
+each unit's reduce-scatter, the bytes of the unsharded gradients it takes at once plus their flat copy in the
+reduce dtype (`largest_reduce_bytes`: FSDP2's foreach_reduce, wrapped). Rank 0 prints one line per layout, then
+one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -20,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fsdp_param_group
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -49,6 +53,28 @@ class LiveTensors(TorchDispatchMode):
         return out
 
 
+class ReduceScatters:
+    """While active, the bytes of each FSDP2 reduce-scatter's input: the unsharded gradients of one unit, all alive
+    at once, and their flat copy in the reduce dtype (FSDP2's foreach_reduce, wrapped)."""
+
+    def __enter__(self) -> ReduceScatters:
+        self.sizes: list[int] = []
+        self.reduce = reduce = fsdp_param_group.foreach_reduce
+
+        def recording_reduce(*args, **kwargs):
+            call = inspect.signature(reduce).bind(*args, **kwargs).arguments
+            grads = call["unsharded_grads"]
+            reduce_dtype = call["reduce_dtype"] or grads[0].dtype
+            self.sizes.append(sum(g.nbytes + g.numel() * reduce_dtype.itemsize for g in grads))
+            return reduce(*args, **kwargs)
+
+        fsdp_param_group.foreach_reduce = recording_reduce
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fsdp_param_group.foreach_reduce = self.reduce
+
+
 def root_part_shapes(model: torch.nn.Module) -> set[tuple[int, ...]]:
     """The shapes of the parameters outside the blocks, besides 1-D ones (norms, biases: small)."""
     layers = [model.model.layers] + ([model.visual.blocks] if hasattr(model, "visual") else [])
@@ -71,10 +97,11 @@ def backward_peak(checkpoint: Path, own_units: bool, mixed_precision: bool) -> d
         groups.own_units = default
     torch.manual_seed(0)
     ids, targets = torch.randint(0, model.config.vocab_size, (2, 1, 48))
-    with LiveTensors(shapes) as live:
+    with LiveTensors(shapes) as live, ReduceScatters() as reduces:
         logp, _ = model.logprobs(ids, targets, packing=Packing.from_lengths([20, 28]))
         logp.sum().backward()
-    return {"peak_bytes": live.peak, "largest_root_part_bytes": max(math.prod(s) for s in shapes) * 4}
+    return {"peak_bytes": live.peak, "largest_reduce_bytes": max(reduces.sizes),
+            "largest_root_part_bytes": max(math.prod(s) for s in shapes) * 4}
 
 
 def main() -> None:
@@ -93,7 +120,8 @@ def main() -> None:
               for layout in ("root", "own units")}
     if world.is_main:
         for layout, figures in result.items():
-            print(f"{layout:>10}: {figures['peak_bytes']:>9,d} bytes of root-part gradients alive at once")
+            print(f"{layout:>10}: {figures['peak_bytes']:>9,d} bytes of root-part gradients alive at once, "
+                  f"{figures['largest_reduce_bytes']:>9,d} bytes in the largest reduce-scatter")
         print(json.dumps(result))
     groups.close_distributed()
 

@@ -11,16 +11,23 @@ What a GPU holds (FSDP2 over `gpus` ranks; e = bytes of the compute dtype: 2 wit
                  tensor along dim 0 in ceil(rows / gpus) rows, so rank 0 holds the most); the reference's
                  shards when kl_coef > 0 (e per parameter: frozen, it has no fp32 master copy; resharded
                  after each pass, so its gathered root is transient);
-  rollout        the KV cache, rows x (max_prompt_tokens + max_new_tokens) x layers x 2 x kv_heads x head_dim x e,
+  rollout        the KV cache, rows x (max_prompt_tokens + max_new_tokens) x layers x 2 x kv_heads x head_dim x e
+                 (the sampler allocates it for each call's own longest prompt: this is the most it can be),
                  rows = min(rollout.batch_size, the sequences one rank samples in one call) (with rollout.compile
                  it is kept between calls, so it is resident instead, its length rounded up to the sampler's
                  CACHE_QUANTUM); the prefill's transients: the embeddings of the call's distinct prompts (rows / n:
                  each prompt is prefilled once for its n rollouts) and one block's MLP over one prefill chunk
                  (at most the sampler's prefill_tokens tokens), and the vision tower over every distinct image;
-  update         fp32 gradient shards; FSDP's gathered copies (the root unit - embeddings, head, norm, vision
-                 patch embedding and merger - and two blocks, in e bytes) and the root's unsharded gradients;
+  update         fp32 gradient shards; FSDP's gathered copies (the root unit - the final norm, and the embedding
+                 and head when tied - and two of the other units: blocks, or the embedding, the head, the vision
+                 patch embedding and merger, each a unit of its own; in e bytes) and the unsharded gradients of
+                 the largest unit with their flat fp32 copy for its reduce-scatter (each unit's exist from its own
+                 backward to its reduce-scatter, the root's until the end of the backward);
                  the activations autograd keeps for one micro-batch of loss.micro_batch_tokens tokens; the
                  log-prob chunk (the head's fp32 gradient, [logprob_chunk, vocab] fp32 blocks).
+model.offload moves items between these (`offload_placement`): "optimizer" holds AdamW's state on the GPU during
+the update only and frees the sampler's copy (and a compiled sampler's cache) for it; "all" also frees the
+sampler's copy, and holds the parameter, gradient, AdamW and reference shards in host memory (printed apart).
 total = all the time + max(rollout, update); it fits when total <= 0.95 x memory - 2 GB (CUDA context, NCCL
 buffers, allocator fragmentation).
 
@@ -217,7 +224,7 @@ def vision_prefill_bytes(vision: VisionConfig, patches: int, element: int) -> in
 # ---- the plan -----------------------------------------------------------------------------------------
 
 ROLLOUT_ITEMS = ("KV cache", "sampler prefill")
-UPDATE_ITEMS = ("gradient shards", "gathered parameters", "unsharded root gradients", "activations",
+UPDATE_ITEMS = ("gradient shards", "gathered parameters", "unsharded gradients", "activations",
                 "log-prob chunk")
 
 
@@ -330,9 +337,9 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
         "gradient shards": trainable_shard * 4,
         # the root stays gathered from forward to backward; a block or an own unit and the next one prefetched
         "gathered parameters": (root + 2 * max(shapes.largest_block(), outside)) * element,
-        # the bf16 gradients of the root or of the largest own unit (each exists from its backward to its
-        # reduce-scatter), and their fp32 copy for it (fp32: one copy)
-        "unsharded root gradients": outside * (element + 4 if element == 2 else 4),
+        # the largest unit's gradients (each unit's exist from its backward to its reduce-scatter, the root's to
+        # the end of the backward), and their flat fp32 copy for it (benchmarks/root_gradients.py measures both)
+        "unsharded gradients": max(shapes.largest_block(), outside) * (element + 4),
     }
     tokens = loss.micro_batch_tokens
     activations = {ac: decoder_activation_bytes(cfg, tokens, element, ac) for ac in (False, True)}

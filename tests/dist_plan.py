@@ -3,8 +3,8 @@
 torchrun --nproc_per_node N tests/dist_plan.py CHECKPOINT DATA OUT_DIR RESULT.json [section.key=value ...]
 Each rank builds the trainer, runs one update on fixed experiences and reports the bytes of its parameter,
 reference, gradient and optimizer-state shards, of the sampler's weights during the update and of the optimizer
-state after it (what model.offload leaves on the device), and the most bytes of unsharded gradients of the parts
-outside the blocks alive at once (benchmarks/root_gradients.py's count); rank 0 writes the list to RESULT.json.
+state after it (what model.offload leaves on the device), and the largest reduce-scatter's unsharded gradients and
+their flat copy (benchmarks/root_gradients.py's count); rank 0 writes the list to RESULT.json.
 """
 
 import json
@@ -16,7 +16,7 @@ from torch.distributed.tensor import DTensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from root_gradients import LiveTensors, root_part_shapes  # noqa: E402
+from root_gradients import ReduceScatters  # noqa: E402
 
 from spark.distributed.groups import all_gather_objects, close_distributed  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
@@ -44,9 +44,9 @@ def main(checkpoint: str, data: str, out_dir: str, result: str, *overrides: str)
 
     trainer.optimizer.step = measuring_step
     world = trainer.world
-    with LiveTensors(root_part_shapes(trainer.rollouts.chat.model)) as live:
+    with ReduceScatters() as reduces:
         trainer.update(fixed_experiences()[world.rank::world.size])
-    measured["unsharded root gradients"] = live.peak
+    measured["unsharded gradients"] = max(reduces.sizes)
     measured["AdamW state after the update"] = local_bytes(
         t for state in trainer.optimizer.state.values() for t in state.values())
     everyone = all_gather_objects(measured)

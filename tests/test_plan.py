@@ -53,8 +53,8 @@ def test_known_checkpoints_have_their_published_sizes():
 def test_shards_gradients_optimizer_state_and_offload_exactly(tmp_path):
     """Two ranks of the real trainer with model.offload = "optimizer": rank 0 holds exactly the plan's bytes (dims
     chosen so that FSDP's ceil(rows / 2) split is uneven: vocab 401), rank 1 at most that; the sampler's weights
-    are freed during the update and AdamW's state after it, as the plan's phases say; and the unsharded gradients
-    of the parts outside the blocks alive at once are the plan's (the head's, a unit of its own)."""
+    are freed during the update and AdamW's state after it, as the plan's phases say; and the largest
+    reduce-scatter's unsharded gradients and their flat copy are the plan's."""
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", vocab_size=401, intermediate_size=97, tie=False)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
@@ -67,7 +67,7 @@ def test_shards_gradients_optimizer_state_and_offload_exactly(tmp_path):
     config = tiny_config(checkpoint, data, tmp_path / "run", *overrides)
     plan = plan_for(config, read_config(checkpoint), world_size=2, gpu_memory_gb=1)
     for item in ("parameter shards", "reference shards", "gradient shards", "AdamW state", "sampler weights",
-                 "unsharded root gradients"):
+                 "unsharded gradients"):
         assert ranks[0][item] == plan.items[item], item
         assert ranks[1][item] <= plan.items[item], item
     assert ranks[1]["parameter shards"] < ranks[0]["parameter shards"]  # the uneven split is exercised
