@@ -16,7 +16,7 @@ from spark.models import load_model
 from spark.models.tiny import make_tiny_checkpoint
 from spark.trainer import Trainer
 from tests.dist_update import fixed_experiences
-from tests.trainer_utils import QUESTIONS, tiny_config
+from tests.trainer_utils import QUESTIONS, read_metrics, tiny_config
 
 
 def test_parked_tensors_keep_their_objects_and_values():
@@ -37,7 +37,7 @@ def test_parked_tensors_keep_their_objects_and_values():
 
 
 @pytest.fixture(scope="module")
-def run_files(tmp_path_factory):
+def tiny_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("offload")
     checkpoint = make_tiny_checkpoint(folder / "ckpt", vocab_size=401, tie=False)
     data = folder / "train.jsonl"
@@ -69,10 +69,10 @@ def updates_with_a_save_between(trainer: Trainer, tmp_path) -> tuple[dict, list[
     return full_state_dict(trainer.policy), metrics, seen
 
 
-def test_optimizer_offload_trains_the_same_weights(run_files, tmp_path):
+def test_optimizer_offload_trains_the_same_weights(tiny_files, tmp_path):
     """AdamW's state in host memory between updates (and through a checkpoint's save), the sampler's weights
     freed during the update: three updates end with the same weights and metrics as without."""
-    checkpoint, data = run_files
+    checkpoint, data = tiny_files
     runs = {}
     for offload in ("none", "optimizer"):
         trainer = Trainer(tiny_config(checkpoint, data, tmp_path / offload, f"model.offload={offload}",
@@ -94,13 +94,13 @@ def test_optimizer_offload_trains_the_same_weights(run_files, tmp_path):
         torch.testing.assert_close(tensor, offloaded[name])
 
 
-def test_offload_all_needs_a_gpu(run_files, tmp_path):
-    checkpoint, data = run_files
+def test_offload_all_needs_a_gpu(tiny_files, tmp_path):
+    checkpoint, data = tiny_files
     with pytest.raises(ConfigError, match="needs a GPU"):
         Trainer(tiny_config(checkpoint, data, tmp_path / "run", "model.offload=all"))
 
 
-def test_offload_all_puts_every_unit_on_the_host(run_files, monkeypatch):
+def test_offload_all_puts_every_unit_on_the_host(tiny_files, monkeypatch):
     """shard_model(offload=True) gives every FSDP unit FSDP2's CPUOffloadPolicy (its transfers need a GPU: the
     device check runs them). With this CPU build it fails while sharding (pinned memory), so the calls are
     recorded instead."""
@@ -108,8 +108,22 @@ def test_offload_all_puts_every_unit_on_the_host(run_files, monkeypatch):
     calls = []
     monkeypatch.setattr(groups, "fully_shard", lambda module, **kwargs: calls.append((module, kwargs)))
     monkeypatch.setattr(groups, "register_fsdp_forward_method", lambda module, method: None)
-    model = load_model(run_files[0])
+    model = load_model(tiny_files[0])
     groups.shard_model(model, mixed_precision=True, offload=True)
     units = [module for module, _ in calls]
     assert units == [*model.model.layers, *own_units(model), model]
     assert all(isinstance(kwargs["offload_policy"], CPUOffloadPolicy) for _, kwargs in calls)
+
+
+def test_a_run_with_optimizer_offload_samples_and_logs_as_without(run_files, tmp_path):
+    """Two whole steps of the trainer tests' warmed-up checkpoint (rollouts from the sampler given back its
+    weights, the recycled update, the export): the same metrics as without offload, timings aside."""
+    checkpoint, data = run_files
+    logged = {}
+    for offload in ("none", "optimizer"):
+        out = tmp_path / offload
+        Trainer(tiny_config(checkpoint, data, out, f"model.offload={offload}")).train()
+        logged[offload] = [{k: v for k, v in m.items() if not k.startswith(("time/", "minutes", "tokens_per_s", "tflops", "mfu"))}
+                           for m in read_metrics(out)]
+        assert (out / "export" / "model.safetensors").exists()
+    assert logged["optimizer"] == logged["none"] and len(logged["none"]) == 2
