@@ -11,7 +11,8 @@ from torch.distributed.fsdp import CPUOffloadPolicy
 from spark.config import ConfigError
 from spark.distributed import groups
 from spark.distributed.groups import full_state_dict, init_distributed, own_units
-from spark.distributed.offload import Parked, local_tensor, optimizer_state
+from spark.distributed.offload import Parked, PhaseMemory, local_tensor, optimizer_state
+from spark.generation.sampler import STATIC_CACHES
 from spark.models import load_model
 from spark.models.tiny import make_tiny_checkpoint
 from spark.trainer import Trainer
@@ -34,6 +35,31 @@ def test_parked_tensors_keep_their_objects_and_values():
     refilled.release()
     refilled.restore()
     assert weight.shape == (2, 3) and not refilled.host  # values left to the caller
+
+
+@pytest.mark.parametrize("offload", ["none", "optimizer", "all"])
+def test_phase_memory_frees_the_sampler_and_its_kept_cache_for_the_update(offload):
+    """What each setting frees around an update, on a plain model and optimizer: the sampler's weights and the
+    compiled sampler's kept KV cache from the update's start to the next `sampler_needed`, AdamW's state from the
+    update's end to the next update's start ("optimizer" only)."""
+    sampler = torch.nn.Linear(3, 2)
+    policy = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(policy.parameters())
+    policy(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    STATIC_CACHES[sampler] = "cache"
+    memory = PhaseMemory(offload, sampler, optimizer)
+    memory.update_begins()
+    freed = offload != "none"
+    assert (sampler.weight.numel() == 0) == freed and (sampler in STATIC_CACHES) != freed
+    memory.update_ends()
+    moments = [t for t in optimizer_state(optimizer) if t.dim()]
+    assert all((t.numel() == 0) == (offload == "optimizer") for t in moments)
+    memory.sampler_needed()
+    assert sampler.weight.shape == (2, 3)
+    memory.update_begins()
+    assert all(optimizer.state[p][k].shape == p.shape for p in policy.parameters() for k in ("exp_avg", "exp_avg_sq"))
+    STATIC_CACHES.pop(sampler, None)
 
 
 @pytest.fixture(scope="module")
