@@ -20,7 +20,11 @@ check the script, not a device):
   sampler    the 1.5B model, 64 prompts x 256 tokens, 256 new tokens each: tokens/s of our sampler eager, of
              transformers `generate` (static cache) and of our sampler with CUDA graphs, each timed on its own
              (with compile time, graphs compiled, recompiles and inductor's CUDA-graph skips), against the HBM
-             bound (every weight and the KV cache so far read once per decode step).
+             bound (every weight and the KV cache so far read once per decode step);
+  offload    the train section's run with each model.offload setting (all, optimizer, none): step 2's seconds,
+             rollout and update seconds, peak allocated and reserved memory and what stays allocated between
+             steps (--cpu skips "all": FSDP2's CPUOffloadPolicy needs an accelerator). Last, so that the deadline
+             cuts it before the others: `--only offload` runs it alone.
 
 Each section runs in a process of its own (a crash, a hang or an NCCL abort ends that section only, and its
 memory is gone before the next one starts) under its own time limit, within an overall deadline that ends the
@@ -57,8 +61,8 @@ class Section:
     needs: tuple[str, ...] = ()  # optional packages (import names) it cannot run without
 
 
-# In the order they run: the cheap and the telling first, the sampler's long compile last; plan reads train's
-# and vision's results.
+# In the order they run: the cheap and the telling first, the sampler's long compile and the offload settings'
+# three runs last; plan reads train's and vision's results.
 SECTIONS = (
     Section("preflight", 60, ("gpu.name", "gpu.memory_gb", "gpu.driver", "python", "torch", "cuda_runtime",
                               "attention.backend", "compile_probe.compile_s", "compile_probe.cudagraph_skips")),
@@ -73,6 +77,8 @@ SECTIONS = (
     Section("sampler", 240, ("eager.tok_s", "transformers.tok_s", "cuda_graphs.tok_s", "compiled.tok_s",
                              "cuda_graphs.of_hbm_bound", "cuda_graphs.first_call_s", "cuda_graphs.cudagraph_skips",
                              "hbm_bound_tok_s")),
+    Section("offload", 150, ("none.step_s", "optimizer.step_s", "all.step_s", "none.peak_allocated_gb",
+                             "optimizer.peak_allocated_gb", "all.peak_allocated_gb", "all.skipped")),
 )
 DEADLINE_S = 510  # the whole check: under the device's 10 minutes per command, with time to write the report
 MIN_SECTION_S = 15  # a section is not started with less time than this before the deadline

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes.util
 import faulthandler
+import functools
 import gc
 import importlib
 import json
@@ -559,10 +560,49 @@ def sampler(ctx: Context) -> None:
     ctx.part(compiled, lambda: time_ours(model, prompts, work["new"], bound, compile_=True))
 
 
+# ---- offload ----------------------------------------------------------------------------------------------
+
+# "all" first: its trainer starts the process group, with the host collectives that its shards need (the others
+# run in that group too).
+OFFLOADS = ("all", "optimizer", "none")
+
+
+def offload_steps(ctx: Context, offload: str) -> dict:
+    """The train section's run with model.offload = `offload`: two steps, the second's seconds and memory."""
+    from spark.plan import with_setting
+    from spark.trainer import Trainer
+
+    if offload == "all" and ctx.device.type != "cuda":
+        raise Skip("FSDP2's CPUOffloadPolicy needs an accelerator (a CPU build fails while sharding: pinned memory)")
+    work = ctx.work / f"offload-{offload}"
+    config = with_setting(train_config(ctx.kind, ensure_checkpoint(ctx), work), "model.offload", offload)
+    write_train_rows(Path(config.data.train_files[0]))
+    shutil.rmtree(config.run.out_dir, ignore_errors=True)
+    trainer = Trainer(config)
+    try:
+        for _ in (1, 2):  # the first step creates AdamW's state; the second is the steady state
+            metrics, memory = with_memory(ctx.device, trainer.train_step)
+            trainer.step += 1
+        figures = step_figures(metrics)
+        figures["step_s"] = figures.pop("seconds")  # the part's own "seconds" include the trainer's start
+        return {**figures, **memory, "resident_tensors_gb": resident_tensors(trainer)}
+    finally:
+        del trainer
+        free_memory(ctx.device)
+
+
+def offload(ctx: Context) -> None:
+    """Each model.offload setting's step time and memory on the train section's run (step 2: AdamW's state
+    exists). "allocated_before_gb" is what stays on the device between steps."""
+    for setting in OFFLOADS:
+        ctx.part(setting, functools.partial(offload_steps, ctx, setting))
+
+
 # ---- running one section ----------------------------------------------------------------------------------
 
 RUNS: dict[str, Callable[[Context], None]] = {"preflight": preflight, "tests": tests, "train": train,
-                                              "vision": vision, "head": head, "plan": plan, "sampler": sampler}
+                                              "vision": vision, "head": head, "plan": plan, "sampler": sampler,
+                                              "offload": offload}
 
 
 def inject_failure(mode: str) -> None:

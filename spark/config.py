@@ -194,6 +194,10 @@ class ModelSettings:
     mixed_precision: bool = True  # bf16 compute with fp32 master weights and reductions (GPU and CPU)
     activation_checkpointing: bool = False  # recompute each block in backward
     freeze_vision: bool = False  # Qwen2.5-VL: keep the vision tower fixed during RL
+    # Training state in host memory: "optimizer" moves AdamW's moments there between updates, "all" keeps the
+    # parameter, gradient and AdamW shards there (FSDP2's CPUOffloadPolicy, the optimizer step on the CPU; GPU
+    # only); either frees the sampler's weights (and a compiled sampler's cache) during the update
+    offload: Literal["none", "optimizer", "all"] = "none"
 
 
 @dataclass

@@ -11,16 +11,23 @@ What a GPU holds (FSDP2 over `gpus` ranks; e = bytes of the compute dtype: 2 wit
                  tensor along dim 0 in ceil(rows / gpus) rows, so rank 0 holds the most); the reference's
                  shards when kl_coef > 0 (e per parameter: frozen, it has no fp32 master copy; resharded
                  after each pass, so its gathered root is transient);
-  rollout        the KV cache, rows x (max_prompt_tokens + max_new_tokens) x layers x 2 x kv_heads x head_dim x e,
+  rollout        the KV cache, rows x (max_prompt_tokens + max_new_tokens) x layers x 2 x kv_heads x head_dim x e
+                 (the sampler allocates it for each call's own longest prompt: this is the most it can be),
                  rows = min(rollout.batch_size, the sequences one rank samples in one call) (with rollout.compile
                  it is kept between calls, so it is resident instead, its length rounded up to the sampler's
                  CACHE_QUANTUM); the prefill's transients: the embeddings of the call's distinct prompts (rows / n:
                  each prompt is prefilled once for its n rollouts) and one block's MLP over one prefill chunk
                  (at most the sampler's prefill_tokens tokens), and the vision tower over every distinct image;
-  update         fp32 gradient shards; FSDP's gathered copies (the root unit - embeddings, head, norm, vision
-                 patch embedding and merger - and two blocks, in e bytes) and the root's unsharded gradients;
+  update         fp32 gradient shards; FSDP's gathered copies (the root unit - the final norm, and the embedding
+                 and head when tied - and two of the other units: blocks, or the embedding, the head, the vision
+                 patch embedding and merger, each a unit of its own; in e bytes) and the unsharded gradients of
+                 the largest unit with their flat fp32 copy for its reduce-scatter (each unit's exist from its own
+                 backward to its reduce-scatter, the root's until the end of the backward);
                  the activations autograd keeps for one micro-batch of loss.micro_batch_tokens tokens; the
                  log-prob chunk (the head's fp32 gradient, [logprob_chunk, vocab] fp32 blocks).
+model.offload moves items between these (`offload_placement`): "optimizer" holds AdamW's state on the GPU during
+the update only and frees the sampler's copy (and a compiled sampler's cache) for it; "all" also frees the
+sampler's copy, and holds the parameter, gradient, AdamW and reference shards in host memory (printed apart).
 total = all the time + max(rollout, update); it fits when total <= 0.95 x memory - 2 GB (CUDA context, NCCL
 buffers, allocator fragmentation).
 
@@ -48,6 +55,7 @@ import torch
 from spark.cli import ArgumentParser, run_command
 from spark.config import TrainConfig, load_config
 from spark.data.images import ImageConfig
+from spark.distributed.groups import own_units
 from spark.errors import UserError
 from spark.generation.sampler import CACHE_QUANTUM, SamplingParams
 from spark.models.checkpoint import CheckpointError, build_model, read_config
@@ -104,7 +112,9 @@ class Shapes:
     def from_hf(cls, hf: dict) -> Shapes:
         with torch.device("meta"):  # shapes only: no memory, even for 32B
             model = build_model(hf, Path("<plan>"))
-        params = {name: (unit_of(name), tuple(p.shape)) for name, p in model.named_parameters()}
+        prefixes = {id(module): name for name, module in model.named_modules()}
+        own = {prefixes[id(module)] + ".": prefixes[id(module)] for module in own_units(model)}
+        params = {name: (unit_of(name, own), tuple(p.shape)) for name, p in model.named_parameters()}
         return cls(ModelConfig.from_hf(hf), VisionConfig.from_hf(hf) if "vision_config" in hf else None, params)
 
     def count(self, unit: str | None = None) -> int:
@@ -116,22 +126,34 @@ class Shapes:
         return sum(math.ceil(shape[0] / world) * math.prod(shape[1:]) for name, (_, shape) in self.params.items()
                    if not (trainable_only and freeze_vision and name.startswith("visual.")))
 
-    def largest_block(self) -> int:
+    def unit_sizes(self) -> dict[str, int]:
+        """Parameters per FSDP unit."""
         sizes: dict[str, int] = {}
         for unit, shape in self.params.values():
-            if unit != "root":
-                sizes[unit] = sizes.get(unit, 0) + math.prod(shape)
-        return max(sizes.values(), default=0)
+            sizes[unit] = sizes.get(unit, 0) + math.prod(shape)
+        return sizes
+
+    def largest_block(self) -> int:
+        return max((n for unit, n in self.unit_sizes().items() if is_block(unit)), default=0)
+
+    def largest_outside_blocks(self) -> int:
+        """The largest unit that is not a block: the root, or one of spark.distributed.groups.own_units."""
+        return max(n for unit, n in self.unit_sizes().items() if not is_block(unit))
 
     def tensors(self, *, freeze_vision: bool = False) -> int:
         return sum(1 for name in self.params if not (freeze_vision and name.startswith("visual.")))
 
 
-def unit_of(name: str) -> str:
+def unit_of(name: str, own: dict[str, str]) -> str:
+    """A parameter's FSDP unit: its block, its own unit (`own`: prefix + "." -> unit), or the root."""
     parts = name.split(".")
     if parts[:2] in (["model", "layers"], ["visual", "blocks"]):
         return ".".join(parts[:3])
-    return "root"
+    return next((unit for prefix, unit in own.items() if name.startswith(prefix)), "root")
+
+
+def is_block(unit: str) -> bool:
+    return unit.startswith(("model.layers.", "visual.blocks."))
 
 
 # ---- the items: pure functions of the sizes --------------------------------------------------------------
@@ -178,10 +200,12 @@ def vision_activation_bytes(vision: VisionConfig, patches: int, element: int, ch
 
 def logprob_chunk_bytes(cfg: ModelConfig, chunk: int, element: int) -> int:
     """spark.models.logprobs.token_logprobs (GEMMs in the head's dtype): forward holds a [chunk, V] block of the
-    GEMM's output and three fp32 ones (logits, softmax, their product); backward the head's fp32 gradient, two
-    fp32 blocks and the gradient of the logits in the head's dtype."""
+    GEMM's output and three fp32 ones (logits, softmax, their product); backward the head's fp32 gradient (and,
+    in bf16, a chunk's [V, H] gradient before it is added in), two fp32 blocks and the gradient of the logits in
+    the head's dtype."""
     head32, block32, block = cfg.vocab_size * cfg.hidden_size * 4, chunk * cfg.vocab_size * 4, chunk * cfg.vocab_size * element
-    return max(block + 3 * block32, head32 + 2 * block32 + block)
+    gemm = cfg.vocab_size * cfg.hidden_size * element if element < 4 else 0
+    return max(block + 3 * block32, head32 + gemm + 2 * block32 + block)
 
 
 def prefill_bytes(cfg: ModelConfig, prompts: int, prompt_tokens: int, chunk_tokens: int, element: int) -> int:
@@ -200,8 +224,13 @@ def vision_prefill_bytes(vision: VisionConfig, patches: int, element: int) -> in
 # ---- the plan -----------------------------------------------------------------------------------------
 
 ROLLOUT_ITEMS = ("KV cache", "sampler prefill")
-UPDATE_ITEMS = ("gradient shards", "gathered parameters", "unsharded root gradients", "activations",
+UPDATE_ITEMS = ("gradient shards", "gathered parameters", "unsharded gradients", "activations",
                 "log-prob chunk")
+
+
+def phase_of(item: str) -> str:
+    """Where an item is held without model.offload: "resident", "rollout" or "update"."""
+    return "rollout" if item in ROLLOUT_ITEMS else "update" if item in UPDATE_ITEMS else "resident"
 
 
 @dataclass
@@ -211,27 +240,32 @@ class Plan:
     items: dict[str, int]  # bytes per GPU
     activations_without_checkpointing: int
     activations_with_checkpointing: int
-    release_sampler: bool = False  # what-if: the sampler's weights freed for the update
+    phases: dict[str, str] = field(default_factory=dict)  # item -> resident | rollout | update (phase_of by default)
+    offload: str = "none"  # model.offload
+    host: int = 0  # bytes of host memory per rank that model.offload fills
     checkpoint_max_pixels: int = ImageConfig.max_pixels  # the checkpoint's image bound, when the config sets none
     notes: list[str] = field(default_factory=list)
 
+    def phase(self, item: str) -> str:
+        return self.phases.get(item, phase_of(item))
+
+    def during(self, phase: str) -> int:
+        return sum(v for k, v in self.items.items() if self.phase(k) == phase)
+
     @property
     def rollout(self) -> int:
-        return sum(self.items[k] for k in ROLLOUT_ITEMS)
+        return self.during("rollout")
 
     @property
     def update(self) -> int:
-        return sum(self.items[k] for k in UPDATE_ITEMS)
+        return self.during("update")
 
     @property
     def resident(self) -> int:
-        return sum(v for k, v in self.items.items() if k not in ROLLOUT_ITEMS + UPDATE_ITEMS)
+        return self.during("resident")
 
     @property
     def total(self) -> int:
-        if self.release_sampler:
-            sampler = self.items["sampler weights"]
-            return self.resident - sampler + max(sampler + self.rollout, self.update)
         return self.resident + max(self.rollout, self.update)
 
     @property
@@ -245,21 +279,20 @@ class Plan:
     def table(self) -> str:
         rows = [f"{'item (per GPU)':<34}{'GB':>9}  phase"]
         for name, value in self.items.items():
-            phase = "rollout" if name in ROLLOUT_ITEMS else "update" if name in UPDATE_ITEMS else "resident"
-            rows.append(f"{name:<34}{value / GB:>9.2f}  {phase}")
+            rows.append(f"{name:<34}{value / GB:>9.2f}  {self.phase(name)}")
         rows.append(f"{'  activations, no checkpointing':<34}{self.activations_without_checkpointing / GB:>9.2f}")
         rows.append(f"{'  activations, checkpointing':<34}{self.activations_with_checkpointing / GB:>9.2f}")
-        rows.append(f"{'total':<34}{self.total / GB:>9.2f}  resident + max(rollout, update)"
-                    + (" (sampler released for the update)" if self.release_sampler else ""))
+        rows.append(f"{'total':<34}{self.total / GB:>9.2f}  resident + max(rollout, update)")
         rows.append(f"{'usable of ' + format(self.gpu_memory / GB, '.0f') + ' GB':<34}{self.usable / GB:>9.2f}  "
                     + ("fits" if self.fits else "DOES NOT FIT"))
+        if self.host:
+            rows.append(f"{'host memory per rank':<34}{self.host / GB:>9.2f}  model.offload = {self.offload}")
         return "\n".join(rows + [f"note: {n}" for n in self.notes])
 
     def summary(self) -> dict:
         return {"fits": self.fits, "total_gb": round(self.total / GB, 2), "usable_gb": round(self.usable / GB, 2),
-                "gpus": self.gpus, "gpu_memory_gb": round(self.gpu_memory / GB, 1),
-                "release_sampler": self.release_sampler,
-                "items_gb": {k: round(v / GB, 3) for k, v in self.items.items()}}
+                "gpus": self.gpus, "gpu_memory_gb": round(self.gpu_memory / GB, 1), "offload": self.offload,
+                "host_gb": round(self.host / GB, 2), "items_gb": {k: round(v / GB, 3) for k, v in self.items.items()}}
 
 
 def rollout_rows(config: TrainConfig, gpus: int) -> int:
@@ -278,7 +311,7 @@ def image_patches(config: TrainConfig, vision: VisionConfig, checkpoint_max_pixe
 
 
 def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memory_gb: float, *,
-             release_sampler: bool = False, checkpoint_max_pixels: int = ImageConfig.max_pixels) -> Plan:
+             checkpoint_max_pixels: int = ImageConfig.max_pixels) -> Plan:
     """The memory plan of `config` for the model of `model_config` (a config.json dict) on `world_size`
     GPUs of `gpu_memory_gb` (2**30 bytes) each."""
     shapes = Shapes.from_hf(model_config)
@@ -292,7 +325,7 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
         length = -(-length // CACHE_QUANTUM) * CACHE_QUANTUM
     prompts = -(-rows // rollout.n)  # distinct prompts per call: the n rollouts of a prompt share its prefill
     trainable_shard = shapes.shard_numel(world_size, trainable_only=True, freeze_vision=freeze)
-    root = shapes.count(unit="root")
+    root, outside = shapes.count(unit="root"), shapes.largest_outside_blocks()
     items = {
         "sampler weights": shapes.count() * element,
         "parameter shards": shapes.shard_numel(world_size) * 4,
@@ -302,9 +335,11 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
         "sampler prefill": prefill_bytes(cfg, prompts, config.data.max_prompt_tokens,
                                          SamplingParams.prefill_tokens, element),
         "gradient shards": trainable_shard * 4,
-        "gathered parameters": (root + 2 * shapes.largest_block()) * element,
-        # bf16 gradients of the gathered root, and their fp32 copy for the reduce-scatter (fp32: one copy)
-        "unsharded root gradients": root * (element + 4 if element == 2 else 4),
+        # the root stays gathered from forward to backward; a block or an own unit and the next one prefetched
+        "gathered parameters": (root + 2 * max(shapes.largest_block(), outside)) * element,
+        # the largest unit's gradients (each unit's exist from its backward to its reduce-scatter, the root's to
+        # the end of the backward), and their flat fp32 copy for it (benchmarks/root_gradients.py measures both)
+        "unsharded gradients": max(shapes.largest_block(), outside) * (element + 4),
     }
     tokens = loss.micro_batch_tokens
     activations = {ac: decoder_activation_bytes(cfg, tokens, element, ac) for ac in (False, True)}
@@ -324,8 +359,29 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
     items["activations"] = activations[config.model.activation_checkpointing]
     items["log-prob chunk"] = logprob_chunk_bytes(cfg, loss.logprob_chunk, element)
     notes.append(f"{shapes.count() / 1e9:.2f}B parameters; KV cache of {rows} rows x {length} tokens")
-    return Plan(world_size, gpu_memory_gb * GB, items, activations[False], activations[True], release_sampler,
-                checkpoint_max_pixels, notes)
+    phases, host = offload_placement(items, config.model.offload, shapes, world_size)
+    return Plan(world_size, gpu_memory_gb * GB, items, activations[False], activations[True], phases,
+                config.model.offload, host, checkpoint_max_pixels, notes)
+
+
+def offload_placement(items: dict[str, int], offload: str, shapes: Shapes, world_size: int
+                      ) -> tuple[dict[str, str], int]:
+    """What model.offload changes (spark.distributed.offload.PhaseMemory): with "optimizer" or "all" the sampler's
+    weights and the compiled sampler's kept cache are freed during the update (rollout items); "optimizer" holds
+    AdamW's state on the GPU during the update only; "all" holds the parameter, gradient, AdamW and reference
+    shards in host memory (their items become 0 here) and copies each unit's shard in for its all-gather (two at
+    a time, fp32, added to the gathered parameters). Changes `items` in place; (phases, host bytes per rank)."""
+    if offload == "none":
+        return {}, 0
+    phases = {"sampler weights": "rollout", "static KV cache": "rollout"}
+    if offload == "optimizer":
+        return {**phases, "AdamW state": "update"}, items["AdamW state"]
+    moved = ("parameter shards", "AdamW state", "gradient shards", "reference shards")
+    host = sum(items[k] for k in moved)
+    items.update(dict.fromkeys(moved, 0))
+    largest_unit = max(shapes.largest_block(), shapes.largest_outside_blocks())
+    items["gathered parameters"] += 2 * math.ceil(largest_unit / world_size) * 4
+    return phases, host
 
 
 # ---- what would make it fit ----------------------------------------------------------------------------
@@ -337,14 +393,20 @@ def with_setting(config: TrainConfig, key: str, value) -> TrainConfig:
 
 
 def candidate_changes(config: TrainConfig, vision: bool) -> list[tuple[str, object]]:
-    """Settings that lower the plan, gentlest first: checkpointing, smaller rollout and micro-batches,
-    smaller log-prob chunks, then the ones that change what is trained (frozen vision, no KL)."""
+    """Settings that lower the plan, gentlest first: checkpointing, AdamW's state in host memory between updates
+    (a copy each way per update), smaller rollout and micro-batches, smaller log-prob chunks, all the training state
+    in host memory (the optimizer step on the CPU), then the ones that change what is trained (frozen vision, no
+    KL)."""
     changes: list[tuple[str, object]] = []
     if not config.model.activation_checkpointing:
         changes.append(("model.activation_checkpointing", True))
+    if config.model.offload == "none":
+        changes.append(("model.offload", "optimizer"))
     changes += [("rollout.batch_size", size) for size in (128, 64, 32, 16, 8) if size < config.rollout.batch_size]
     changes += [("loss.micro_batch_tokens", n) for n in (8192, 4096, 2048) if n < config.loss.micro_batch_tokens]
     changes += [("loss.logprob_chunk", n) for n in (1024, 512, 256) if n < config.loss.logprob_chunk]
+    if config.model.offload != "all":
+        changes.append(("model.offload", "all"))
     if vision and not config.model.freeze_vision:
         changes.append(("model.freeze_vision", True))
     if config.loss.kl_coef > 0:
@@ -355,36 +417,43 @@ def candidate_changes(config: TrainConfig, vision: bool) -> list[tuple[str, obje
 def fitting_settings(config: TrainConfig, model_config: dict, world_size: int, gpu_memory_gb: float,
                      **plan_options) -> list[str] | None:
     """`section.key=value` settings that make the plan fit, each change taken in `candidate_changes`' order
-    until it does (a later size of the same key replaces an earlier one); [] when it fits already, None when
-    even all of them together do not fit."""
-    plan = lambda c: plan_for(c, model_config, world_size, gpu_memory_gb, **plan_options)
-    if plan(config).fits:
+    until it does (a later value of the same key replaces an earlier one), then each earlier one left out again
+    when the plan fits without it (smaller batches that a later offload made unneeded); [] when it fits already,
+    None when even all of them together do not fit."""
+    fits = lambda c: plan_for(c, model_config, world_size, gpu_memory_gb, **plan_options).fits
+    if fits(config):
         return []
-    chosen: dict[str, object] = {}
-    for key, value in candidate_changes(config, "vision_config" in model_config):
-        config = with_setting(config, key, value)
-        chosen[key] = value
-        if plan(config).fits:
-            return [f"{k}={json.dumps(v)}" for k, v in chosen.items()]
-    return None
+    original, chosen, last = config, {}, None
+    for last, value in candidate_changes(config, "vision_config" in model_config):
+        config = with_setting(config, last, value)
+        chosen[last] = value
+        if fits(config):
+            break
+    else:
+        return None
+    for key in [k for k in chosen if k != last]:  # the last change made it fit: it stays
+        section, name = key.split(".")
+        without = with_setting(config, key, getattr(getattr(original, section), name))
+        if fits(without):
+            config = without
+            del chosen[key]
+    return [f"{k}={json.dumps(v)}" for k, v in chosen.items()]
 
 
-def plan_checkpoint(config: TrainConfig, gpus: int, gpu_memory_gb: float, *, release_sampler: bool = False
-                    ) -> tuple[Plan, dict, str]:
+def plan_checkpoint(config: TrainConfig, gpus: int, gpu_memory_gb: float) -> tuple[Plan, dict, str]:
     """The plan of `config` for the checkpoint at config.model.path (its config.json and image preprocessing,
     or the known sizes of its name); (plan, its config.json dict, where the sizes came from)."""
     model_config, source = read_model_config(config.model.path)
     preprocessor = Path(config.model.path) / "preprocessor_config.json"
     max_pixels = ImageConfig.from_pretrained(config.model.path).max_pixels if preprocessor.exists() \
         else ImageConfig.max_pixels
-    plan = plan_for(config, model_config, gpus, gpu_memory_gb, release_sampler=release_sampler,
-                    checkpoint_max_pixels=max_pixels)
+    plan = plan_for(config, model_config, gpus, gpu_memory_gb, checkpoint_max_pixels=max_pixels)
     return plan, model_config, source
 
 
 def refusal(plan: Plan, config: TrainConfig, model_config: dict) -> tuple[str, list[str] | None]:
     """Why a plan that does not fit does not, and the settings that would make it fit (`fitting_settings`)."""
-    fix = fitting_settings(config, model_config, plan.gpus, plan.gpu_memory / GB, release_sampler=plan.release_sampler,
+    fix = fitting_settings(config, model_config, plan.gpus, plan.gpu_memory / GB,
                            checkpoint_max_pixels=plan.checkpoint_max_pixels)
     needs = f"{config.model.path} needs {plan.total / GB:.1f} GB per GPU, {plan.usable / GB:.1f} GB are usable"
     return needs + (f"; it fits with: {' '.join(fix)}" if fix is not None else
@@ -412,14 +481,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB (2**30 bytes) per GPU")
-    parser.add_argument("--release-sampler", action="store_true",
-                        help="what-if: the sampler's weights freed during the update (the trainer does not yet)")
     args = parser.parse_intermixed_args(argv)
     if args.gpus < 1 or not args.gpu_memory > 0:
         parser.error(f"--gpus {args.gpus} must be >= 1 and --gpu-memory {args.gpu_memory:g} > 0")
     config = load_config(TrainConfig, args.config, args.overrides)
-    plan, model_config, source = plan_checkpoint(config, args.gpus, args.gpu_memory,
-                                                 release_sampler=args.release_sampler)
+    plan, model_config, source = plan_checkpoint(config, args.gpus, args.gpu_memory)
     print(f"{args.config} on {args.gpus} x {args.gpu_memory:g} GB; model sizes from {source}")
     print(plan.table())
     summary = plan.summary()

@@ -45,6 +45,7 @@ from spark.distributed.groups import (
     shard_model,
 )
 from spark.distributed.metrics import MetricsLogger, PhaseTimer
+from spark.distributed.offload import PhaseMemory
 from spark.distributed.preemption import StopSignals
 from spark.distributed.resharding import copy_to_tensor_parallel
 from spark.errors import DataErrors, UserError
@@ -137,7 +138,7 @@ class NonFiniteError(RuntimeError):
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.world = init_distributed(config.run.collective_timeout_s)
+        self.world = init_distributed(config.run.collective_timeout_s, host_collectives=config.model.offload == "all")
         self.out_dir = Path(config.run.out_dir)
         self.ablation = ABLATIONS[config.spark.mode]
         self.recycle_rules = recycled_kinds(config.spark.mode, config.spark.recycle)
@@ -178,6 +179,9 @@ class Trainer:
 
         self.sampler_group = self.tensor_parallel_group()
         device = self.world.device
+        if config.model.offload == "all" and device.type != "cuda":  # FSDP2's CPUOffloadPolicy needs an accelerator
+            raise ConfigError("'model.offload' = \"all\" needs a GPU (FSDP2's CPUOffloadPolicy); on CPU use "
+                              "\"optimizer\" or \"none\"")
         mixed = config.model.mixed_precision  # bf16 compute on CPU too: FSDP2's MixedPrecisionPolicy works with gloo
         if self.world.is_main:
             print(describe_attention(device, torch.bfloat16 if mixed else torch.float32), flush=True)
@@ -189,14 +193,15 @@ class Trainer:
         if config.model.freeze_vision:
             self.policy.freeze_vision()
         self.policy.train()
-        shard_model(self.policy, mixed_precision=mixed, methods=("logprobs",))
+        offload = config.model.offload == "all"
+        shard_model(self.policy, mixed_precision=mixed, methods=("logprobs",), offload=offload)
         self.reference = None
         if config.loss.kl_coef > 0:
             # Frozen, so it needs no fp32 master copy: under mixed precision it is held in bf16, the dtype it
             # computes in anyway.
             self.reference = load_model(config.model.path, device=device,
                                         dtype=torch.bfloat16 if mixed else torch.float32).requires_grad_(False)
-            shard_model(self.reference, mixed_precision=mixed, methods=("logprobs",))
+            shard_model(self.reference, mixed_precision=mixed, methods=("logprobs",), offload=offload)
         self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad],
                                            lr=config.optim.lr, betas=tuple(config.optim.betas),
                                            weight_decay=config.optim.weight_decay)
@@ -208,6 +213,7 @@ class Trainer:
         images = task_image_configs(chat.image_config, min_pixels=data.min_pixels, max_pixels=data.max_pixels,
                                     judge_max_pixels=data.judge_max_pixels)
         self.rollouts = Rollouts(chat, images, data.max_prompt_tokens)
+        self.memory = PhaseMemory(config.model.offload, chat.model, self.optimizer)
         self.no_loss_sequence = NoLossSequence.for_model(chat.model)
         self.flop_model = FlopModel.of(self.policy)  # the global shapes (a tensor-parallel sampler holds pieces)
         self.peak_tflops = peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
@@ -240,6 +246,7 @@ class Trainer:
 
     def copy_policy_to_sampler(self) -> None:
         """Collective: the policy's shards into the sampler (whole, or this rank's tensor-parallel pieces)."""
+        self.memory.sampler_needed()
         if self.sampler_group is None:
             copy_full_weights(self.policy, self.rollouts.chat.model)
         else:
@@ -465,6 +472,15 @@ class Trainer:
 
     def update(self, experiences: list[Experience], timer: PhaseTimer | None = None,
                lr_steps: tuple[int, int] | None = None, salt: Salt = Salt.MINI_BATCHES) -> dict[str, float]:
+        """`update_steps`, with what model.offload frees during an update freed (`PhaseMemory`)."""
+        self.memory.update_begins()
+        try:
+            return self.update_steps(experiences, timer, lr_steps, salt)
+        finally:
+            self.memory.update_ends()
+
+    def update_steps(self, experiences: list[Experience], timer: PhaseTimer | None = None,
+                     lr_steps: tuple[int, int] | None = None, salt: Salt = Salt.MINI_BATCHES) -> dict[str, float]:
         """Optimizer steps on `experiences` (this rank's share of the batch), one per mini-batch of
         `loss.mini_batch_size` rollouts (counted over all ranks) per pass (`loss.ppo_epochs`); returns metrics
         over all ranks. pi_old and the reference's log-probs are computed once, before the first step.
@@ -599,7 +615,8 @@ class Trainer:
         queues = all_gather_objects(self.queue.state_dict())
         state = {"step": self.step, "run": run_identity(self.config), "queues": queues,
                  "skipped_steps": self.skipped_steps, "skipped_in_a_row": self.skipped_in_a_row}
-        return self.checkpointer.save(self.step, self.policy, self.optimizer, state, config_hash(self.config))
+        with self.memory.optimizer_on_device():
+            return self.checkpointer.save(self.step, self.policy, self.optimizer, state, config_hash(self.config))
 
     def resume(self) -> None:
         if self.world.is_main:
@@ -620,6 +637,7 @@ class Trainer:
 
     def export(self) -> None:
         """The policy as a Hugging Face directory (config, weights, tokenizer, chat template)."""
+        self.memory.sampler_needed()
         export_model(self.policy, self.rollouts.chat.model, self.out_dir / "export")
 
 

@@ -2,7 +2,9 @@
 
 torchrun --nproc_per_node N tests/dist_plan.py CHECKPOINT DATA OUT_DIR RESULT.json [section.key=value ...]
 Each rank builds the trainer, runs one update on fixed experiences and reports the bytes of its parameter,
-reference, gradient and optimizer-state shards; rank 0 writes the list to RESULT.json.
+reference, gradient and optimizer-state shards, of the sampler's weights during the update and of the optimizer
+state after it (what model.offload leaves on the device), and the largest reduce-scatter's unsharded gradients and
+their flat copy (benchmarks/root_gradients.py's count); rank 0 writes the list to RESULT.json.
 """
 
 import json
@@ -12,6 +14,9 @@ from pathlib import Path
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from root_gradients import ReduceScatters  # noqa: E402
 
 from spark.distributed.groups import all_gather_objects, close_distributed  # noqa: E402
 from spark.trainer import Trainer  # noqa: E402
@@ -33,12 +38,17 @@ def main(checkpoint: str, data: str, out_dir: str, result: str, *overrides: str)
 
     def measuring_step():  # grads exist between backward and zero_grad, state after the first step
         measured["gradient shards"] = local_bytes(p.grad for p in trainer.policy.parameters() if p.grad is not None)
+        measured["sampler weights during the update"] = local_bytes(trainer.rollouts.chat.model.parameters())
         step()
         measured["AdamW state"] = local_bytes(t for state in trainer.optimizer.state.values() for t in state.values())
 
     trainer.optimizer.step = measuring_step
     world = trainer.world
-    trainer.update(fixed_experiences()[world.rank::world.size])
+    with ReduceScatters() as reduces:
+        trainer.update(fixed_experiences()[world.rank::world.size])
+    measured["unsharded gradients"] = max(reduces.sizes)
+    measured["AdamW state after the update"] = local_bytes(
+        t for state in trainer.optimizer.state.values() for t in state.values())
     everyone = all_gather_objects(measured)
     if world.is_main:
         Path(result).write_text(json.dumps(everyone))

@@ -1,6 +1,7 @@
 """The CUDA path (run by `make gpu-check` on a device; skipped without CUDA): our model against transformers in
 fp32 and bf16, packed == padded, KV-cached decode == full forward, greedy sampling == transformers generate,
-CUDA-graph decode == eager, and one bf16 SPARK step through the trainer's public entry point."""
+CUDA-graph decode == eager, one bf16 SPARK step through the trainer's public entry point, and the model.offload
+settings' updates against each other."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
 import spark.config
+from spark.distributed.groups import close_distributed, full_state_dict
 from spark.generation.sampler import SamplingParams, generate
 from spark.models import Packing, load_model
 from spark.models.attention import KVCache, attention_backend, describe_attention, varlen_attn
 from spark.models.qwen2 import Decoding
 from spark.models.tiny import make_tiny_checkpoint
 from spark.trainer import Trainer
-from tests.trainer_utils import make_run_files, tiny_config
+from tests.dist_update import fixed_experiences
+from tests.trainer_utils import QUESTIONS, make_run_files, tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
@@ -134,3 +137,28 @@ def test_one_bf16_spark_step(tmp_path):
     # The export keeps the checkpoint's dtype (fp32 here), not the bf16 of the sampler's copy.
     saved = lambda path: {t.dtype for t in load_file(path / "model.safetensors").values()}
     assert saved(out / "export") == saved(checkpoint) == {torch.float32}
+
+
+@pytest.mark.skipif(spark.config.tomllib is None, reason="config overrides need Python 3.11 or tomli")
+def test_offload_settings_train_the_same_weights(tmp_path):
+    """model.offload = "all" (FSDP2's CPUOffloadPolicy: the shards on the host, AdamW stepping on the CPU) and
+    "optimizer" end two updates and a checkpoint with the weights of "none", to fp32 rounding (the CPU's AdamW
+    rounds as it does)."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", vocab_size=401, tie=False)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
+    close_distributed()  # "all" starts the process group with the host collectives its gradient norm needs
+    weights = {}
+    for offload in ("all", "optimizer", "none"):
+        trainer = Trainer(tiny_config(checkpoint, data, tmp_path / offload, f"model.offload={offload}",
+                                      "model.mixed_precision=true"))
+        for _ in range(2):
+            trainer.update(fixed_experiences())
+        trainer.save()
+        weights[offload] = {k: v.cpu() for k, v in full_state_dict(trainer.policy).items()}
+        if offload == "all":
+            assert all(p.to_local().device.type == "cpu" for p in trainer.policy.parameters())
+        del trainer
+    for name, tensor in weights["none"].items():
+        torch.testing.assert_close(weights["optimizer"][name], tensor, rtol=0, atol=0)
+        torch.testing.assert_close(weights["all"][name], tensor)

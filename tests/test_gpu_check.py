@@ -78,7 +78,7 @@ def test_every_section_runs_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = {name: entry["result"] for name, entry in report["sections"].items()}
     assert {entry["status"] for entry in report["sections"].values()} == {"ok"}
-    assert result["tests"]["skipped"] == 10 and result["tests"]["passed"] == 0  # no CUDA here: all skipped
+    assert result["tests"]["skipped"] == 11 and result["tests"]["passed"] == 0  # no CUDA here: all skipped
     sampler = result["sampler"]
     assert all(sampler[part]["tok_s"] > 0 for part in ("eager", "transformers", "compiled"))
     assert sampler["compiled"]["recompiles"] == 0 and sampler["decode_read_gb"] > 0
@@ -92,7 +92,7 @@ def test_sections_and_their_runs_agree():
     assert [s.name for s in gpu_check.SECTIONS] == list(sections.RUNS)
     assert [s.name for s in gpu_check.selected("sampler,preflight", None)] == ["preflight", "sampler"]
     assert [s.name for s in gpu_check.selected(None, "tests,sampler")] == ["preflight", "train", "vision", "head",
-                                                                           "plan"]
+                                                                           "plan", "offload"]
     with pytest.raises(SystemExit, match="unknown section smapler"):
         gpu_check.selected("smapler", None)
     assert gpu_check.failures("vision,head:hang") == {"vision": "raise", "head": "hang"}
@@ -150,5 +150,6 @@ def test_a_failing_part_is_recorded_and_the_section_goes_on(tmp_path, monkeypatc
     assert record["status"] == "partial" and record["failed_parts"] == ["cuda_graphs"]
     assert record["result"]["cuda_graphs"]["error"] == "ZeroDivisionError: division by zero"
     assert record["result"]["eager"]["tok_s"] == 1.0 and record["result"]["probe"]["skipped"] == "needs CUDA"
-    line = gpu_check.summary_line(gpu_check.SECTIONS[-1], {**record, "seconds": 1.0})
+    sampler = next(s for s in gpu_check.SECTIONS if s.name == "sampler")
+    line = gpu_check.summary_line(sampler, {**record, "seconds": 1.0})
     assert "eager.tok_s=1.0" in line and "[cuda_graphs: ZeroDivisionError: division by zero]" in line

@@ -50,13 +50,15 @@ def test_known_checkpoints_have_their_published_sizes():
                       "Qwen2.5-VL-32B-Instruct": 33_452_718_336}
 
 
-def test_shards_gradients_and_optimizer_state_exactly(tmp_path):
-    """Two ranks of the real trainer: rank 0 holds exactly the plan's bytes (dims chosen so that FSDP's
-    ceil(rows / 2) split is uneven: vocab 401), rank 1 at most that."""
+def test_shards_gradients_optimizer_state_and_offload_exactly(tmp_path):
+    """Two ranks of the real trainer with model.offload = "optimizer": rank 0 holds exactly the plan's bytes (dims
+    chosen so that FSDP's ceil(rows / 2) split is uneven: vocab 401), rank 1 at most that; the sampler's weights
+    are freed during the update and AdamW's state after it, as the plan's phases say; and the largest
+    reduce-scatter's unsharded gradients and their flat copy are the plan's."""
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", vocab_size=401, intermediate_size=97, tie=False)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
-    overrides = ["model.mixed_precision=false"]
+    overrides = ["model.mixed_precision=false", "model.offload=optimizer"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                     "tests/dist_plan.py", str(checkpoint), str(data), str(tmp_path / "run"), str(tmp_path / "r.json"),
@@ -64,10 +66,15 @@ def test_shards_gradients_and_optimizer_state_exactly(tmp_path):
     ranks = json.loads((tmp_path / "r.json").read_text())
     config = tiny_config(checkpoint, data, tmp_path / "run", *overrides)
     plan = plan_for(config, read_config(checkpoint), world_size=2, gpu_memory_gb=1)
-    for item in ("parameter shards", "reference shards", "gradient shards", "AdamW state", "sampler weights"):
+    for item in ("parameter shards", "reference shards", "gradient shards", "AdamW state", "sampler weights",
+                 "unsharded gradients"):
         assert ranks[0][item] == plan.items[item], item
         assert ranks[1][item] <= plan.items[item], item
     assert ranks[1]["parameter shards"] < ranks[0]["parameter shards"]  # the uneven split is exercised
+    assert plan.phase("sampler weights") == "rollout" and plan.phase("AdamW state") == "update"
+    for rank in ranks:
+        assert rank["sampler weights during the update"] == 0 and rank["AdamW state after the update"] == 0
+    assert plan.host == plan.items["AdamW state"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -149,11 +156,58 @@ def test_verdicts_on_the_shipped_configs():
     config, model_config, plan = known_plan("7b.toml", 8, 80, "rollout.batch_size=512", "data.prompts_per_step=512")
     assert not plan.fits
     assert fitting_settings(config, model_config, 8, 80) == ["rollout.batch_size=64"]
-    for memory in (80, 141):
-        config, model_config, plan = known_plan("vl32b.toml", 8, memory)
-        assert not plan.fits and fitting_settings(config, model_config, 8, memory) is None
-    # The sampler's bf16 copy alone is 62 GB of the 32B: on 80 GB cards nothing else fits beside it.
+    # The sampler's bf16 copy alone is 62 GB of the 32B: on 80 GB cards a KV cache of 8 rows does not fit beside
+    # it, whatever is offloaded; on 141 GB cards it fits once the copy is freed for the update.
+    for gpus in (8, 16, 32):
+        config, model_config, plan = known_plan("vl32b.toml", gpus, 80)
+        assert not plan.fits and fitting_settings(config, model_config, gpus, 80) is None
     assert plan.items["sampler weights"] / planning.GB == pytest.approx(62.3, abs=0.1)
+    config, model_config, _ = known_plan("vl32b.toml", 8, 141)
+    assert fitting_settings(config, model_config, 8, 141) == ['model.offload="optimizer"', "rollout.batch_size=16"]
+
+
+@pytest.mark.parametrize("config_file, gpus, memory, settings", [
+    ("vl7b.toml", 8, 40, ['model.offload="optimizer"', "rollout.batch_size=8", "loss.micro_batch_tokens=8192"]),
+    ("vl7b.toml", 4, 80, ['model.offload="optimizer"']),
+    ("7b.toml", 1, 141, ['model.offload="all"']),
+    ("7b.toml", 1, 80, ['model.offload="all"']),
+])
+def test_offload_makes_the_smaller_machines_fit(config_file, gpus, memory, settings):
+    """The issue's table: configs that do not fit as shipped, and the cheapest settings that make them fit (the
+    smaller batches tried before "all" left out again once it fits)."""
+    config, model_config, plan = known_plan(config_file, gpus, memory)
+    assert not plan.fits
+    assert fitting_settings(config, model_config, gpus, memory) == settings
+    assert known_plan(config_file, gpus, memory, *(s.replace('"', "") for s in settings))[2].fits
+
+
+def test_offload_moves_the_training_state_between_phases():
+    """"optimizer": AdamW's state is on the GPU during the update only, the sampler's copy during the rollout only;
+    "all": the shards and AdamW's state are on the host (the gathered units grow by two fp32 shards)."""
+    none, optimizer, everything = (known_plan("7b.toml", 1, 141, f"model.offload={o}")[2]
+                                   for o in ("none", "optimizer", "all"))
+    assert optimizer.items == none.items
+    assert optimizer.resident == none.resident - none.items["AdamW state"] - none.items["sampler weights"]
+    assert optimizer.update == none.update + none.items["AdamW state"]
+    assert optimizer.rollout == none.rollout + none.items["sampler weights"]
+    assert optimizer.host == none.items["AdamW state"] and none.host == 0
+    moved = ("parameter shards", "AdamW state", "gradient shards", "reference shards")
+    assert all(everything.items[k] == 0 for k in moved) and everything.resident == 0
+    assert everything.host == sum(none.items[k] for k in moved)
+    shapes = Shapes.from_hf(KNOWN_CONFIGS["Qwen2.5-7B-Instruct"])
+    largest = max(shapes.largest_block(), shapes.largest_outside_blocks())
+    assert everything.items["gathered parameters"] == none.items["gathered parameters"] + 2 * largest * 4
+
+
+def test_parts_outside_the_blocks_are_units_of_their_own():
+    """The embedding, the head, the patch embedding and the merger each form a unit (untied), so the root keeps the
+    final norms only; a tied embedding stays in the root."""
+    units = Shapes.from_hf(KNOWN_CONFIGS["Qwen2.5-VL-7B-Instruct"]).unit_sizes()
+    assert {u for u in units if not planning.is_block(u)} == {"root", "model.embed_tokens", "lm_head",
+                                                              "visual.patch_embed", "visual.merger"}
+    assert units["root"] == 3584  # model.norm
+    tied = Shapes.from_hf({**KNOWN_CONFIGS["Qwen2.5-7B-Instruct"], "tie_word_embeddings": True}).unit_sizes()
+    assert "model.embed_tokens" not in tied and tied["root"] == 152064 * 3584 + 3584
 
 
 def test_cli_prints_the_plan_and_a_json_line(capsys):

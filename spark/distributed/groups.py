@@ -18,7 +18,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.constants import default_pg_timeout
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 from torch.distributed.tensor import DTensor
 
 
@@ -33,9 +38,11 @@ class World:
         return self.rank == 0
 
 
-def init_distributed(timeout_s: float | None = None) -> World:
+def init_distributed(timeout_s: float | None = None, *, host_collectives: bool = False) -> World:
     """Join (or create) the default process group and pick this rank's device. A collective that waits
-    longer than `timeout_s` (default: torch's) fails, so a rank whose peer died errors out instead of hanging."""
+    longer than `timeout_s` (default: torch's) fails, so a rank whose peer died errors out instead of hanging.
+    `host_collectives`: on GPU, collectives on host tensors too (gloo beside NCCL), as the gradient norm of
+    shards that FSDP2's CPUOffloadPolicy keeps on the host needs (torchtitan's set-up for CPU offload)."""
     if "RANK" not in os.environ:  # plain `python train.py`: a group of one
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -44,12 +51,12 @@ def init_distributed(timeout_s: float | None = None) -> World:
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-        backend = "nccl"
+        backend = "cpu:gloo,cuda:nccl" if host_collectives else "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s) if timeout_s else None
-        dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None,
+        dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None,
                                 **_restart_store(timeout))
     return World(dist.get_rank(), dist.get_world_size(), device)
 
@@ -88,12 +95,27 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def shard_model(model: nn.Module, *, mixed_precision: bool, methods: tuple[str, ...] = ()) -> nn.Module:
-    """FSDP2: each transformer block (and vision block) is a unit, the root holds embeddings, norm and head.
+def own_units(model: nn.Module) -> list[nn.Module]:
+    """The parts outside the blocks that are FSDP units of their own (torchtitan's embedding and output units):
+    the embedding, the head, the vision tower's patch embedding and merger. Each one's gradient then exists
+    unsharded only from its own backward to its reduce-scatter (the head's at the start of the backward, the
+    embedding's at its end), not all of them together until the root's, at the end of the backward. Tied
+    embeddings are one parameter of two modules, so they stay in the root."""
+    units = [] if model.config.tie_word_embeddings else [model.model.embed_tokens, model.lm_head]
+    visual = getattr(model, "visual", None)
+    return units + ([visual.patch_embed, visual.merger] if visual is not None else [])
+
+
+def shard_model(model: nn.Module, *, mixed_precision: bool, methods: tuple[str, ...] = (),
+                offload: bool = False) -> nn.Module:
+    """FSDP2: each transformer block (and vision block) is a unit, and so is each of `own_units`; the root holds
+    the rest (the final norm, and the embeddings and head when tied).
 
     With `mixed_precision`, parameters are gathered in bf16 for compute and gradients reduced in fp32;
     the sharded master weights and optimizer state stay fp32. `methods` are extra entry points (besides
-    forward) that must gather the parameters, e.g. "logprobs".
+    forward) that must gather the parameters, e.g. "logprobs". `offload`: the shards and their gradients live in
+    host memory (FSDP2's CPUOffloadPolicy: each unit is copied to the device for its all-gather, and an
+    optimizer over the shards steps on the CPU).
     """
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision \
         else MixedPrecisionPolicy()
@@ -101,11 +123,18 @@ def shard_model(model: nn.Module, *, mixed_precision: bool, methods: tuple[str, 
     # the sampler's unsharded copy applies them in fp32. Its hidden states arrive in bf16 anyway (from the
     # patch embedding's bf16 weights), so the blocks need no input cast.
     vision_policy = dataclasses.replace(policy, cast_forward_inputs=False)
+    placement = {"offload_policy": CPUOffloadPolicy()} if offload else {}
     for block in model.model.layers:
-        fully_shard(block, mp_policy=policy)
-    for block in getattr(getattr(model, "visual", None), "blocks", []):
-        fully_shard(block, mp_policy=vision_policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, mp_policy=policy, **placement)
+    visual = getattr(model, "visual", None)
+    for block in getattr(visual, "blocks", []):
+        fully_shard(block, mp_policy=vision_policy, **placement)
+    for unit in own_units(model):
+        fully_shard(unit, mp_policy=vision_policy if visual is not None and unit in visual.children() else policy,
+                    **placement)
+    if not model.config.tie_word_embeddings:  # the update's log-probs call the head through this method
+        register_fsdp_forward_method(model.lm_head, "token_logprobs")
+    fully_shard(model, mp_policy=policy, **placement)
     for method in methods:
         register_fsdp_forward_method(model, method)
     return model
@@ -119,7 +148,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def reduce_metrics(local: dict[str, float | torch.Tensor], op: str = "sum") -> dict[str, float]:
     """Sum (or max) each named number over the ranks, all in one collective. Every rank must pass the
     same keys; values are Python numbers or 0-dim tensors on any device (read back once, here)."""
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device = "cuda" if "nccl" in dist.get_backend() else "cpu"
     keys = sorted(local)
     values = torch.stack([torch.as_tensor(local[k]).detach().to(device, torch.float64) for k in keys])
     dist.all_reduce(values, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
@@ -132,7 +161,10 @@ def copy_full_weights(sharded: nn.Module, plain: nn.Module) -> None:
     a full fp32 copy of the model never exists on top of the plain one (e.g. the policy into the sampler)."""
     plain_state = plain.state_dict()
     for name, shard in sharded.state_dict().items():
-        plain_state[name].copy_(shard.full_tensor() if isinstance(shard, DTensor) else shard)
+        target = plain_state[name]
+        if isinstance(shard, DTensor):  # gathered where the copy lives (shards offloaded to the host included)
+            shard = shard.to(target.device).full_tensor()
+        target.copy_(shard)
 
 
 def all_gather_objects(obj: object) -> list:

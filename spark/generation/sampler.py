@@ -172,15 +172,17 @@ def static_cache(model: nn.Module, batch: int, length: int) -> KVCache:
     rows and its length in prompt + new tokens (a call with fewer rows pads them: `sample_batch`), so the decode
     graph's inputs keep their shapes and addresses (no recompile for a new row count, and CUDA graphs replay
     without copying the cache); a call that needs more replaces it (the old one freed first) by one with the
-    rows of both and `length` rounded up to CACHE_QUANTUM. It stays allocated between calls: spark.plan counts
-    it as resident when rollout.compile. The eager path allocates a cache per call instead, freed on return."""
+    rows and the length of both, the length rounded up to CACHE_QUANTUM. It stays allocated between calls
+    (spark.plan counts it as resident when rollout.compile) until the trainer frees it for an update
+    (model.offload). The eager path allocates a cache per call instead, for the call's own longest prompt plus its
+    most new tokens, freed on return."""
     weight = model.lm_head.weight
     cache = STATIC_CACHES.pop(model, None)
     if cache is not None and (cache.k[0].dtype, cache.k[0].device) == (weight.dtype, weight.device) \
             and cache.batch >= batch and cache.max_len >= length:
         STATIC_CACHES[model] = cache
         return cache
-    rows = max(batch, cache.batch if cache is not None else 0)
+    rows, length = (max(batch, cache.batch), max(length, cache.max_len)) if cache is not None else (batch, length)
     cache = None
     cache = KVCache(model.config.num_hidden_layers, rows, -(-length // CACHE_QUANTUM) * CACHE_QUANTUM,
                     *cache_heads(model), device=weight.device, dtype=weight.dtype)

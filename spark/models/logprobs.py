@@ -57,8 +57,11 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             grad_logits = grad_logits.to(weight.dtype)
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_logits @ weight
-            if grad_weight is not None:
-                grad_weight += (grad_logits.T @ h.to(weight.dtype)).float()
+            if grad_weight is not None:  # accumulated in place: no [V, H] fp32 temporary beside it
+                if weight.dtype == torch.float32:
+                    grad_weight.addmm_(grad_logits.T, h.to(weight.dtype))
+                else:
+                    grad_weight.add_(grad_logits.T @ h.to(weight.dtype))
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None

@@ -205,6 +205,16 @@ class Decoder(nn.Module):
         return self.norm(x)
 
 
+class Head(nn.Linear):
+    """The lm_head: hidden states -> logits, and the update's chunked token log-probs on its weight (a method of
+    the head, so that FSDP, which shards the head as a unit of its own, gathers its weight for the call)."""
+
+    def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, *, chunk_size: int, temperature: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        return token_logprobs(hidden, self.weight, targets, chunk_size=chunk_size, temperature=temperature,
+                              with_entropy=True)
+
+
 class Qwen2(nn.Module):
     """Qwen2ForCausalLM. `model(input_ids)` -> logits [B, T, vocab]."""
 
@@ -212,7 +222,7 @@ class Qwen2(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Decoder(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Head(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -261,5 +271,4 @@ class Qwen2(nn.Module):
         hidden = self.forward(input_ids, packing=packing, return_hidden=True, **model_inputs).flatten(0, 1)
         if scored is not None:
             hidden = hidden[scored]
-        return token_logprobs(hidden, self.lm_head.weight, targets.flatten(),
-                              chunk_size=chunk_size, temperature=temperature, with_entropy=True)
+        return self.lm_head.token_logprobs(hidden, targets.flatten(), chunk_size=chunk_size, temperature=temperature)

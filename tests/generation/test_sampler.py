@@ -434,3 +434,17 @@ def test_packed_linear_weights_compute_the_same_and_are_undone(model):
     assert not any("forward" in m.__dict__ for m in linears)
     for p, d in zip(packed, dense):
         torch.testing.assert_close(p, d, atol=1e-5, rtol=1e-5)
+
+
+def test_static_cache_grows_to_the_rows_and_length_of_every_call(model):
+    """The compiled path's kept cache: reused while a call fits it, else replaced by one with the most rows and the
+    longest length (rounded up to CACHE_QUANTUM) of the calls so far, so that calls alternating between many short
+    rows and few long ones stop re-allocating."""
+    STATIC_CACHES.pop(model, None)
+    first = sampler.static_cache(model, 4, sampler.CACHE_QUANTUM + 1)
+    assert (first.batch, first.max_len) == (4, 2 * sampler.CACHE_QUANTUM)
+    assert sampler.static_cache(model, 2, 10) is first
+    wider = sampler.static_cache(model, 8, 10)
+    assert (wider.batch, wider.max_len) == (8, 2 * sampler.CACHE_QUANTUM)
+    assert sampler.static_cache(model, 4, 2 * sampler.CACHE_QUANTUM) is wider
+    STATIC_CACHES.pop(model, None)
