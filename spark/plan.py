@@ -6,14 +6,16 @@ prints one row per item, the total against the GPU's memory, what would make a c
 fit, and as its last line one JSON object (`fits`, `total_gb`, the items). GB here is 2**30 bytes.
 
 What a GPU holds (FSDP2 over `gpus` ranks; e = bytes of the compute dtype: 2 with bf16 mixed precision, else 4):
-  all the time   the sampler's full copy of the weights (e per parameter); the policy's fp32 parameter shards
+  all the time   the sampler's copy of the weights (e per parameter; with rollout.tensor_parallel = T its pieces:
+                 each split weight's 1/T, norms and the vision tower whole); the policy's fp32 parameter shards
                  and AdamW's two fp32 moments (4 and 8 bytes per trainable parameter / gpus; FSDP2 cuts each
                  tensor along dim 0 in ceil(rows / gpus) rows, so rank 0 holds the most); the reference's
                  shards when kl_coef > 0 (e per parameter: frozen, it has no fp32 master copy; resharded
                  after each pass, so its gathered root is transient);
   rollout        the KV cache, rows x (max_prompt_tokens + max_new_tokens) x layers x 2 x kv_heads x head_dim x e
                  (the sampler allocates it for each call's own longest prompt: this is the most it can be),
-                 rows = min(rollout.batch_size, the sequences one rank samples in one call) (with rollout.compile
+                 rows = min(rollout.batch_size, the sequences one rank samples in one call) (a tensor-parallel
+                 group samples T ranks' rows with 1/T of the KV heads each: the same per rank) (with rollout.compile
                  it is kept between calls, so it is resident instead, its length rounded up to the sampler's
                  CACHE_QUANTUM); the prefill's transients: the embeddings of the call's distinct prompts (rows / n:
                  each prompt is prefilled once for its n rollouts) and one block's MLP over one prefill chunk
@@ -58,6 +60,7 @@ from spark.data.images import ImageConfig
 from spark.distributed.groups import own_units
 from spark.errors import UserError
 from spark.generation.sampler import CACHE_QUANTUM, SamplingParams
+from spark.generation.tensor_parallel import split_of
 from spark.models.checkpoint import CheckpointError, build_model, read_config
 from spark.models.qwen2 import ModelConfig
 from spark.models.qwen2_vl import VisionConfig
@@ -139,6 +142,15 @@ class Shapes:
     def largest_outside_blocks(self) -> int:
         """The largest unit that is not a block: the root, or one of spark.distributed.groups.own_units."""
         return max(n for unit, n in self.unit_sizes().items() if not is_block(unit))
+
+    def sampler_numel(self, tensor_parallel: int) -> int:
+        """Elements of the sampler's copy on rank 0 of a tensor-parallel group of `tensor_parallel` ranks: each
+        split weight's piece (spark.generation.tensor_parallel.split_of), each replicated one whole."""
+        total = 0
+        for name, (_, shape) in self.params.items():
+            split = split_of(name, self.text, tensor_parallel) if tensor_parallel > 1 else None
+            total += math.prod(split.local_shape(torch.Size(shape), 0) if split else shape)
+        return total
 
     def tensors(self, *, freeze_vision: bool = False) -> int:
         return sum(1 for name in self.params if not (freeze_vision and name.startswith("visual.")))
@@ -327,7 +339,7 @@ def plan_for(config: TrainConfig, model_config: dict, world_size: int, gpu_memor
     trainable_shard = shapes.shard_numel(world_size, trainable_only=True, freeze_vision=freeze)
     root, outside = shapes.count(unit="root"), shapes.largest_outside_blocks()
     items = {
-        "sampler weights": shapes.count() * element,
+        "sampler weights": shapes.sampler_numel(rollout.tensor_parallel) * element,
         "parameter shards": shapes.shard_numel(world_size) * 4,
         "AdamW state": 2 * trainable_shard * 4 + 4 * shapes.tensors(freeze_vision=freeze),
         "reference shards": shapes.shard_numel(world_size) * element if loss.kl_coef > 0 else 0,
@@ -392,9 +404,14 @@ def with_setting(config: TrainConfig, key: str, value) -> TrainConfig:
     return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: value})})
 
 
-def candidate_changes(config: TrainConfig, vision: bool) -> list[tuple[str, object]]:
+GPUS_PER_NODE = 8  # the node size fitting_settings assumes for a tensor-parallel sampler (it may not span nodes)
+
+
+def candidate_changes(config: TrainConfig, vision: bool, tensor_parallel: tuple[int, ...] = ()
+                      ) -> list[tuple[str, object]]:
     """Settings that lower the plan, gentlest first: checkpointing, AdamW's state in host memory between updates
-    (a copy each way per update), smaller rollout and micro-batches, smaller log-prob chunks, all the training state
+    (a copy each way per update), smaller sampler calls, the sampler cut over `tensor_parallel` ranks (two
+    all-reduces per layer), smaller micro-batches, smaller log-prob chunks, all the training state
     in host memory (the optimizer step on the CPU), then the ones that change what is trained (frozen vision, no
     KL)."""
     changes: list[tuple[str, object]] = []
@@ -403,6 +420,7 @@ def candidate_changes(config: TrainConfig, vision: bool) -> list[tuple[str, obje
     if config.model.offload == "none":
         changes.append(("model.offload", "optimizer"))
     changes += [("rollout.batch_size", size) for size in (128, 64, 32, 16, 8) if size < config.rollout.batch_size]
+    changes += [("rollout.tensor_parallel", t) for t in tensor_parallel if t > config.rollout.tensor_parallel]
     changes += [("loss.micro_batch_tokens", n) for n in (8192, 4096, 2048) if n < config.loss.micro_batch_tokens]
     changes += [("loss.logprob_chunk", n) for n in (1024, 512, 256) if n < config.loss.logprob_chunk]
     if config.model.offload != "all":
@@ -424,7 +442,10 @@ def fitting_settings(config: TrainConfig, model_config: dict, world_size: int, g
     if fits(config):
         return []
     original, chosen, last = config, {}, None
-    for last, value in candidate_changes(config, "vision_config" in model_config):
+    text = ModelConfig.from_hf(model_config)
+    node = min(world_size, GPUS_PER_NODE)
+    sizes = tuple(t for t in (2, 4, 8) if node % t == 0 and text.num_key_value_heads % t == 0)
+    for last, value in candidate_changes(config, "vision_config" in model_config, sizes):
         config = with_setting(config, last, value)
         chosen[last] = value
         if fits(config):
