@@ -180,7 +180,7 @@ def test_rules_that_need_the_ranks_or_the_rows_are_checked_before_any_model_load
     with pytest.raises(ConfigError, match=r"^8 training rows x data\.epochs = 1 give no step of "
                                           r"data\.prompts_per_step = 16 prompts$"):
         Trainer(tiny_config(checkpoint, data, tmp_path / "run", "data.prompts_per_step=16", "data.epochs=1"))
-    monkeypatch.setattr(spark.trainer, "init_distributed", lambda timeout: World(0, 3, torch.device("cpu")))
+    monkeypatch.setattr(spark.trainer, "init_distributed", lambda timeout, **options: World(0, 3, torch.device("cpu")))
     with pytest.raises(ConfigError, match=r"^'data\.prompts_per_step' = 2 must be divisible by the 3 ranks$"):
         Trainer(tiny_config(checkpoint, data, tmp_path / "run"))
 
