@@ -25,7 +25,13 @@ from spark.cli import ArgumentParser, flag_error, run_command
 from spark.errors import SettingError
 from spark.evaluation import EvalConfig, evaluate_checkpoint
 from spark.evaluation.loaders import BUILTIN, HUB
-from spark.evaluation.presets import add_preset_arguments, resolve_preset
+from spark.evaluation.presets import (
+    add_preset_arguments,
+    add_tts_arguments,
+    calibration_spec,
+    check_tts_arguments,
+    resolve_preset,
+)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "eval"
 
@@ -46,21 +52,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--n", type=int, default=1, help="samples per math question (mean@n, pass@n)")
     parser.add_argument("--judge", action="store_true", help="the model also judges its answers (P/R/F1)")
     parser.add_argument("--tts", action="store_true", help="test-time scaling: judge, then reflect if not Yes")
-    parser.add_argument("--reject-above", type=float, metavar="P",
-                        help="with --tts: reflect only when the judge's probability of 'wrong' exceeds P (0.5: as "
-                             "a greedy verdict; 1: never)")
-    parser.add_argument("--calibrate", metavar="FILE",
-                        help="with --tts: pick --reject-above on FILE's problems (a --bench spec, or a JSONL / "
-                             "Parquet path read as file:FILE), apart from the evaluation's; writes "
-                             "calibration.json and calibration.png into --out")
-    parser.add_argument("--keep-better", action="store_true",
-                        help="with --tts: judge the last reflection too and keep, of all the answers, the one the "
-                             "judge rates most likely right")
+    add_tts_arguments(parser, after="--tts")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per generate call")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
-                        help="under torchrun: groups of T ranks each hold 1/T of the model and its KV cache and "
-                             "evaluate one share of the rows (T divides the GPUs of a node)")
     return parser
 
 
@@ -69,14 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit {args.limit} must be >= 1")
-    for name, value in (("--reject-above", args.reject_above), ("--calibrate", args.calibrate),
-                        ("--keep-better", args.keep_better or None)):
-        if value is not None and not args.tts:
-            parser.error(f"{name} {value} needs --tts")
-    if args.reject_above is not None and args.calibrate is not None:
-        parser.error(f"--reject-above {args.reject_above} and --calibrate {args.calibrate}: give one")
-    if args.tensor_parallel < 1:
-        parser.error(f"--tensor-parallel {args.tensor_parallel} must be >= 1")
+    check_tts_arguments(parser, args, after="--tts")
     try:
         preset = resolve_preset(args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
@@ -90,11 +77,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     return evaluate_checkpoint(args.model, ",".join(args.bench), cfg, data_dir=args.data_dir, limit=args.limit,
                                out_dir=args.out, dtype=args.dtype, calibrate=calibration_spec(args.calibrate),
                                tensor_parallel=args.tensor_parallel)
-
-
-def calibration_spec(value: str | None) -> str | None:
-    """--calibrate's value as a benchmark spec: a path that exists is read as file:PATH."""
-    return f"file:{value}" if value is not None and Path(value).exists() else value
 
 
 if __name__ == "__main__":

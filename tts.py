@@ -22,7 +22,13 @@ from spark.data.rows import Sample
 from spark.errors import SettingError
 from spark.evaluation.inference import EvalConfig
 from spark.evaluation.loaders import Benchmark, parse_spec
-from spark.evaluation.presets import add_preset_arguments, resolve_preset
+from spark.evaluation.presets import (
+    add_preset_arguments,
+    add_tts_arguments,
+    calibration_spec,
+    check_tts_arguments,
+    resolve_preset,
+)
 from spark.evaluation.runner import Shard, check_apart, format_calibration, run_calibration
 from spark.evaluation.tts import Problem, format_trace, run_tts
 
@@ -37,21 +43,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--gold", help="gold answer: each answer is then marked correct or wrong")
     add_preset_arguments(parser, ("max_rounds", "content", "max_new_tokens", "temperature", "repetition_penalty",
                                   "answer_mode"), "test-time scaling")
-    parser.add_argument("--reject-above", type=float, metavar="P",
-                        help="reflect only when the judge's probability of 'wrong' exceeds P (0.5: as a greedy "
-                             "verdict; 1: never); default: whenever the verdict is not Yes")
-    parser.add_argument("--calibrate", metavar="FILE",
-                        help="pick --reject-above on FILE's problems (an evaluate.py --bench spec, or a JSONL / "
-                             "Parquet path read as file:FILE), which must not hold the question")
-    parser.add_argument("--keep-better", action="store_true",
-                        help="judge the last reflection too and keep, of all the answers, the one the judge rates "
-                             "most likely right")
+    add_tts_arguments(parser)
     parser.add_argument("--out", type=Path, help="with --calibrate: where calibration.json and calibration.png go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show-prompts", action="store_true", help="also print the prompt of every turn")
-    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
-                        help="under torchrun: T ranks each hold 1/T of the model and its KV cache (T divides the "
-                             "GPUs of a node)")
     return parser
 
 
@@ -70,10 +65,7 @@ def main(argv: list[str] | None = None) -> str:
         raise flag_error(parser.prog, e) from None
     if preset.max_rounds < 0:
         parser.error(f"--max-rounds {preset.max_rounds} must be >= 0")
-    if args.reject_above is not None and args.calibrate is not None:
-        parser.error(f"--reject-above {args.reject_above} and --calibrate {args.calibrate}: give one")
-    if args.tensor_parallel < 1:
-        parser.error(f"--tensor-parallel {args.tensor_parallel} must be >= 1")
+    check_tts_arguments(parser, args)
     try:
         cfg = EvalConfig(sampling=preset.sampling, seed=args.seed, tts=True, max_rounds=preset.max_rounds,
                          reject_above=args.reject_above, keep_better=args.keep_better, content=preset.content,
@@ -83,7 +75,7 @@ def main(argv: list[str] | None = None) -> str:
         raise flag_error(parser.prog, e) from None
     calibration = None
     if args.calibrate is not None:
-        calibration = parse_spec(f"file:{args.calibrate}" if Path(args.calibrate).exists() else args.calibrate,
+        calibration = parse_spec(calibration_spec(args.calibrate),
                                  Path(__file__).resolve().parent / "data" / "eval")
         asked = Sample("", args.gold or "", images=args.image, meta={"question": args.question})
         check_apart(calibration, [Benchmark("--question", "math", [asked])])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 from spark.evaluation.tts import CONTENTS, Style
 from spark.generation.sampler import Sampling
@@ -88,3 +89,40 @@ def add_preset_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...]
         keywords, meaning = PRESET_FLAGS[name]
         parser.add_argument("--" + name.replace("_", "-"), **keywords,
                             help=f"{meaning + '; ' if meaning else ''}preset: {preset_values(name)}")
+
+
+def add_tts_arguments(parser: argparse.ArgumentParser, *, after: str = "") -> None:
+    """The test-time-scaling and model-placement flags evaluate.py and tts.py share; `after` names the flag they
+    need ("--tts" in evaluate.py), which `check_tts_arguments` enforces."""
+    needs = f"with {after}: " if after else ""
+    parser.add_argument("--reject-above", type=float, metavar="P",
+                        help=f"{needs}reflect only when the judge's probability of 'wrong' exceeds P (0.5: as a "
+                             "greedy verdict; 1: never); default: whenever the verdict is not Yes")
+    parser.add_argument("--calibrate", metavar="FILE",
+                        help=f"{needs}pick --reject-above on FILE's problems (an evaluate.py --bench spec, or a "
+                             "JSONL / Parquet path read as file:FILE), apart from the evaluated ones; writes "
+                             "calibration.json and calibration.png into --out")
+    parser.add_argument("--keep-better", action="store_true",
+                        help=f"{needs}judge the last reflection too and keep, of all the answers, the one the "
+                             "judge rates most likely right")
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
+                        help="under torchrun: groups of T ranks each hold 1/T of the model and its KV cache, and "
+                             "run one share of the rows (T divides the GPUs of a node)")
+
+
+def check_tts_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, *, after: str = "") -> None:
+    """Refuse (parser.error) the flags of `add_tts_arguments` that cannot go together or are out of range."""
+    if after and not getattr(args, after.lstrip("-")):
+        for name, value in (("--reject-above", args.reject_above), ("--calibrate", args.calibrate),
+                            ("--keep-better", args.keep_better or None)):
+            if value is not None:
+                parser.error(f"{name} {value} needs {after}")
+    if args.reject_above is not None and args.calibrate is not None:
+        parser.error(f"--reject-above {args.reject_above} and --calibrate {args.calibrate}: give one")
+    if args.tensor_parallel < 1:
+        parser.error(f"--tensor-parallel {args.tensor_parallel} must be >= 1")
+
+
+def calibration_spec(value: str | None) -> str | None:
+    """--calibrate's value as a benchmark spec: a path that exists is read as file:PATH."""
+    return f"file:{value}" if value is not None and Path(value).exists() else value
