@@ -17,6 +17,7 @@ Run: `OMP_NUM_THREADS=1 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -118,7 +119,7 @@ def main() -> None:
     dist.barrier()
     tp = tensor_parallel_group(2)
     full, shard = load_model(path), load_sharded_model(path, tp)
-    policy = shard_model(load_model(path), mixed_precision=False)
+    policy = load_model(path, prepare=functools.partial(shard_model, mixed_precision=False))
     dist.barrier()
     if world.is_main:
         shutil.rmtree(folder[0])

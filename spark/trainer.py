@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import random
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.tensor import DTensor
 
 from spark.config import ConfigError, TrainConfig, config_hash
@@ -188,20 +190,26 @@ class Trainer:
         if device.type == "cuda":
             check_memory(config, self.world.size, torch.cuda.get_device_properties(device).total_memory,
                          show=self.world.is_main)
-        self.policy = load_model(config.model.path, device=device)
-        self.policy.model.activation_checkpointing = config.model.activation_checkpointing
-        if config.model.freeze_vision:
-            self.policy.freeze_vision()
-        self.policy.train()
-        offload = config.model.offload == "all"
-        shard_model(self.policy, mixed_precision=mixed, methods=("logprobs",), offload=offload)
+        offload = config.model.offload == "all"  # FSDP2's CPUOffloadPolicy: the shards are made in host memory
+        shard = functools.partial(shard_model, mixed_precision=mixed, methods=("logprobs",), offload=offload)
+        weights_device = "cpu" if offload else device
+
+        def prepare_policy(policy: nn.Module) -> None:
+            policy.model.activation_checkpointing = config.model.activation_checkpointing
+            if config.model.freeze_vision:
+                policy.freeze_vision()
+            shard(policy)
+
+        # Both are sharded before their weights load: each rank reads only its own shards' rows.
+        self.policy = load_model(config.model.path, device=device, prepare=prepare_policy,
+                                 weights_device=weights_device).train()
         self.reference = None
         if config.loss.kl_coef > 0:
             # Frozen, so it needs no fp32 master copy: under mixed precision it is held in bf16, the dtype it
             # computes in anyway.
-            self.reference = load_model(config.model.path, device=device,
-                                        dtype=torch.bfloat16 if mixed else torch.float32).requires_grad_(False)
-            shard_model(self.reference, mixed_precision=mixed, methods=("logprobs",), offload=offload)
+            self.reference = load_model(config.model.path, device=device, dtype=torch.bfloat16 if mixed else
+                                        torch.float32, prepare=lambda model: shard(model.requires_grad_(False)),
+                                        weights_device=weights_device)
         self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad],
                                            lr=config.optim.lr, betas=tuple(config.optim.betas),
                                            weight_decay=config.optim.weight_decay)

@@ -2,9 +2,10 @@
 
 A directory as published on the hub: `config.json`, `model.safetensors` or sharded
 `model-0000x-of-0000y.safetensors` with `model.safetensors.index.json`, plus tokenizer files.
-The model is built on the meta device and the tensors are assigned, so a 7B model never exists
-twice in memory. The projections our model fuses (q/k/v and gate/up, see spark.models.qwen2) are joined
-on load and split on save: the directory keeps the hub's tensor names, and errors name those.
+The model is built on the meta device and each tensor filled from its file in turn, so a 7B model never exists
+twice in memory (and an FSDP-sharded one never whole: see load_model's `prepare`). The projections our model
+fuses (q/k/v and gate/up, see spark.models.qwen2) are joined on load and split on save: the directory keeps the
+hub's tensor names, and errors name those.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.tensor import DTensor, Shard
 
 from spark.errors import CheckpointError
 from spark.models.qwen2 import FusedLinear, ModelConfig, Qwen2
@@ -119,56 +121,108 @@ def to_checkpoint_names(model: nn.Module, state: dict[str, torch.Tensor]) -> dic
     return state
 
 
-def from_checkpoint_names(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of `to_checkpoint_names`: the parts concatenated, one fused tensor at a time (so the parts'
-    memory is released as the fused copy is made). Consumes `state`."""
-    for name, prefix, parts in fused_parts(model):
-        param = name.rpartition(".")[2]
-        state[name] = torch.cat([state.pop(f"{prefix}{part}.{param}") for part in parts])
-    return state
-
-
-def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-               ) -> nn.Module:
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               prepare: Callable[[nn.Module], object] | None = None,
+               weights_device: str | torch.device | None = None) -> nn.Module:
     """Load a checkpoint directory into our model, on `device` in `dtype`. Tensor names in the hub's
-    layout or the newer transformers one both load."""
+    layout or the newer transformers one both load.
+
+    `prepare` runs on the model while it is still shapes only (on the meta device), e.g. FSDP2's `fully_shard`:
+    each parameter is then allocated as this rank's shard and filled with only its own rows of the checkpoint's
+    tensors (safetensors slices), so no rank ever holds the whole model (torchtitan's meta-device init).
+    `weights_device`: where the parameters live if not on `device` (host memory under FSDP2's CPU offload; the
+    buffers stay on `device`)."""
     path = Path(path)
     config = read_config(path)
     with torch.device("meta"):
-        model = build_model(config, path)
-    expected = to_checkpoint_names(model, model.state_dict())
+        model = build_model(config, path).to(dtype)
+    stored = stored_tensors(model, path)
+    if prepare is not None:
+        prepare(model)
+    weights_device = weights_device or device
+    model.to_empty(device=weights_device)
+    model.tie_weights()  # to_empty gives tied parameters their own tensors (FSDP2's keep theirs)
+    model.hf_config, model.source_dir = config, path  # what save_model writes back
+    # Non-persistent buffers (rotary frequencies) were created on meta: rebuild them for real.
+    for module in model.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers(device)
+    fused = {name: (prefix, parts) for name, prefix, parts in fused_parts(model)}
+    with ExitStack() as stack, torch.no_grad():
+        files = {file: stack.enter_context(open_weights(file, str(weights_device)))
+                 for file in sorted({file for file, _ in stored.values()})}
+        for name, param in model.state_dict().items():
+            if name == "lm_head.weight" and model.config.tie_word_embeddings:
+                continue
+            local, start = own_rows(param)
+            at = 0
+            for key, first, last in checkpoint_rows(name, param.shape[0], fused, start, start + local.shape[0]):
+                file, stored_name = stored[key]
+                rows = files[file].get_slice(stored_name)[first:last]
+                local[at:at + last - first].copy_(rows)
+                at += last - first
+    return model.eval()
+
+
+def stored_tensors(model: nn.Module, path: Path) -> dict[str, tuple[Path, str]]:
+    """The checkpoint's tensor for each of the model's (in the hub's names: fused parts apart): its file and
+    stored name. Names and shapes are checked from the files' headers, before any weight is read."""
+    expected = {name: tensor.shape for name, tensor in to_checkpoint_names(model, model.state_dict()).items()}
     tied = getattr(model.config, "tie_word_embeddings", False)
     if tied:
         expected.pop("lm_head.weight")
     names_by_file: dict[Path, list[str]] = {}
     for name, file in weight_files(path).items():
         names_by_file.setdefault(file, []).append(name)
-    state: dict[str, torch.Tensor] = {}
+    stored: dict[str, tuple[Path, str]] = {}
     for file, names in names_by_file.items():
-        with open_weights(file, str(device)) as f:
+        with open_weights(file) as f:
             for name in names:
                 key = hub_layout(name)
                 if key == "lm_head.weight" and tied:
                     continue
                 if key not in expected:
                     raise CheckpointError(f"{file}: unexpected tensor '{name}' for {type(model).__name__}")
-                tensor = f.get_tensor(name)
-                if tensor.shape != expected[key].shape:
-                    raise CheckpointError(f"{file}: tensor '{name}' has shape {tuple(tensor.shape)}, "
-                                          f"the config says {tuple(expected[key].shape)}")
-                state[key] = tensor.to(dtype)
-    missing = sorted(set(expected) - set(state))
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != tuple(expected[key]):
+                    raise CheckpointError(f"{file}: tensor '{name}' has shape {shape}, "
+                                          f"the config says {tuple(expected[key])}")
+                stored[key] = (file, name)
+    missing = sorted(set(expected) - set(stored))
     if missing:
         raise CheckpointError(f"{path}: tensors missing from the checkpoint: {', '.join(missing[:5])}"
                               + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    model.load_state_dict(from_checkpoint_names(model, state), assign=True, strict=False)
-    model.tie_weights()
-    model.hf_config, model.source_dir = config, path  # what save_model writes back
-    # Non-persistent buffers (rotary frequencies) were created on meta: rebuild them for real.
-    for module in model.modules():
-        if hasattr(module, "reset_buffers"):
-            module.reset_buffers(device)
-    return model.eval()
+    return stored
+
+
+def own_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The tensor this rank fills for a parameter, and the first row of the full one it holds: all of a plain
+    tensor; FSDP2's shard of a DTensor (rank r holds torch.chunk's piece r of dim 0: ceil(rows / ranks) rows,
+    the last ones fewer)."""
+    if not isinstance(param, DTensor):
+        return param, 0
+    if tuple(param.placements) != (Shard(0),):
+        raise ValueError(f"only FSDP's dim-0 shards load in place, not {param.placements}")
+    rows_per_rank = -(-param.shape[0] // param.device_mesh.size())
+    return param.to_local(), min(param.device_mesh.get_local_rank() * rows_per_rank, param.shape[0])
+
+
+def checkpoint_rows(name: str, rows: int, fused: dict[str, tuple[str, dict[str, int]]], start: int, end: int
+                    ) -> list[tuple[str, int, int]]:
+    """The checkpoint tensors (hub names) and their [first, last) rows that make up rows [start, end) of our
+    `rows`-row parameter `name`, in order: a fused parameter's parts are stacked along dim 0."""
+    param = name.rpartition(".")[2]
+    parts = {name: rows}
+    if name in fused:
+        prefix, sizes = fused[name]
+        parts = {f"{prefix}{part}.{param}": size for part, size in sizes.items()}
+    pieces, offset = [], 0
+    for key, size in parts.items():
+        first, last = max(start, offset), min(end, offset + size)
+        if first < last:
+            pieces.append((key, first - offset, last - offset))
+        offset += size
+    return pieces
 
 
 def checkpoint_dtype(config: dict) -> torch.dtype:

@@ -7,6 +7,7 @@ from FSDP shards against the one read from the checkpoint, and the largest tenso
 with a VL checkpoint, the same for prompts with images (each rank its own) and its copy from FSDP shards.
 """
 
+import functools
 import io
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def sample(model, **kwargs):
 
 def copied_equal(checkpoint: str, tp) -> bool:
     """The policy's FSDP shards copied into a zeroed sampler shard equal the checkpoint's slices."""
-    policy = shard_model(load_model(checkpoint), mixed_precision=False)
+    policy = load_model(checkpoint, prepare=functools.partial(shard_model, mixed_precision=False))
     shard = load_sharded_model(checkpoint, tp)
     for tensor in shard.state_dict().values():
         tensor.zero_()
@@ -109,7 +110,7 @@ def main(checkpoint: str, vl_checkpoint: str, result: str) -> None:
                     for chat in (alone, together)]
 
     # The policy's FSDP shards -> a zeroed sampler shard; the largest tensor made while copying and sampling.
-    policy = shard_model(load_model(checkpoint), mixed_precision=False)
+    policy = load_model(checkpoint, prepare=functools.partial(shard_model, mixed_precision=False))
     for tensor in shard.state_dict().values():
         tensor.zero_()
     with torch.no_grad(), LargestTensor() as largest:
