@@ -2,7 +2,9 @@
 
 A mistake in what a program was given (`spark.errors.UserError`: a bad config, flag or data row, a missing or
 broken checkpoint) is printed as one line, `error: ...`, and the program exits with status 2, without a
-traceback; `--debug` or SPARK_DEBUG=1 shows the traceback. Any other exception is a bug and keeps its traceback.
+traceback; `--debug` or SPARK_DEBUG=1 shows the traceback. A run that cannot go on (`spark.errors.RunStopped`:
+its updates diverged) is printed the same way and exits with status 3. Any other exception is a bug and keeps its
+traceback.
 Ctrl-C outside a training step (where `spark.distributed.preemption` handles it) ends the program with one line and status
 130.
 
@@ -20,10 +22,10 @@ from collections.abc import Callable
 
 import torch.distributed as dist
 
-from spark.errors import SettingError, UserError
+from spark.errors import RunStopped, SettingError, UserError
 
 DEBUG_FLAG, DEBUG_ENV = "--debug", "SPARK_DEBUG"
-USER_ERROR, INTERRUPTED = 2, 130
+USER_ERROR, RUN_STOPPED, INTERRUPTED = 2, 3, 130
 REPORTED_KEY = "spark/user_error_reported"
 
 
@@ -49,8 +51,8 @@ def flag_error(prog: str, error: SettingError) -> UsageError:
 
 
 def run_command(main: Callable[[list[str]], object], argv: list[str]) -> int:
-    """Run `main(argv)` (without --debug); the exit status: 0, USER_ERROR after a UserError, INTERRUPTED after
-    Ctrl-C."""
+    """Run `main(argv)` (without --debug); the exit status: 0, USER_ERROR after a UserError, RUN_STOPPED after a
+    RunStopped, INTERRUPTED after Ctrl-C."""
     debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     had_group = dist.is_initialized()  # one that main did not make (a test calling main) is not main's to end
     try:
@@ -59,6 +61,10 @@ def run_command(main: Callable[[list[str]], object], argv: list[str]) -> int:
         if debug:
             raise
         status, line = USER_ERROR, f"error: {e}"
+    except RunStopped as e:
+        if debug:
+            raise
+        status, line = RUN_STOPPED, f"stopped: {e}"
     except KeyboardInterrupt:
         if debug:
             raise

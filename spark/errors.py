@@ -3,7 +3,7 @@
 A `UserError` is a mistake in what a program was given: a bad config or flag (`spark.config.ConfigError`,
 `spark.cli.UsageError`), bad data (`DataError`), a missing or broken checkpoint (`CheckpointError`).
 Its message names the file, row, field or key and the value, and the command lines print it as one line,
-without a traceback (`spark.cli`).
+without a traceback (`spark.cli`). So is a `RunStopped`: a run that diverged, which is no mistake in the input.
 
 A settings dataclass declares the range of each numeric field with `ranged` and checks them in `__post_init__`
 with `check_ranges`, so that a value out of range is refused wherever it comes from: a TOML file, a flag or code.
@@ -21,6 +21,11 @@ from typing import Any
 
 class UserError(ValueError):
     """A mistake in a program's input; its message says what and where, in one line."""
+
+
+class RunStopped(RuntimeError):
+    """A run that cannot go on (its updates diverged): the message says what happened, what was kept and what to
+    change, and the command lines print it as one line, like a UserError's."""
 
 
 class CheckpointError(UserError):

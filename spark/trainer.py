@@ -50,7 +50,7 @@ from spark.distributed.metrics import MetricsLogger, PhaseTimer
 from spark.distributed.offload import PhaseMemory
 from spark.distributed.preemption import StopSignals
 from spark.distributed.resharding import copy_to_tensor_parallel
-from spark.errors import DataErrors, UserError
+from spark.errors import DataErrors, RunStopped, UserError
 from spark.generation.chat import load_chat_model
 from spark.generation.tensor_parallel import check_divisible, tensor_parallel_group
 from spark.models import ModelConfig, load_model
@@ -133,7 +133,7 @@ def run_identity(config: TrainConfig) -> dict:
             "n": config.rollout.n, "prompts_per_step": data.prompts_per_step, "subset": subset}
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunStopped):
     """More than run.max_skipped_steps updates in a row had a non-finite loss or gradient norm."""
 
 
@@ -602,10 +602,12 @@ class Trainer:
                   f"optimizer step skipped ({self.skipped_in_a_row} in a row, run.max_skipped_steps={limit})",
                   flush=True)
         if self.skipped_in_a_row > limit:
+            latest = self.checkpointer.latest()
+            kept = (f"the last checkpoint, {latest}, is intact: the same command with a lower optim.lr resumes "
+                    f"from it" if latest else "no checkpoint was saved yet")
             raise NonFiniteError(
                 f"step {self.step + 1}: {self.skipped_in_a_row} updates in a row had a non-finite loss or gradient "
-                f"norm (run.max_skipped_steps={limit}); the weights were left as they were, and the last "
-                f"checkpoint, {self.checkpointer.latest()}, is intact")
+                f"norm (run.max_skipped_steps={limit}); the weights were left as they were, and {kept}")
 
     # ---- held-out evaluation ------------------------------------------------------------------------
 

@@ -13,11 +13,12 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import spark.trainer
+from spark.cli import RUN_STOPPED, run_command
 from spark.distributed.checkpointing import verify
 from spark.distributed.preemption import SAME_PRESS_S, StopSignals
 from spark.errors import DataErrors
 from spark.models import load_model
-from spark.trainer import NonFiniteError, Trainer
+from spark.trainer import Trainer
 from tests.trainer_utils import QUESTIONS, read_metrics, tiny_config, torchrun
 
 
@@ -57,12 +58,14 @@ def test_non_finite_updates_are_skipped_and_too_many_in_a_row_stop_the_run(run_f
     monkeypatch.setattr(spark.trainer, "micro_batch_loss", loss_nan_at_some_steps)
     # Steps 2 and 4 are skipped; step 5 is the second skip in a row, one more than max_skipped_steps allows.
     checkpoints = out / "checkpoints"
-    with pytest.raises(NonFiniteError, match=re.escape(
-            "step 5: 2 updates in a row had a non-finite loss or gradient norm (run.max_skipped_steps=1); the "
-            f"weights were left as they were, and the last checkpoint, {checkpoints / 'step_00000004'}, is intact")):
-        trainer.train()
+    # The command line prints it as one line, no traceback, and exits with status 3.
+    assert run_command(lambda argv: trainer.train(), []) == RUN_STOPPED
     assert [m["skipped_steps"] for m in read_metrics(out)] == [0, 1, 1, 2]
-    printed = capsys.readouterr().out
+    printed, line = capsys.readouterr()
+    assert line == (
+        "stopped: step 5: 2 updates in a row had a non-finite loss or gradient norm (run.max_skipped_steps=1); the "
+        f"weights were left as they were, and the last checkpoint, {checkpoints / 'step_00000004'}, is intact: the "
+        "same command with a lower optim.lr resumes from it\n")
     assert ("step 2: loss nan, grad_norm nan in the update of the policy batch: optimizer step skipped "
             "(1 in a row, run.max_skipped_steps=1)") in printed
     # A skipped step leaves the weights and the optimizer state (moments, step count) exactly as they were.
