@@ -22,12 +22,12 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
 from spark.distributed.groups import copy_full_weights
 from spark.errors import UserError
@@ -149,14 +149,21 @@ def export_model(sharded: nn.Module, plain: nn.Module, folder: Path) -> None:
 
     When `plain` holds another dtype (a bf16 sampler of an fp32 checkpoint), or is a tensor-parallel shard
     (spark.generation.tensor_parallel: its fused parts still name the checkpoint's tensors), the fp32 master
-    weights are gathered to rank 0's host memory instead, so the export does not lose their precision."""
+    weights are gathered instead, one tensor at a time, and rank 0 keeps each in the checkpoint's dtype in host
+    memory (so the export does not lose their precision, and host memory holds the checkpoint's size, not the
+    fp32 model's)."""
     dtype = checkpoint_dtype(plain.hf_config)
     state = None
     if dtype == next(plain.parameters()).dtype and getattr(plain, "tensor_parallel", None) is None:
         copy_full_weights(sharded, plain)
     else:
-        gathered = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        state = {name: tensor.to(dtype) for name, tensor in gathered.items()}  # empty on ranks > 0
+        device, state = next(plain.parameters()).device, {}
+        for name, shard in sharded.state_dict().items():
+            if name == "lm_head.weight" and sharded.config.tie_word_embeddings:
+                continue
+            full = shard.to(device).full_tensor() if isinstance(shard, DTensor) else shard  # collective
+            if dist.get_rank() == 0:
+                state[name] = full.to("cpu", dtype)
     if dist.get_rank() == 0:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
