@@ -32,15 +32,8 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
-from spark.errors import CheckpointError, UserError
-from spark.models.checkpoint import (
-    build_model,
-    fused_parts,
-    hub_layout,
-    open_weights,
-    read_config,
-    weight_files,
-)
+from spark.errors import UserError
+from spark.models.checkpoint import Pieces, build_model, fill_weights, read_config, stored_tensors
 from spark.models.qwen2 import ModelConfig
 
 # torch 2.13 renamed all_gather_tensor (and warns at each call of the old name)
@@ -200,42 +193,21 @@ def sharded_skeleton(path: Path, tp: TensorParallel, *, device: str | torch.devi
     return model.eval().requires_grad_(False)
 
 
-def checkpoint_pieces(name: str, split: Split | None, fused: dict[str, tuple[str, dict[str, int]]],
-                      rank: int) -> list[tuple[str, tuple[int, int] | None]]:
-    """The checkpoint tensors that make up piece `rank` of our parameter `name`, side by side along the split dim
-    (dim 0 when replicated), each with the [start, end) it contributes (None: all of it)."""
-    param = name.rpartition(".")[2]
-    keys = [name]
-    if name in fused:
-        prefix, parts = fused[name]
-        keys = [f"{prefix}{part}.{param}" for part in parts]
-    if split is None:
-        return [(key, None) for key in keys]
-    offsets = [sum(split.parts[:i]) for i in range(len(split.parts))]
-    return [(key, (start - offset, end - offset)) for key, offset, (start, end) in zip(keys, offsets, split.ranges(rank))]
-
-
 @torch.no_grad()
 def load_sharded_model(path: str | Path, tp: TensorParallel, *, device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32) -> nn.Module:
     """This rank's shard of a checkpoint directory's model, reading only its own slices of the split tensors
     (a safetensors slice is read without the rest of its tensor)."""
     path = Path(path)
+    with torch.device("meta"):
+        stored = stored_tensors(build_model(read_config(path), path), path)  # names and full shapes checked
     model = sharded_skeleton(path, tp, device=device, dtype=dtype)
-    files = {hub_layout(name): (file, name) for name, file in weight_files(path).items()}
-    fused = {name: (prefix, parts) for name, prefix, parts in fused_parts(model)}
-    for name, local in model.state_dict().items():
-        if name == "lm_head.weight" and model.config.tie_word_embeddings:
-            continue
+
+    def pieces(name: str, local: torch.Tensor) -> Pieces:
         split = split_of(name, model.config, tp.size)
-        dim, at = (split.dim if split is not None else 0), 0
-        for key, rows in checkpoint_pieces(name, split, fused, tp.rank):
-            if key not in files:
-                raise CheckpointError(f"{path}: tensor '{key}' is missing from the checkpoint")
-            file, stored = files[key]
-            with open_weights(file, str(device)) as f:
-                tensor = f.get_slice(stored)
-                value = tensor[:] if rows is None else tensor[rows[0]:rows[1]] if dim == 0 else tensor[:, rows[0]:rows[1]]
-            local.narrow(dim, at, value.shape[dim]).copy_(value)
-            at += value.shape[dim]
+        if split is None:
+            return local, 0, local.shape[0], [(0, local.shape[0])]
+        return local, split.dim, sum(split.parts), split.ranges(tp.rank)
+
+    fill_weights(model, stored, device, pieces)
     return model

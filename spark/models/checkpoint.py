@@ -147,21 +147,33 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
     for module in model.modules():
         if hasattr(module, "reset_buffers"):
             module.reset_buffers(device)
+    fill_weights(model, stored, weights_device, lambda name, param: own_rows(param))
+    return model.eval()
+
+
+Pieces = tuple[torch.Tensor, int, int, list[tuple[int, int]]]
+
+
+def fill_weights(model: nn.Module, stored: dict[str, tuple[Path, str]], device: str | torch.device,
+                 pieces: Callable[[str, torch.Tensor], Pieces]) -> None:
+    """Copy into each of `model`'s tensors its part of the checkpoint's, read as safetensors slices (on `device`).
+    `pieces(name, tensor)` says what it holds: (the tensor to fill, the dim its pieces lie side by side along, the
+    full tensor's size along it, the [start, end) ranges of the full tensor it holds, in order)."""
     fused = {name: (prefix, parts) for name, prefix, parts in fused_parts(model)}
     with ExitStack() as stack, torch.no_grad():
-        files = {file: stack.enter_context(open_weights(file, str(weights_device)))
+        files = {file: stack.enter_context(open_weights(file, str(device)))
                  for file in sorted({file for file, _ in stored.values()})}
-        for name, param in model.state_dict().items():
+        for name, tensor in model.state_dict().items():
             if name == "lm_head.weight" and model.config.tie_word_embeddings:
                 continue
-            local, start = own_rows(param)
+            local, dim, size, ranges = pieces(name, tensor)
             at = 0
-            for key, first, last in checkpoint_rows(name, param.shape[0], fused, start, start + local.shape[0]):
-                file, stored_name = stored[key]
-                rows = files[file].get_slice(stored_name)[first:last]
-                local[at:at + last - first].copy_(rows)
-                at += last - first
-    return model.eval()
+            for start, end in ranges:
+                for key, first, last in checkpoint_rows(name, size, fused, start, end):
+                    file, stored_name = stored[key]
+                    piece = files[file].get_slice(stored_name)
+                    local.narrow(dim, at, last - first).copy_(piece[first:last] if dim == 0 else piece[:, first:last])
+                    at += last - first
 
 
 def stored_tensors(model: nn.Module, path: Path) -> dict[str, tuple[Path, str]]:
@@ -195,22 +207,24 @@ def stored_tensors(model: nn.Module, path: Path) -> dict[str, tuple[Path, str]]:
     return stored
 
 
-def own_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The tensor this rank fills for a parameter, and the first row of the full one it holds: all of a plain
-    tensor; FSDP2's shard of a DTensor (rank r holds torch.chunk's piece r of dim 0: ceil(rows / ranks) rows,
-    the last ones fewer)."""
+def own_rows(param: torch.Tensor) -> Pieces:
+    """What this rank fills for a parameter (see `fill_weights`): all of a plain tensor; FSDP2's shard of a DTensor
+    (rank r holds torch.chunk's piece r of dim 0: ceil(rows / ranks) rows, the last ones fewer)."""
+    rows = param.shape[0]
     if not isinstance(param, DTensor):
-        return param, 0
+        return param, 0, rows, [(0, rows)]
     if tuple(param.placements) != (Shard(0),):
         raise ValueError(f"only FSDP's dim-0 shards load in place, not {param.placements}")
-    rows_per_rank = -(-param.shape[0] // param.device_mesh.size())
-    return param.to_local(), min(param.device_mesh.get_local_rank() * rows_per_rank, param.shape[0])
+    local = param.to_local()
+    start = min(param.device_mesh.get_local_rank() * -(-rows // param.device_mesh.size()), rows)
+    return local, 0, rows, [(start, start + local.shape[0])]
 
 
 def checkpoint_rows(name: str, rows: int, fused: dict[str, tuple[str, dict[str, int]]], start: int, end: int
                     ) -> list[tuple[str, int, int]]:
     """The checkpoint tensors (hub names) and their [first, last) rows that make up rows [start, end) of our
-    `rows`-row parameter `name`, in order: a fused parameter's parts are stacked along dim 0."""
+    `rows`-row parameter `name`, in order: a fused parameter's parts are stacked along dim 0. (For a tensor cut
+    along another dim, which is never fused, the range is the tensor's own along that dim.)"""
     param = name.rpartition(".")[2]
     parts = {name: rows}
     if name in fused:
